@@ -1,0 +1,58 @@
+# Two entry points, each working on a fresh machine with nothing installed by hand:
+#   make demo   set up .venv, train what is missing, run every study, write the HTML report
+#   make test   set up .venv with the test oracles, run the default test suite
+# torch 2.13.0 (CPU wheel) is installed first and pinned so that no CUDA build is ever resolved.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PIP     := $(BIN)/pip install -q --disable-pip-version-check
+TORCH   := torch==2.13.0
+OUT     ?= out/demo
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: demo demo-quick test test-slow setup setup-dev fashion bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) $(TORCH)
+	$(PIP) -e . "$(TORCH)"
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) "$(TORCH)" pytest captum transformers "transformer-lens==3.9.0"
+	$(PIP) --no-deps zennit   # zennit's torchvision pin breaks imports next to the CPU torch
+	touch $@
+
+setup: $(VENV)/.installed
+setup-dev: $(VENV)/.installed-dev
+
+# Fashion-MNIST from Debian's package when its files are missing (INNERPROBE_FASHION_MNIST overrides).
+fashion:
+	@if [ -z "$$INNERPROBE_FASHION_MNIST" ] && [ ! -f $(FASHION) ]; then \
+	  echo "installing Debian's dataset-fashion-mnist"; \
+	  if [ "$$(id -u)" = 0 ]; then S=; else S=sudo; fi; \
+	  $$S apt-get update -qq && $$S apt-get install -y -qq dataset-fashion-mnist >/dev/null || \
+	  echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST recipes will say how to get it"; \
+	fi
+
+demo: setup fashion
+	$(BIN)/innerprobe demo --out $(OUT)
+
+demo-quick: setup fashion
+	$(BIN)/innerprobe demo --quick --out $(OUT)
+
+test: setup-dev fashion
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+test-slow: setup-dev fashion
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow
+
+bench: setup
+	$(BIN)/python benchmarks/apex_bench.py
+	$(BIN)/python benchmarks/patch_bench.py
+	$(BIN)/python benchmarks/pullback_bench.py
+
+clean:
+	rm -rf $(VENV) out build src/*.egg-info

@@ -1,0 +1,202 @@
+"""Hook sessions: one object owns every hook it adds and removes exactly those.
+
+``HookSession`` registers forward, pre-forward, backward and tensor hooks, keeps their handles,
+and removes them in reverse order on exit, also when the body raises. It never touches a hook it
+did not add, so sessions nest and a user's own hooks survive. It also restores every module's
+train/eval mode and every parameter's ``requires_grad`` flag, and (``eval=True``) runs the body in
+eval mode. Site-level helpers (:meth:`HookSession.edit`, :meth:`HookSession.capture`) act on
+:class:`~innerprobe.core.sites.Site` s, so all three methods say *where* the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import SiteError
+from .sites import ResolvedSite, resolve
+from .trees import describe, get_element, replace_element
+
+EditFn = Callable[[torch.Tensor, ResolvedSite], "torch.Tensor | None"]
+
+
+class StopForward(Exception):
+    """Raised inside a hook to cut a forward pass short (caught by :meth:`HookSession.run`)."""
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module, *, eval: bool | None = None) -> Iterator[nn.Module]:
+    """Restore every module's ``training`` flag and every parameter's ``requires_grad`` on exit.
+
+    With ``eval=True`` the body runs in eval mode; with ``eval=False`` in train mode.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if eval is not None:
+            model.train(not eval)
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in grads:
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+
+
+@dataclass
+class Capture:
+    """Values recorded at a site, one per call of its module (a reused module fires several times)."""
+
+    site: ResolvedSite
+    values: list = field(default_factory=list)
+
+    @property
+    def value(self) -> torch.Tensor:
+        if not self.values:
+            raise SiteError(f"site {self.site} was never reached in the forward pass", hint="check that the module runs for this input, or that an early stop did not cut it off")
+        return self.values[-1]
+
+
+class HookSession:
+    """Context manager that owns the hooks it adds. ``with HookSession(model) as hs: ...``"""
+
+    def __init__(self, model: nn.Module, *, eval: bool | None = None):
+        self.model = model
+        self._eval = eval
+        self._handles: list = []
+        self._state = None
+        self._open = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "HookSession":
+        self._state = preserved_state(self.model, eval=self._eval)
+        self._state.__enter__()
+        self._open = True
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        try:
+            self.remove_all()
+        finally:
+            self._open = False
+            if self._state is not None:
+                self._state.__exit__(*exc)
+                self._state = None
+        return False
+
+    def remove_all(self) -> None:
+        """Remove every hook this session added, newest first."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    @property
+    def n_hooks(self) -> int:
+        return len(self._handles)
+
+    def _keep(self, handle):
+        if not self._open:
+            handle.remove()
+            raise RuntimeError("HookSession used outside its 'with' block")
+        self._handles.append(handle)
+        return handle
+
+    # ------------------------------------------------------------------ raw hooks
+    def forward_hook(self, module: nn.Module, fn: Callable, *, with_kwargs: bool = False, prepend: bool = False):
+        return self._keep(module.register_forward_hook(fn, with_kwargs=with_kwargs, prepend=prepend))
+
+    def pre_hook(self, module: nn.Module, fn: Callable, *, with_kwargs: bool = False, prepend: bool = False):
+        return self._keep(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs, prepend=prepend))
+
+    def backward_hook(self, module: nn.Module, fn: Callable):
+        return self._keep(module.register_full_backward_hook(fn))
+
+    def backward_pre_hook(self, module: nn.Module, fn: Callable):
+        return self._keep(module.register_full_backward_pre_hook(fn))
+
+    def tensor_hook(self, tensor: torch.Tensor, fn: Callable):
+        return self._keep(tensor.register_hook(fn))
+
+    # ------------------------------------------------------------------ site helpers
+    def edit(self, site, fn: EditFn) -> list[ResolvedSite]:
+        """Replace the value at each resolved site by ``fn(value, rsite)`` (None keeps it).
+
+        With selectors (heads, positions, units) only the selected elements change.
+        """
+        rsites = site if isinstance(site, list) and site and isinstance(site[0], ResolvedSite) else (
+            [site] if isinstance(site, ResolvedSite) else resolve(self.model, site))
+        for rs in rsites:
+            self._edit_one(rs, fn)
+        return rsites
+
+    def _edit_one(self, rs: ResolvedSite, fn: EditFn) -> None:
+        s = rs.site
+
+        def apply(value: Any) -> Any:
+            if not isinstance(value, torch.Tensor):
+                raise SiteError(f"site {s} holds a {describe(value)}, not a tensor", hint="pick an element, e.g. ':output.0'")
+            new = fn(value, rs)
+            if new is None:
+                return value
+            mask = s.mask_like(value)
+            return new if mask is None else torch.where(mask, new, value)
+
+        if s.port == "output":
+            def hook(module, args, output):
+                return replace_element(output, s.index, apply(get_element(output, s.index, str(s))), str(s))
+            self.forward_hook(rs.module, hook)
+        else:
+            def pre(module, args, kwargs):
+                if isinstance(s.index, str) and s.index in kwargs:
+                    kwargs = {**kwargs, s.index: apply(kwargs[s.index])}
+                    return args, kwargs
+                i = 0 if s.index is None else s.index
+                if isinstance(i, str) or not -len(args) <= i < len(args):
+                    raise SiteError(f"input {s.index!r} not found at site {s}", hint=f"positional inputs: {len(args)}, keyword inputs: {sorted(kwargs)}")
+                args = list(args)
+                args[i] = apply(args[i])
+                return tuple(args), kwargs
+            self.pre_hook(rs.module, pre, with_kwargs=True)
+
+    def capture(self, site, *, detach: bool = True, stop: bool = False) -> list[Capture]:
+        """Record the value at each resolved site on every call. ``stop=True`` ends the forward there."""
+        caps = []
+        for rs in resolve(self.model, site) if not isinstance(site, ResolvedSite) else [site]:
+            cap = Capture(rs)
+
+            def fn(value, _rs, cap=cap):
+                cap.values.append(value.detach() if detach else value)
+                if stop:
+                    raise StopForward
+                return None
+
+            self._edit_one(rs, fn)
+            caps.append(cap)
+        return caps
+
+    def run(self, *args, **kwargs):
+        """Call the model; returns None if a hook stopped the forward early."""
+        try:
+            return self.model(*args, **kwargs)
+        except StopForward:
+            return None
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Total number of forward, pre-forward and backward hooks on all modules (for hygiene checks)."""
+    total = 0
+    for m in model.modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            total += len(getattr(m, attr, {}) or {})
+    return total
+
+
+def run_with_cache(model: nn.Module, sites, *args, **kwargs) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Run ``model(*args)`` and return (output, {site string: last value}) for the given sites."""
+    with HookSession(model) as hs:
+        caps = hs.capture(sites)
+        out = hs.run(*args, **kwargs)
+    return out, {str(c.site): c.value for c in caps}
