@@ -9,7 +9,7 @@ Canonical names, for layer ``l``::
                                          use_split_qkv_input), else the per-head q / k / v vectors
     L{l}.z                               per-head output = input of the attention output projection
     L{l}.pattern                         attention pattern [batch, head, query, key]
-    L{l}.attn_out, L{l}.mlp_in, L{l}.mlp_out
+    L{l}.attn_out, L{l}.mlp_in (the MLP module's input, after its LayerNorm), L{l}.mlp_out
 
 Supported: any model with a ``canonical_sites()`` method (the zoo's transformer), Hugging Face
 GPT-2-family models (``GPT2Model`` / ``GPT2LMHeadModel``), and TransformerLens ``HookedTransformer``.
@@ -71,6 +71,6 @@ def _transformer_lens(model: nn.Module) -> dict[str, Site]:
         out[f"L{l}.pattern"] = Site(f"{b}.attn.hook_pattern", head_axis=1)
         out[f"L{l}.attn_out"] = Site(f"{b}.hook_attn_out")
         if f"{b}.hook_mlp_out" in names:
-            out[f"L{l}.mlp_in"] = Site(f"{b}.hook_mlp_in") if f"{b}.hook_mlp_in" in names else Site(f"{b}.mlp", "input")
+            out[f"L{l}.mlp_in"] = Site(f"{b}.mlp", "input")  # after ln2, as in HF (hook_mlp_in fires only with use_hook_mlp_in)
             out[f"L{l}.mlp_out"] = Site(f"{b}.hook_mlp_out")
     return {k: v for k, v in out.items() if v.module in names}

@@ -10,6 +10,7 @@ selection of heads, positions or units. The short string form used by the CLI an
     transformer.h.*.attn:output.0   glob; first element of a tuple output
     @ReLU                           every module of type ReLU (or @torch.nn.ReLU)
     blocks.0.attn.o_proj:input[heads=0,3]   per-head output (see n_heads below)
+    blocks.*.mlp                    glob over dotted names (* and ?; brackets are reserved for selectors)
     :input                          the model's own input ('' is the root module)
     L1.z[heads=2;pos=-1]            canonical transformer site from an adapter (innerprobe.core.adapters)
 
@@ -242,7 +243,7 @@ def resolve(model: nn.Module, spec, *, allow_empty: bool = False) -> list[Resolv
             alias=name,
         )
         return [ResolvedSite(merged, modules[base.module])]
-    if any(c in name for c in "*?["):
+    if any(c in name for c in "*?"):
         hits = [n for n in modules if n and fnmatch.fnmatchcase(n, name)]
         if hits or allow_empty:
             return [ResolvedSite(site.with_(module=n), modules[n]) for n in hits]
