@@ -49,10 +49,21 @@ for _name in AREAS:
     _mod.register(app)
 
 
+def _click_exception_modules() -> list:
+    """click's exception modules: typer >= 0.20 vendors click as ``typer._click``; older typer uses click."""
+    mods = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mods.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    return mods
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning innerprobe errors into one clear line plus a hint."""
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except InnerprobeError as e:
         if os.environ.get("INNERPROBE_DEBUG"):
             raise
@@ -63,21 +74,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
-    except SystemExit as e:  # typer.Exit
+    except SystemExit as e:
         return int(e.code or 0)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            return e.exit_code
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
+    except Exception as e:  # typer.Exit / click usage errors
+        if isinstance(e, typer.Exit):
+            return int(e.exit_code or 0)
+        if isinstance(e, typer.Abort):
             typer.echo("aborted", err=True)
             return 130
+        for mod in _click_exception_modules():
+            if isinstance(e, getattr(mod, "Exit", ())):
+                return e.exit_code
+            if isinstance(e, getattr(mod, "ClickException", ())):
+                e.show()
+                return e.exit_code
+            if isinstance(e, getattr(mod, "Abort", ())):
+                typer.echo("aborted", err=True)
+                return 130
         raise
-    return 0
+    # with standalone_mode=False, a command's ``raise typer.Exit(code)`` comes back as the return value
+    return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

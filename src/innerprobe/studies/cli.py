@@ -1,0 +1,50 @@
+"""``innerprobe study NAME``: run one registered case study into a folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import STUDIES
+
+
+def _study_list() -> str:
+    return ", ".join(STUDIES) if STUDIES else "none registered yet"
+
+
+def run_study(name: str, out: Path, *, seeds: int = 3, quick: bool = False):
+    """Look ``name`` up in :data:`innerprobe.studies.STUDIES`, run it into ``out`` and return its Result."""
+    from ..errors import ConfigError
+    from . import get_study
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}", hint="use --seeds 3 for 95% CIs over three seeds")
+    fn = get_study(name)
+    out.mkdir(parents=True, exist_ok=True)
+    return fn(out, seeds=seeds, quick=quick)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "study",
+        help="Run one case study (a small-scale reproduction) and write its results into --out: summary.json "
+        "(headline figures with seeds and 95% CIs, provenance), section.json and PNG figures. Make a page of "
+        f"them with 'innerprobe report DIR'. Studies: {_study_list()}.",
+    )
+    def study(
+        name: str = typer.Argument(..., metavar="NAME", help=f"Study name, one of: {_study_list()}.", show_default=False),
+        out: Path = typer.Option(None, "--out", "-o", help="Folder for the study's files (default: out/NAME)."),
+        seeds: int = typer.Option(3, "--seeds", help="Seeds (independent repetitions) behind each headline figure and its 95% CI."),
+        quick: bool = typer.Option(False, "--quick", help="A smaller, faster version of the study (fewer samples and sweeps)."),
+    ) -> None:
+        import time
+
+        out_dir = Path(out) if out is not None else Path("out") / name
+        t0 = time.perf_counter()
+        result = run_study(name, out_dir, seeds=seeds, quick=quick)
+        typer.echo(f"study {name} finished in {time.perf_counter() - t0:.1f} s -> {out_dir}")
+        data = getattr(result, "data", None) or {}
+        for key, value in data.items():
+            if isinstance(value, (int, float, str, bool)):
+                typer.echo(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+        typer.echo(f"see it as a page: innerprobe report {out_dir}")
