@@ -333,7 +333,9 @@ def calibrate_temperatures(model: nn.Module, inputs: torch.Tensor, tau: float, r
         if z.numel() > 1:
             stds[key] = float(z.detach().float().std())
 
-    with torch.no_grad(), apply_rules(model, rules, record=rec) as ctx:
+    from .attribution import preserved_buffers
+
+    with torch.no_grad(), preserved_buffers(model), apply_rules(model, rules, record=rec) as ctx:
         model(inputs)
     temps = {k: max(tau * s, 1e-6) for k, s in stds.items() if ctx.coverage.calls[k]["gated"]}
     return rules.with_temperatures(temps)

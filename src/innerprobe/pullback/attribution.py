@@ -73,8 +73,22 @@ def _targets(logits: torch.Tensor, target) -> torch.Tensor:
 
 
 @contextlib.contextmanager
+def preserved_buffers(model: nn.Module):
+    """Restore every buffer bitwise on exit (a train-mode BatchNorm updates its running stats)."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                if not torch.equal(b, v):
+                    b.copy_(v)
+
+
+@contextlib.contextmanager
 def _grad_env(model):
     with contextlib.ExitStack() as st:
+        st.enter_context(preserved_buffers(model))
         if torch.is_inference_mode_enabled():
             st.enter_context(torch.inference_mode(False))
         st.enter_context(torch.enable_grad())
