@@ -1,0 +1,171 @@
+"""``innerprobe pullback``: excitation-pullback maps (and gradient / ascent for comparison) as PNG grids + arrays."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _parse_target(text: str, n: int, n_classes: int):
+    """'pred' | 'label' | 'all' | an int | a comma list (one per input) -> (mode, list or None)."""
+    from ..errors import ConfigError
+
+    t = text.strip().lower()
+    if t in ("pred", "label", "all"):
+        return t, None
+    try:
+        vals = [int(v) for v in t.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"cannot read --target {text!r}", hint="use pred, label, all, a class index (3) or one per input (3,1,4)") from None
+    if not vals or any(not 0 <= v < n_classes for v in vals):
+        raise ConfigError(f"--target {text!r} has classes outside 0..{n_classes - 1}", hint=f"the model has {n_classes} classes")
+    if len(vals) not in (1, n):
+        raise ConfigError(f"--target lists {len(vals)} classes for {n} inputs", hint="give one class, or one per input")
+    return "classes", vals * n if len(vals) == 1 else vals
+
+
+def _load_inputs(inputs: Optional[str], model_spec: str, n: int, indices: Optional[str]):
+    """(x [N, ...] float tensor, labels or None, description)."""
+    import numpy as np
+    import torch
+
+    from ..errors import ConfigError, DataError
+
+    idx = None
+    if indices:
+        try:
+            idx = [int(i) for i in indices.split(",") if i.strip()]
+        except ValueError:
+            raise ConfigError(f"cannot read --indices {indices!r}", hint="comma-separated integers, e.g. 0,5,9") from None
+    if inputs is None:
+        from .. import zoo
+
+        name = model_spec.split("@")[0]
+        if name not in zoo.RECIPES:
+            raise ConfigError("--inputs is required for models that are not zoo recipes",
+                              hint="pass a .npy file of inputs [N, ...] (or .npz with an array 'x'), float, in the model's input range")
+        split = zoo.recipe_data(name, seed=int(model_spec.split("@")[1]) if "@" in model_spec else 0)
+        x, y = split.x_test, split.y_test
+        sel = idx if idx is not None else list(range(min(n, len(x))))
+        if any(not 0 <= i < len(x) for i in sel):
+            raise ConfigError(f"--indices out of range: the test set has {len(x)} images")
+        return x[sel].float(), y[sel], f"{name} test images {sel}"
+    path = Path(inputs)
+    if not path.exists():
+        raise DataError(f"inputs file {path} does not exist", hint="pass a .npy file [N, ...] or an .npz with an array 'x'")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                key = "x" if "x" in z.files else ("inputs" if "inputs" in z.files else z.files[0])
+                arr = z[key]
+                labels = z["y"] if "y" in z.files else None
+        elif path.suffix == ".npy":
+            arr, labels = np.load(path, allow_pickle=False), None
+        else:
+            raise DataError(f"cannot read inputs from {path.name}", hint="use .npy or .npz (arrays only, nothing is unpickled)")
+    except (ValueError, OSError) as e:
+        raise DataError(f"cannot read inputs {path}: {e}", hint="save them with numpy.save(path, array)") from None
+    x = torch.as_tensor(np.asarray(arr, dtype=np.float32))
+    if idx is not None:
+        x = x[idx]
+    elif x.shape[0] > n:
+        x = x[:n]
+    y = None if labels is None else torch.as_tensor(np.asarray(labels)).long()[: x.shape[0]]
+    return x, y, f"{path.name} ({x.shape[0]} inputs)"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("pullback")
+    def pullback(
+        model: str = typer.Option(..., "--model", "-m", help="Zoo name (digits-cnn, digits-cnn@1), path/file.py:factory (with --weights), or a local HF folder."),
+        weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors weights for a file.py:factory model."),
+        inputs: Optional[str] = typer.Option(None, "--inputs", help=".npy [N, ...] or .npz (array 'x', optional labels 'y'). Default: the zoo recipe's test images."),
+        n: int = typer.Option(6, "--n", help="How many inputs to explain (the first N)."),
+        indices: Optional[str] = typer.Option(None, "--indices", help="Comma-separated input indices to explain instead of the first N."),
+        target: str = typer.Option("pred", "--target", "-t", help="pred (predicted class), label (true class), all (every class: a counterfactual grid), a class index, or one per input (3,1,4)."),
+        temperature: float = typer.Option(0.3, "--temperature", "-T", help="Gate temperature T (sigmoid(z/T)); T->0 is the plain gradient."),
+        gate: str = typer.Option("logistic", "--gate", help="logistic (sigmoid(z/T), original) or probit (Phi(z/T), successor; try T=0.6)."),
+        pool: str = typer.Option("soft", "--pool", help="Max-pool backward: soft (softmax-weighted surrogate at T) or hard."),
+        scale: str = typer.Option("global", "--scale", help="global (one T) or spread (T_l = T * std of each layer's pre-activation; for nets without BatchNorm)."),
+        ascent_steps: int = typer.Option(5, "--ascent-steps", help="Pullback-ascent steps for the counterfactual column (0 to skip)."),
+        out: Path = typer.Option(Path("out/pullback"), "--out", "-o", help="Output folder: PNG grids, attributions.npz, summary.json, section.json."),
+    ):
+        """Excitation pullbacks (Satkiewicz 2025, arXiv 2507.22832) next to plain gradients, as PNG grids and raw arrays."""
+        import torch
+
+        from .. import zoo
+        from ..core.trees import logits_of
+        from ..errors import ConfigError
+        from ..report.sections import Section
+        from ..results import Result, provenance
+        from ..studies.pullback_plots import image_grid
+        from .apply import pullback_rules
+        from .attribution import ExcitationPullback, Gradient, pullback_ascent
+
+        if n < 1:
+            raise ConfigError(f"--n must be >= 1, got {n}")
+        if ascent_steps < 0:
+            raise ConfigError(f"--ascent-steps must be >= 0, got {ascent_steps}")
+        torch.manual_seed(0)
+        net = zoo.load_model(model, weights)
+        x, y, desc = _load_inputs(inputs, model, n, indices)
+        with torch.no_grad():
+            logits = logits_of(net(x))
+        if logits.dim() != 2:
+            raise ConfigError(f"the model returned logits of shape {tuple(logits.shape)}", hint="innerprobe pullback explains classifiers (logits [N, classes])")
+        n_in, n_classes = x.shape[0], logits.shape[1]
+        mode, vals = _parse_target(target, n_in, n_classes)
+        pred = logits.argmax(-1)
+        if mode == "label" and y is None:
+            raise ConfigError("--target label needs labels", hint="use a zoo model's test images, or an .npz with an array 'y'")
+        ep = ExcitationPullback(net, temperature, gate=gate, pool=pool, scale=scale)
+        gr = Gradient(net)
+        classes = list(range(n_classes)) if mode == "all" else None
+        if mode == "all":
+            targets = torch.arange(n_classes)
+            pb = torch.stack([ep.attribute(x, c) for c in range(n_classes)], 1)  # [N, C, ...]
+            gd = torch.stack([gr.attribute(x, c) for c in range(n_classes)], 1)
+        else:
+            t = pred if mode == "pred" else (y if mode == "label" else torch.tensor(vals))
+            targets = t
+            pb, gd = ep.attribute(x, t), gr.attribute(x, t)
+        arrays = {"inputs": x.numpy(), "targets": targets.numpy(), "logits": logits.numpy(), "pullback": pb.numpy(), "gradient": gd.numpy()}
+        if y is not None:
+            arrays["labels"] = y.numpy()
+        out.mkdir(parents=True, exist_ok=True)
+        section = Section(f"Excitation pullbacks: {model}", order=60)
+        section.paragraphs.append(f"{desc}; rules: {ep.rules.description}, scale {scale}; {ep.coverage}.")
+        if mode == "all":
+            cells = [[("input", x[i].numpy())] + [("map", pb[i, c].numpy()) for c in range(n_classes)] for i in range(n_in)]
+            image_grid(cells, out / "pullback_grid.png", col_labels=["input"] + [f"class {c}" for c in range(n_classes)],
+                       row_labels=[f"#{i} pred {int(pred[i])}" for i in range(n_in)], title=f"excitation pullback, T={temperature:g}")
+            cells = [[("input", x[i].numpy())] + [("map", gd[i, c].numpy()) for c in range(n_classes)] for i in range(n_in)]
+            image_grid(cells, out / "gradient_grid.png", col_labels=["input"] + [f"class {c}" for c in range(n_classes)],
+                       row_labels=[f"#{i} pred {int(pred[i])}" for i in range(n_in)], title="plain gradient")
+            section.figure("pullback_grid.png", f"Pullbacks (T={temperature:g}) of every class logit; the diagonal-like entries at the predicted class, the rest counterfactual.")
+            section.figure("gradient_grid.png", "Plain gradients of every class logit, same layout.")
+        else:
+            cols = ["input", "gradient", f"pullback T={temperature:g}"]
+            cells = [[("input", x[i].numpy()), ("map", gd[i].numpy()), ("map", pb[i].numpy())] for i in range(n_in)]
+            if ascent_steps:
+                asc = pullback_ascent(net, x, targets, steps=ascent_steps, rules=ep._rules_for(x) if scale == "global" else pullback_rules(temperature, gate, pool=pool))
+                arrays["ascent_delta"] = asc.delta.numpy()
+                arrays["ascent_logits"] = asc.logits.numpy()
+                cols += [f"ascent ({ascent_steps} steps)", "ascent result"]
+                for i in range(n_in):
+                    cells[i] += [("delta", asc.delta[i].numpy()), ("input", asc.x[i].numpy())]
+            image_grid(cells, out / "pullback_grid.png", col_labels=cols,
+                       row_labels=[f"#{i} target {int(targets[i])}" for i in range(n_in)], title=f"{model}: gradient vs excitation pullback")
+            section.figure("pullback_grid.png", "Per input: the plain gradient and the excitation pullback of the target logit (red +, blue -, each map scaled by its max |A|)"
+                           + ("; the pullback-ascent change x_K - x0 (min-max scaled) and the resulting input." if ascent_steps else "."))
+        res = Result("pullback", data={"model": model, "inputs": desc, "target": target, "temperature": temperature, "gate": gate, "pool": pool,
+                                       "scale": scale, "coverage": ep.coverage.to_dict(), "n_inputs": n_in, "arrays": "attributions.npz"},
+                     provenance=provenance(model=model, config={"temperature": temperature, "gate": gate, "pool": pool, "scale": scale,
+                                                                "target": target, "ascent_steps": ascent_steps, "rules": ep.rules.to_dict()}))
+        res.save(out / "summary.json")
+        import numpy as np
+
+        np.savez_compressed(out / "attributions.npz", **arrays)
+        section.save(out)
+        typer.echo(f"wrote {out}/pullback_grid.png, attributions.npz, summary.json, section.json ({ep.coverage})")
