@@ -61,7 +61,7 @@ def style_axes(ax, *, title: str | None = None, xlabel: str | None = None, ylabe
 
 
 def image_grid(images, titles: Sequence[str] | None = None, *, ncols: int = 8, colors: Sequence[str] | None = None,
-               cmap: str = "gray_r", panel: float = 1.15, suptitle: str | None = None):
+               cmap: str = "gray_r", panel: float = 0.95, suptitle: str | None = None):
     """A grid of grey images (array-like [N,H,W] or [N,1,H,W], values in [0,1]) with a title each.
 
     ``colors`` colours each title (e.g. green for a correct prediction, red for a wrong one).
