@@ -79,9 +79,12 @@ def _curve_figure(card: dict, path: Path) -> Path | None:
         ys = [r.get(key) for r in curve]
         if any(y is not None for y in ys):
             ax2.plot(xs, ys, label=label, color=PALETTE[i + 1], linewidth=1.4)
-    for metric, f in floors.items():
-        ax2.axhline(f["threshold"], color="grey", linestyle="--", linewidth=0.8)
-        ax2.annotate(f"floor: {metric} {f['op']} {f['threshold']:.2f}", xy=(0.98, f["threshold"] - 0.01), xycoords=("axes fraction", "data"),
+    by_line: dict[tuple, list[str]] = {}
+    for metric, f in floors.items():  # one label per distinct floor line
+        by_line.setdefault((f["op"], f["threshold"]), []).append(metric)
+    for (op, threshold), metrics in by_line.items():
+        ax2.axhline(threshold, color="grey", linestyle="--", linewidth=0.8)
+        ax2.annotate(f"floor: {', '.join(metrics)} {op} {threshold:.2f}", xy=(0.98, threshold - 0.01), xycoords=("axes fraction", "data"),
                      ha="right", va="top", fontsize=7, color="grey")
     style_axes(ax2, title="accuracy", xlabel=xkey or "epoch", ylabel="accuracy")
     ax2.set_ylim(0, 1.02)
