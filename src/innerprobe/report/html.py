@@ -41,13 +41,16 @@ class LoadedSection:
 
 
 def _walk(root: Path, name: str | None = None, suffix: str | None = None) -> list[Path]:
+    """Files below ``root`` named ``name`` (or ending in ``suffix``), sorted; hidden and tool folders are not entered."""
+    import os
+
     found = []
-    for p in sorted(root.rglob(name or f"*{suffix}")):
-        if any(part in _SKIP_DIRS for part in p.relative_to(root).parts):
-            continue
-        if p.is_file():
-            found.append(p)
-    return found
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS and not d.startswith(".")]
+        for f in filenames:
+            if (name is not None and f == name) or (suffix is not None and f.endswith(suffix)):
+                found.append(Path(dirpath) / f)
+    return sorted(found)
 
 
 def _result_section(path: Path) -> Section | None:
@@ -177,10 +180,7 @@ def _figure_html(fig: dict, folder: Path, root: Path, problems: list[str]) -> st
     name = str(fig.get("file", ""))
     caption = _inline(fig.get("caption", ""))
     path = (folder / name).resolve()
-    try:
-        inside = path.is_relative_to(folder.resolve())
-    except AttributeError:  # pragma: no cover (Python < 3.9 only)
-        inside = str(path).startswith(str(folder.resolve()))
+    inside = path.is_relative_to(folder.resolve())
     if not name or not inside or not path.is_file():
         shown = html.escape(str((folder / name).relative_to(root)) if inside and name else name or "(no file name)")
         problems.append(f"missing figure {shown}")
