@@ -92,8 +92,10 @@ FAKE_STUDIES = textwrap.dedent('''
 
     def good(out, seeds=3, quick=False):
         CALLS.append(("good", seeds, quick))
-        Result("fake", data={"seeds": seeds, "quick": quick}, provenance=provenance(seed=0)).save(out / "summary.json")
+        r = Result("fake", data={"seeds": seeds, "quick": quick}, provenance=provenance(seed=0))
+        r.save(out / "summary.json")
         Section("Good fake study", order=40, paragraphs=[f"seeds={seeds}"]).save(out)
+        return Result("fake", data={"acc": {"mean": 0.91234, "ci95": [0.9, 0.925]}, "n": seeds})
 
     def bad(out, seeds=3, quick=False):
         CALLS.append(("bad", seeds, quick))
@@ -163,6 +165,7 @@ def test_study_command_runs_registered_study(tmp_path, monkeypatch, capsys):
     assert main(["study", "good", "--quick", "--seeds", "1", "--out", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
     assert "study good finished" in out and "innerprobe report" in out
+    assert "  acc: mean=0.9123, ci95=0.9, 0.925" in out and "  n: 1" in out
     assert (tmp_path / "s" / "section.json").exists()
 
 

@@ -43,8 +43,11 @@ def register(app: typer.Typer) -> None:
         t0 = time.perf_counter()
         result = run_study(name, out_dir, seeds=seeds, quick=quick)
         typer.echo(f"study {name} finished in {time.perf_counter() - t0:.1f} s -> {out_dir}")
+        from ..report.html import fmt_value
+
         data = getattr(result, "data", None) or {}
-        for key, value in data.items():
-            if isinstance(value, (int, float, str, bool)):
-                typer.echo(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+        for key, value in data.items():  # headline values: scalars, and flat dicts such as {"mean", "ci95", "seeds"}
+            if isinstance(value, (int, float, str, bool)) or (
+                    isinstance(value, dict) and len(value) <= 6 and all(not isinstance(v, dict) for v in value.values())):
+                typer.echo(f"  {key}: {fmt_value(value)}")
         typer.echo(f"see it as a page: innerprobe report {out_dir}")
