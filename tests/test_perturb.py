@@ -399,3 +399,15 @@ def test_escape_readouts_on_hand_made_counts():
     assert maj.sigma[3] > e.sigma[3]  # weak rivals: majority flips later than survival
     D, floor = sample_dependence(np.tile(np.eye(3, dtype=int)[[0, 1, 2]][:, None] * 10, (1, 1, 1)))
     assert np.isclose(D[0], 1 - 3 * (1 / 3) ** 2) and floor[0] < D[0]
+
+
+def test_early_exit_escape_equals_full_sweep():
+    from innerprobe.perturb import escape_early_exit
+
+    m, x = mlp(), data(12)
+    sig = np.geomspace(0.02, 20, 17)
+    full = apex(m, x, sig, samples=16)
+    fast = escape_early_exit(m, x, sig, samples=16, sigma_chunk=3)
+    assert np.array_equal(fast.sigma, full.arrays["escape_sigma"])
+    assert np.array_equal(fast.censor, full.arrays["censor"])
+    assert np.array_equal(fast.escape_class, full.arrays["escape_class"])

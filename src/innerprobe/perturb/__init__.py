@@ -10,10 +10,10 @@ from .engine import Engine, default_sites, is_activation, mix_seed
 from .noise import KINDS, NoiseKind, get_kind
 from .readouts import (Escape, class_histogram, escape_class, escape_noise, half_way, logit_margin,
                        mutual_information, normalized_entropy, sample_dependence, shares, survival)
-from .sweep import apex, escape_bisect, summarize
+from .sweep import apex, escape_bisect, escape_early_exit, summarize
 
 __all__ = [
-    "Engine", "Escape", "KINDS", "NoiseKind", "apex", "class_histogram", "default_sites", "escape_bisect", "escape_class",
+    "Engine", "Escape", "KINDS", "NoiseKind", "apex", "class_histogram", "default_sites", "escape_bisect", "escape_class", "escape_early_exit",
     "escape_noise", "get_kind", "half_way", "is_activation", "logit_margin", "mix_seed", "mutual_information",
     "normalized_entropy", "sample_dependence", "shares", "summarize", "survival",
 ]

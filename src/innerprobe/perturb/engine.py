@@ -265,13 +265,18 @@ class Engine:
         return fn
 
     # ------------------------------------------------------------------ runs
-    def counts(self, sigmas, *, keep_logits: bool = False, progress: bool = False):
+    def counts(self, sigmas, *, keep_logits: bool = False, progress: bool = False, subset=None):
         """Class counts [N, S, C] (int64 numpy) for a grid ``sigmas`` [S] or a per-input matrix [N, S].
 
-        With ``keep_logits=True`` also returns the logits of every pass, [N, S, K, C].
+        With ``keep_logits=True`` also returns the logits of every pass, [N, S, K, C]. ``subset``
+        (indices into the inputs) runs only those inputs, with the same noise they get in a full run.
         """
         sig = np.asarray(sigmas, dtype=np.float64)
-        N = len(self.x)
+        X, IDS = self.x, self.ids
+        if subset is not None:
+            sub = np.asarray(subset, dtype=np.int64).reshape(-1)
+            X, IDS = self.x[torch.as_tensor(sub)], [self.ids[i] for i in sub.tolist()]
+        N = len(X)
         if sig.ndim == 1:
             check_sigmas(sig, kind=self.kind, increasing=False)
             sig = np.broadcast_to(sig, (N, len(sig)))
@@ -296,9 +301,9 @@ class Engine:
             try:
                 for b0 in blocks:
                     b1 = min(N, b0 + B)
-                    ids = self.ids[b0:b1]
+                    ids = IDS[b0:b1]
                     cache: dict = {}
-                    xb = self.x[b0:b1]
+                    xb = X[b0:b1]
                     h = None
                     if self.split is not None:
                         h = xb

@@ -58,3 +58,20 @@ def class_histograms(res: Result, path: Path, class_names=None, title: str = "cl
     fig = heatmap(h[rows], row_labels=[f"{sig[r]:.3g}" for r in rows], col_labels=[str(n)[:8] for n in names], title=title,
                   vmin=0, vmax=max(0.2, float(h.max())), fmt="{:.2f}", size=(1.6 + 0.62 * C, 1.0 + 0.32 * len(rows)))
     return savefig(fig, path)
+
+
+def new_figure_hist_pairs(values: dict, grid, path: Path, title: str = "escape noise") -> Path:
+    """Overlaid log-scale histograms of escape noise, one per named model."""
+    from ..report.plots import PALETTE, new_figure, savefig, style_axes
+
+    grid = np.asarray(grid, float)
+    lo = grid[grid > 0].min() if (grid > 0).any() else 1e-3
+    bins = np.geomspace(lo, max(grid.max(), lo * 1.01), 30)
+    fig, ax = new_figure(size=(4.8, 3.0))
+    for i, (name, v) in enumerate(values.items()):
+        ax.hist(np.clip(np.asarray(v), bins[0], bins[-1]), bins=bins, alpha=0.6, color=PALETTE[i % len(PALETTE)],
+                label=f"{name} (median {np.median(v):.3g})")
+    ax.set_xscale("log")
+    style_axes(ax, title=title, xlabel="escape sigma", ylabel="inputs")
+    ax.legend(fontsize=7, frameon=False)
+    return savefig(fig, path)

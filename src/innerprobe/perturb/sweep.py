@@ -177,3 +177,31 @@ def escape_bisect(model, x, sigmas, *, steps: int = 6, samples: int = 64, sites=
     cls = ro.escape_class(last_counts, y0, np.where(esc.censor == 1, -1, 0))
     del N
     return ro.Escape(out, esc.censor, esc.index, cls)
+
+
+def escape_early_exit(model, x, sigmas, *, samples: int = 64, sites=None, noise="gaussian", relative: bool = False,
+                      seed: int = 0, chunk_rows: int = 8192, tau: float = 0.5, rule: str = "survival", sigma_chunk: int = 4,
+                      engine: Engine | None = None) -> ro.Escape:
+    """Escape noise only, with early exit (apex.md §4.4): the grid is walked upwards ``sigma_chunk``
+    sigmas at a time and an input leaves the batch once its crossing and the sigma after it (for the
+    escape-class tie-break) are known. Identical to :func:`escape_noise` on a full sweep with the same seed."""
+    eng = engine or Engine(model, x, sites=sites, noise=noise, samples=samples, relative=relative, seed=seed, chunk_rows=chunk_rows)
+    sig = check_sigmas(sigmas, kind=eng.kind)
+    N, S = len(eng.x), len(sig)
+    y0 = eng.y0.numpy()
+    counts = np.zeros((N, S, eng.C), dtype=np.int64)
+    alive = np.arange(N)
+    done_upto = np.full(N, -1)
+    for a in range(0, S, sigma_chunk):
+        if len(alive) == 0:
+            break
+        b = min(S, a + sigma_chunk)
+        counts[alive, a:b] = eng.counts(sig[a:b], subset=alive)
+        done_upto[alive] = b - 1
+        f = ro._margin_curve(counts[alive, : b], y0[alive], rule, tau)
+        below = f < 0
+        first = np.where(below.any(1), below.argmax(1), S)
+        alive = alive[~(first + 1 <= b - 1) & ~((first == S - 1) & (b == S))]
+    # inputs still alive at the end never crossed or crossed at the very end: their rows are complete
+    esc = ro.escape_noise(counts, sig, y0, tau=tau, rule=rule)
+    return esc

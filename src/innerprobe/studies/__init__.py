@@ -14,7 +14,11 @@ from typing import Callable
 from ..errors import ConfigError, did_you_mean
 
 STUDIES: dict[str, str] = {
-    # "apex-transition": "innerprobe.studies.apex:run_transition",
+    "apex-transition": "innerprobe.studies.apex:run_transition",
+    "apex-regularity": "innerprobe.studies.apex:run_regularity",
+    "apex-random-labels": "innerprobe.studies.apex:run_random_labels",
+    "apex-transitions": "innerprobe.studies.apex:run_transitions",
+    "apex-backdoor": "innerprobe.studies.apex:run_backdoor",
 }
 
 

@@ -1,0 +1,152 @@
+"""Shared pieces of the APEX studies: zoo loading, cached APEX runs, confidence intervals, headlines."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: default absolute grid (apex.md §5 pilot: geomspace(0.02, 20, 31)), widened for BatchNorm CNNs
+GRID = np.geomspace(0.02, 50, 31)
+GRID_QUICK = np.geomspace(0.02, 50, 16)
+
+
+def load(name: str, seed: int, **overrides):
+    from .. import zoo
+
+    return zoo.load(name, seed=seed, progress=False, **overrides)
+
+
+def data(name: str, seed: int, **overrides):
+    from .. import zoo
+
+    return zoo.recipe_data(name, seed=seed, **overrides)
+
+
+def _cache_dir() -> Path:
+    from ..zoo import cache_root
+
+    d = Path(cache_root()) / "apex-runs"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def run_apex(name: str, seed: int, x, sigmas, *, samples: int = 32, sites=None, relative: bool = False, tag: str = "",
+             overrides: dict | None = None, crn_seed: int = 0, ids=None):
+    """APEX counts for zoo model ``name``/``seed`` on inputs ``x``; cached on disk by everything that
+    determines them (the model's card fingerprint, the inputs, grid, K, sites, noise seed).
+    Returns a dict with counts, y0, clean_logits, site_rms, sites, seconds (of the original run)."""
+    import torch
+
+    from ..perturb import Engine
+
+    overrides = overrides or {}
+    model, card = load(name, seed, **overrides)
+    h = hashlib.sha256()
+    h.update(json.dumps([name, seed, overrides, card.get("fingerprint"), list(map(float, sigmas)), samples, sites, relative,
+                         crn_seed, tag, None if ids is None else list(map(int, ids))], default=str).encode())
+    h.update(np.ascontiguousarray(x.numpy()).tobytes())
+    path = _cache_dir() / f"{h.hexdigest()[:24]}.npz"
+    if path.exists():
+        try:
+            z = np.load(path, allow_pickle=False)
+            meta = json.loads(str(z["meta"]))
+            return {"counts": z["counts"], "y0": z["y0"], "clean_logits": z["clean_logits"], **meta}
+        except Exception:
+            path.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    eng = Engine(model, x, sites=sites, samples=samples, relative=relative, seed=crn_seed, ids=ids)
+    counts = eng.counts(np.asarray(sigmas, float))
+    meta = {"site_rms": [float(r) for r in eng.rms], "sites": [str(r) for r in eng.rsites], "seconds": time.perf_counter() - t0}
+    out = {"counts": counts, "y0": eng.y0.numpy(), "clean_logits": eng.clean_logits.float().numpy(), **meta}
+    tmp = path.with_name(path.stem + f".{time.time_ns()}.tmp.npz")
+    np.savez_compressed(tmp, counts=counts, y0=out["y0"], clean_logits=out["clean_logits"], meta=json.dumps(meta))
+    tmp.replace(path)
+    del torch
+    return out
+
+
+def t_ci(values) -> tuple[float, float, float]:
+    """Mean and 95% t-interval over seeds (NaN-free values); a single value gives (v, nan, nan)."""
+    v = np.asarray([a for a in values if a is not None and np.isfinite(a)], float)
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, float("nan"), float("nan")
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return m, m - half, m + half
+
+
+def boot_ci(fn, *arrays, n: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Statistic ``fn(*arrays)`` and its 95% percentile bootstrap interval over rows."""
+    rng = np.random.default_rng(seed)
+    N = len(arrays[0])
+    stat = float(fn(*arrays))
+    vals = []
+    for _ in range(n):
+        idx = rng.integers(0, N, N)
+        try:
+            v = fn(*(a[idx] for a in arrays))
+        except ValueError:
+            continue
+        if np.isfinite(v):
+            vals.append(v)
+    if not vals:
+        return stat, float("nan"), float("nan")
+    return stat, float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+
+
+class Headlines:
+    """Collects headline figures: name -> per-seed values, mean and 95% CI."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def add(self, name: str, per_seed, seeds, *, ci: tuple | None = None, note: str = "") -> dict:
+        per_seed = [None if v is None or not np.isfinite(v) else float(v) for v in per_seed]
+        m, lo, hi = t_ci(per_seed) if ci is None else ci
+        row = {"figure": name, "mean": m, "ci95_lo": lo, "ci95_hi": hi, "seeds": list(seeds), "per_seed": per_seed,
+               "ci_method": "bootstrap over inputs" if ci is not None else "t-interval over seeds", "note": note}
+        self.rows.append(row)
+        return row
+
+    def flat(self) -> dict:
+        out = {}
+        for r in self.rows:
+            out[r["figure"]] = r["mean"]
+            out[r["figure"] + "_ci95"] = [r["ci95_lo"], r["ci95_hi"]]
+        return out
+
+    def table_rows(self):
+        return [[r["figure"], _fmt(r["mean"]), f"[{_fmt(r['ci95_lo'])}, {_fmt(r['ci95_hi'])}]", ", ".join(map(str, r["seeds"])),
+                 ", ".join(_fmt(v) for v in r["per_seed"])] for r in self.rows]
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    return f"{v:.3g}"
+
+
+def finish(out: Path, kind: str, heads: Headlines, section, *, data: dict | None = None, tables: dict | None = None,
+           arrays: dict | None = None, seeds=None, config: dict | None = None):
+    """Write summary.json (headlines + data) and section.json; return the Result."""
+    from ..results import Result, provenance
+
+    section.table("Headline figures (mean over seeds, 95% CI)", ["figure", "mean", "95% CI", "seeds", "per seed"], heads.table_rows())
+    section.save(out)
+    res = Result(kind, data={**heads.flat(), **(data or {}), "seeds": list(seeds or [])},
+                 tables={"headlines": heads.rows, **(tables or {})}, arrays=arrays or {},
+                 provenance=provenance(seed=None if not seeds else list(seeds)[0], model=kind, config=config or {}))
+    res.save(out / "summary.json")
+    return res
+
+
+def mean_rms(run: dict) -> float:
+    return float(np.mean(run["site_rms"]))
