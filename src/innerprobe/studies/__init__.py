@@ -19,6 +19,7 @@ STUDIES: dict[str, str] = {
     "apex-random-labels": "innerprobe.studies.apex:run_random_labels",
     "apex-transitions": "innerprobe.studies.apex:run_transitions",
     "apex-backdoor": "innerprobe.studies.apex:run_backdoor",
+    "pullback-digits": "innerprobe.studies.pullback_digits:run",
 }
 
 
