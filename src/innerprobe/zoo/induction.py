@@ -21,8 +21,8 @@ from ..errors import ConfigError
 from .transformer import DEFAULTS as MODEL_DEFAULTS
 from .transformer import AttnTransformer, build_transformer
 
-TASK_DEFAULTS = dict(vocab=64, seq_len=48, seg_min=6, seg_max=16)
-TRAIN_DEFAULTS = dict(steps=1500, batch=64, lr=3e-3, weight_decay=0.01, log_every=100, eval_size=512)
+TASK_DEFAULTS = dict(vocab=64, seq_len=40, seg_min=10, seg_max=20)
+TRAIN_DEFAULTS = dict(steps=1000, batch=64, lr=1e-2, weight_decay=0.01, log_every=100, eval_size=512)
 MODEL_KEYS = ("n_layers", "n_heads", "d_model", "d_head", "ln", "d_mlp", "pos")
 
 
