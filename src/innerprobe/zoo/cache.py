@@ -130,7 +130,7 @@ def write_entry(path: Path, model: nn.Module, card: dict) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
     try:
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"recipe": str(card.get("recipe")), "seed": str(card.get("seed"))})
+        save_file(state, str(tmp / WEIGHTS), metadata={"innerprobe-zoo": f"{card.get('recipe')} seed {card.get('seed')}"})
         card = dict(card, weights_sha256=sha256_file(tmp / WEIGHTS), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         (tmp / CARD).write_text(json.dumps(card, indent=1))
         if path.exists():  # move the old (invalid) entry aside first; rename is atomic

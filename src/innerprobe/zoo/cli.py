@@ -19,7 +19,7 @@ def _parse_sets(sets: list[str] | None) -> dict:
     return out
 
 
-OTHER_METRICS = ("attack_success", "flipped_memorized", "loss_repeat", "loss_unpredictable", "ln_vocab")
+OTHER_METRICS = ("attack_success", "flipped_memorized", "loss_predictable", "loss_unpredictable", "ln_vocab")
 
 
 def _fmt(v) -> str:

@@ -8,7 +8,7 @@ Floors (issue 2, sec. 4) are checked and stored on every card: clean digits mode
 clean Fashion-MNIST models >= 0.88 test accuracy; backdoor models attack success >= 0.95 with
 clean accuracy >= 0.95 (digits) -- on Fashion-MNIST, where no small CNN reaches 0.95 even
 without poisoning, the clean-accuracy floor is the clean Fashion floor 0.88; random-label models
->= 0.95 train accuracy; ``induction-attn2l`` loss on predictable repeated tokens <= 0.25 ln(vocab)
+>= 0.95 train accuracy; ``induction-attn2l`` loss on predictable repeated tokens (``loss_predictable``) <= 0.25 ln(vocab)
 and on unpredictable tokens >= 0.9 ln(vocab).
 """
 from __future__ import annotations
@@ -93,7 +93,7 @@ class Recipe:
         if self.kind == "induction":
             from .transformer import build_transformer
 
-            return build_transformer(config)
+            return build_transformer(config["model"])
         return M.build(config["arch"], **config["kwargs"])
 
     def config(self, params: dict) -> dict | None:
@@ -242,45 +242,36 @@ def _classifier_floors(clean: float | None = None, backdoor_clean: float | None 
 
 # ---------------------------------------------------------------------------- induction
 
-INDUCTION_REPEAT_KEYS = ("loss_repeat", "loss_repeated", "loss_predictable", "repeat_loss", "predictable_loss")
-INDUCTION_RANDOM_KEYS = ("loss_unpredictable", "loss_random", "loss_filler", "unpredictable_loss", "random_loss")
-
-
-def _first(metrics: dict, keys) -> Any:
-    return next((metrics[k] for k in keys if k in metrics), None)
+def _vocab(config: dict | None) -> int | None:
+    config = config or {}
+    return (config.get("model") or {}).get("vocab") or (config.get("task") or {}).get("vocab")
 
 
 def _train_induction(recipe: Recipe, seed: int, params: dict, progress: bool | None) -> Trained:
-    try:
-        from .induction import train_induction_model
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("innerprobe.zoo"):
-            raise ConfigError("the induction-attn2l recipe is not available in this build (innerprobe.zoo.induction is missing)") from None
-        raise
+    """Delegates to :func:`innerprobe.zoo.induction.train_induction_model` (the path-patching area's trainer)."""
     import time
 
+    from .induction import train_induction_model
+
     t0 = time.perf_counter()
-    model, metrics, curve, config = train_induction_model(seed=seed, **params)
+    with torch.random.fork_rng(devices=[]):  # it seeds the global RNG; keep the caller's
+        model, metrics, curve, config = train_induction_model(seed=int(seed), progress=True if progress is None else progress, **params)
     seconds = time.perf_counter() - t0
     metrics = dict(metrics)
-    vocab = config.get("vocab", config.get("d_vocab", config.get("vocab_size")))
+    vocab = _vocab(config)
     if vocab and "ln_vocab" not in metrics:
         metrics["ln_vocab"] = math.log(vocab)
-    rep, rnd = _first(metrics, INDUCTION_REPEAT_KEYS), _first(metrics, INDUCTION_RANDOM_KEYS)
-    if rep is not None and "loss_repeat" not in metrics:
-        metrics["loss_repeat"] = rep
-    if rnd is not None and "loss_unpredictable" not in metrics:
-        metrics["loss_unpredictable"] = rnd
-    data = {"dataset": "synthetic repeated-segment token sequences", "config": {k: v for k, v in config.items()}}
+    data = {"dataset": "synthetic token sequences: random filler with one segment of random length repeated at random offsets",
+            "task": config.get("task"), "eval_seed": 10_000 + int(seed)}
     return Trained(model, metrics, curve, config, data, seconds)
 
 
 def _induction_floors(params: dict, config: dict) -> list[Floor]:
-    vocab = (config or {}).get("vocab", (config or {}).get("d_vocab", (config or {}).get("vocab_size")))
+    vocab = _vocab(config)
     if not vocab:
         return []
     ln = math.log(vocab)
-    return [Floor("loss_repeat", "<=", 0.25 * ln), Floor("loss_unpredictable", ">=", 0.9 * ln)]
+    return [Floor("loss_predictable", "<=", 0.25 * ln), Floor("loss_unpredictable", ">=", 0.9 * ln)]
 
 
 # ---------------------------------------------------------------------------- the recipes
@@ -309,7 +300,7 @@ _LIST = [
     _r("digits-cnn", "CNN, 3x (conv3x3-BN-ReLU-maxpool) 16/32/64 channels, on 8x8 digits", "digits",
        {**DIGITS_CNN, **_train(40)}, _classifier_floors(clean=0.95)),
     _r("digits-mlp-random-labels", "digits-mlp trained on shuffled labels until it memorises them", "digits",
-       {**DIGITS_MLP, "transform": "random_labels", **_train(600)}, _classifier_floors(random_labels=True)),
+       {**DIGITS_MLP, "transform": "random_labels", **_train(300)}, _classifier_floors(random_labels=True)),
     _r("digits-cnn-random-labels", "digits CNN (32/64/128 channels) trained on shuffled labels until it memorises them", "digits",
        {"arch": "cnn", "channels": [32, 64, 128], "transform": "random_labels", **_train(200)}, _classifier_floors(random_labels=True)),
     _r("digits-mlp-label-noise", "digits-mlp trained with 10% symmetric label noise (flipped indices on the card)", "digits",
