@@ -103,3 +103,26 @@ def test_overview_reads_status_without_training(tmp_path, monkeypatch):
     assert rows[0][2] == "cached" and rows[0][-1] == "met" and "test_accuracy=0.970" in rows[0][5]
     assert rows[1][2] == "missing"
     assert "1 meet every floor" in sec["paragraphs"][0]
+
+
+def test_demo_zoo_step_records_a_failing_model_and_goes_on(tmp_path, monkeypatch):
+    from innerprobe.errors import DataError
+    from innerprobe.report import cli as rcli
+
+    good = _card("digits-mlp", {"test_accuracy": 0.97}, [{"metric": "test_accuracy", "op": ">=", "threshold": 0.95, "value": 0.97, "met": True}])
+
+    def fake_load(name, seed=0, **kw):
+        if name == "fashion-cnn":
+            raise DataError("Fashion-MNIST files not found", hint="apt-get install dataset-fashion-mnist")
+        return zoo.models.mlp((1, 8, 8), hidden=(8,)), good
+
+    monkeypatch.setattr(zoo, "load", fake_load)
+    monkeypatch.setattr(zoo, "status", lambda name, seed=0: ("cached", good) if name != "fashion-cnn" else ("missing", None))
+    monkeypatch.setattr(zoo_section, "demo_recipes", lambda quick: ["fashion-cnn", "digits-mlp"])
+    run = rcli.DemoRun(tmp_path)
+    rcli._zoo_step(run, quick=False)
+    assert [(s.name, s.status) for s in run.steps] == [("fashion-cnn", "failed"), ("digits-mlp", "ok")]
+    failed = json.loads((tmp_path / "zoo" / "fashion-cnn" / "section.json").read_text())
+    assert failed["title"] == "FAILED: zoo model fashion-cnn" and "Fashion-MNIST files not found" in failed["paragraphs"][0]
+    assert "apt-get install dataset-fashion-mnist" in failed["paragraphs"][0]
+    assert (tmp_path / "zoo" / "digits-mlp" / "samples.png").exists() and (tmp_path / "zoo" / "section.json").exists()
