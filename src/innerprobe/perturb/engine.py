@@ -19,6 +19,7 @@ Only integer counts ``[N, S, C]`` are kept (logits of all passes only on request
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -67,6 +68,7 @@ def default_sites(model: nn.Module) -> list[Site]:
 _M64 = (1 << 64) - 1
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def mix_seed(*values: int) -> int:
     """A 63-bit seed from integers (splitmix64 finaliser per value): one stream per (seed, sample, site, call)."""
     h = 0x9E3779B97F4A7C15
@@ -117,7 +119,7 @@ class _Ctx:
     rows: int
     B: int
     s: int
-    sigma_rows: torch.Tensor
+    sigma_rows: torch.Tensor  # one sigma per (input, sigma) pair, [B * s]
     calls: list[int]
     cache: dict = field(default_factory=dict)
 
@@ -259,9 +261,11 @@ class Engine:
             if xi is None or tuple(xi.shape[2:]) != shape:
                 xi = self._draw(ctx.ids, j, call, shape, value.dtype, value.device)
                 ctx.cache[key] = xi
-            xr = xi.unsqueeze(1).expand(ctx.B, ctx.s, self.K, *shape).reshape(ctx.rows, *shape)
-            sig = (ctx.sigma_rows * self.scale[j]).to(value.dtype).view(ctx.rows, *([1] * len(shape)))
-            return self.kind.apply(value, sig, xr)
+            # broadcast instead of materialising: rows are (input b, sigma s, pass k); xi is shared over s (CRN)
+            nd = len(shape)
+            sig = (ctx.sigma_rows * self.scale[j]).to(value.dtype).view(ctx.B, ctx.s, *([1] * (nd + 1)))
+            new = self.kind.apply(value.view(ctx.B, ctx.s, self.K, *shape), sig, xi.unsqueeze(1))
+            return new.reshape(ctx.rows, *shape)
         return fn
 
     # ------------------------------------------------------------------ runs
@@ -288,7 +292,7 @@ class Engine:
         B = max(1, self.chunk_rows // (s_sub * K))
         counts = np.zeros((N, S, C), dtype=np.int64)
         logits_out = torch.empty((N, S, K, C)) if keep_logits else None
-        sig_t = torch.as_tensor(np.ascontiguousarray(sig), dtype=torch.float64)
+        sig_t = torch.tensor(np.ascontiguousarray(sig), dtype=torch.float64)
         blocks = range(0, N, B)
         if progress:
             from ..progress import track
@@ -313,7 +317,7 @@ class Engine:
                         s1 = min(S, s0 + s_sub)
                         nb, ns = b1 - b0, s1 - s0
                         rows = nb * ns * K
-                        srows = sig_t[b0:b1, s0:s1].repeat_interleave(K, dim=1).reshape(rows)
+                        srows = sig_t[b0:b1, s0:s1].reshape(nb * ns)
                         self._ctx = _Ctx(ids, rows, nb, ns, srows, [0] * len(self.rsites), cache)
                         if self.split is not None:
                             z = h.repeat_interleave(ns * K, dim=0)

@@ -28,7 +28,8 @@ class NoiseKind:
         raise NotImplementedError
 
     def apply(self, value: torch.Tensor, sigma: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        """``value`` [R, ...], ``sigma`` broadcastable [R, 1, ...], ``xi`` like ``value``."""
+        """``value``, ``sigma`` and ``xi`` broadcast against each other (the engine passes value
+        [B, S, K, ...], sigma [B, S, 1, ...], xi [B, 1, K, ...]); returns the noisy value."""
         raise NotImplementedError
 
 
@@ -39,7 +40,7 @@ class Gaussian(NoiseKind):
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)
 
     def apply(self, value, sigma, xi):
-        return value + sigma * xi
+        return torch.addcmul(value, sigma, xi)  # value + sigma * xi in one fused, broadcasting kernel
 
 
 class Multiplicative(NoiseKind):
@@ -49,7 +50,7 @@ class Multiplicative(NoiseKind):
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)
 
     def apply(self, value, sigma, xi):
-        return value * (1 + sigma * xi)
+        return torch.addcmul(value, value * sigma, xi)  # value * (1 + sigma * xi)
 
 
 class Dropout(NoiseKind):
