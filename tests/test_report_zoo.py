@@ -81,6 +81,8 @@ def test_induction_card_shows_per_head_scores(tmp_path):
     heads = next(t for t in sec["tables"] if t["columns"][0] == "head")
     assert heads["rows"][3] == ["L1.H1", 0.05, 0.8] and len(heads["rows"]) == 4
     assert not (tmp_path / "ind" / "samples.png").exists()
+    caption = sec["figures"][0]["caption"]
+    assert "previous-token score: L0.H0 (0.90)" in caption and "induction score: L1.H1 (0.80)" in caption
 
 
 def test_overview_reads_status_without_training(tmp_path, monkeypatch):

@@ -61,11 +61,10 @@ def _curve_figure(card: dict, path: Path) -> Path | None:
             ys = [r.get(key) for r in curve]
             if any(y is not None for y in ys):
                 ax.plot(xs, ys, label=label, color=PALETTE[i], linewidth=1.4)
-        for metric, label in (("loss_repeat", "floor: predictable"), ("loss_unpredictable", "floor: unpredictable")):
-            if metric in floors:
-                ax.axhline(floors[metric]["threshold"], color="grey", linestyle="--", linewidth=0.8)
-                ax.annotate(f"{label} {floors[metric]['op']} {floors[metric]['threshold']:.2f}", xy=(1.0, floors[metric]["threshold"]),
-                            xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=7, color="grey")
+        for metric, f in floors.items():
+            ax.axhline(f["threshold"], color="grey", linestyle="--", linewidth=0.8)
+            ax.annotate(f"floor: {metric} {f['op']} {f['threshold']:.2f}", xy=(0.98, f["threshold"]),
+                        xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=7, color="grey")
         style_axes(ax, title=f"{card.get('recipe')} training", xlabel=xkey or "step", ylabel="cross-entropy (nats)")
         ax.legend(fontsize=7, frameon=False)
         return savefig(fig, path)
@@ -196,6 +195,20 @@ def _head_scores(card: dict, sec: Section, path: Path) -> Path | None:
     return savefig(fig, path)
 
 
+def _top_heads(card: dict) -> str:
+    """Which heads score highest (computed from the card, never assumed)."""
+    import numpy as np
+
+    m = card.get("metrics") or {}
+    out = []
+    for key, label in (("prev_token_scores", "previous-token"), ("induction_scores", "induction")):
+        v = np.asarray(m.get(key) or [[]], dtype=float)
+        if v.size:
+            l, h = np.unravel_index(int(np.nanargmax(v)), v.shape)
+            out.append(f"Highest {label} score: L{l}.H{h} ({v[l, h]:.2f}).")
+    return " ".join(out)
+
+
 def model_section(folder: str | Path, name: str, seed: int, model, card: dict, *, order: int = 21) -> Path:
     """Write the card of one zoo model (from its loaded model and card) as ``folder/section.json``."""
     folder = Path(folder)
@@ -207,7 +220,7 @@ def model_section(folder: str | Path, name: str, seed: int, model, card: dict, *
     sec.paragraphs.append(
         f"**{card.get('description', name)}.** {card.get('n_parameters', '?')} parameters"
         + (f", trained in {secs:.1f} s on {card.get('train_threads', '?')} CPU thread(s)" if isinstance(secs, (int, float)) else "")
-        + f"; floors met: {n_met} of {n_floors}."
+        + (f"; floors met: {n_met} of {n_floors}." if n_floors else "; this recipe has no floors.")
         + ("" if card.get("all_floors_met", True) else " **Not every floor is met.**"))
     params = card.get("params") or {}
     data = card.get("data") or {}
@@ -229,8 +242,7 @@ def model_section(folder: str | Path, name: str, seed: int, model, card: dict, *
     if card.get("recipe") == "induction-attn2l" or "induction_scores" in (card.get("metrics") or {}):
         hp = _head_scores(card, sec, folder / "head_scores.png")
         if hp is not None:
-            sec.figure(hp, "Per-head scores on held-out sequences: a previous-token head in layer 0 and an induction head "
-                           "in layer 1 make the induction circuit.")
+            sec.figure(hp, "Per-head scores on held-out sequences (attention weights, 0 to 1). " + _top_heads(card))
     else:
         try:
             sp, caption = _samples_figure(model, card, name, seed, folder / "samples.png")
