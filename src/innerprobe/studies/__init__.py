@@ -20,6 +20,7 @@ STUDIES: dict[str, str] = {
     "apex-transitions": "innerprobe.studies.apex:run_transitions",
     "apex-backdoor": "innerprobe.studies.apex:run_backdoor",
     "pullback-digits": "innerprobe.studies.pullback_digits:run",
+    "path-induction": "innerprobe.studies.path_induction:run",
 }
 
 
