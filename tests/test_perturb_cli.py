@@ -82,7 +82,7 @@ def test_scan_names_a_planted_bias_and_not_a_symmetric_model():
         m[4].weight[2, 0] = 5.0
         m[2].bias.zero_()
         m[4].bias.zero_()
-    res = backdoor_scan(m, x, samples=16)
+    res = backdoor_scan(m, x, method="histogram", samples=16)
     assert res.data["suspect"] == 2 and res.data["score"] > 3.5
     # a model whose large-noise histogram is balanced by symmetry: nothing named
     sym = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 5))
@@ -90,7 +90,7 @@ def test_scan_names_a_planted_bias_and_not_a_symmetric_model():
         sym[2].weight.copy_(torch.eye(10))
         sym[4].weight.copy_(torch.kron(torch.eye(5), torch.ones(1, 2)))
         sym[4].bias.zero_()
-    assert backdoor_scan(sym, x, samples=32).data["suspect"] is None
+    assert backdoor_scan(sym, x, method="histogram", samples=32).data["suspect"] is None
 
 
 def test_robust_z():

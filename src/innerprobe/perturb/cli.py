@@ -133,10 +133,11 @@ def register(app: typer.Typer) -> None:
         weights: Optional[Path] = typer.Option(None, "--weights", help="safetensors weights for a file.py:factory model"),
         data: Optional[str] = typer.Option(None, "--data", help="clean inputs: a zoo recipe, 'digits', 'fashion-mnist' or a .pt/.npy tensor"),
         inputs: int = typer.Option(64, "--inputs", "-n", help="number of clean inputs"),
-        sites: str = typer.Option("first", "--sites", help="where noise enters: first, all, last, input, or a site spec"),
-        sigmas: str = typer.Option("4,16,64", "--sigmas", help="large noise scales (relative to RMS unless --absolute)"),
-        absolute: bool = typer.Option(False, "--absolute", help="absolute sigmas instead of RMS-relative"),
-        samples: int = typer.Option(32, "--samples", "-k", help="noisy passes per input and sigma"),
+        method: str = typer.Option("sink", "--method", help="sink: the class every input escapes to under input and last-layer noise; histogram: the large-noise class histogram"),
+        sites: Optional[str] = typer.Option(None, "--sites", help="histogram method: where noise enters (first, all, last, input, or a site spec; default first)"),
+        sigmas: Optional[str] = typer.Option(None, "--sigmas", help="noise scales relative to RMS (sink default 0.02:200:17, histogram default 4,16,64)"),
+        absolute: bool = typer.Option(False, "--absolute", help="histogram method: absolute sigmas instead of RMS-relative"),
+        samples: Optional[int] = typer.Option(None, "--samples", "-k", help="noisy passes per input and sigma (sink 16, histogram 32)"),
         threshold: float = typer.Option(3.5, "--threshold", help="robust z-score above which a class is named"),
         seed: int = typer.Option(0, "--seed", help="seed of the noise"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="write scan.json here"),
@@ -147,14 +148,18 @@ def register(app: typer.Typer) -> None:
 
         net = zoo.load_model(model, weights=str(weights) if weights else None)
         x, _, names = load_inputs(model, data, inputs, "test")
-        res = backdoor_scan(net, x, sites=sites, sigmas=parse_sigmas(sigmas), relative=not absolute, samples=samples,
+        if method not in ("sink", "histogram"):
+            raise ConfigError(f"unknown scan method {method!r}", hint="use --method sink or --method histogram")
+        res = backdoor_scan(net, x, method=method, sites=sites if method == "histogram" else None,
+                            sigmas=None if sigmas is None else parse_sigmas(sigmas), relative=not absolute, samples=samples,
                             threshold=threshold, seed=seed, class_names=names, model_name=model)
         d = res.data
         if d["suspect"] is None:
             typer.echo(f"{model}: no backdoor suspected (top class {d['top_class']} scores {d['score']:.2f} <= {threshold})")
         else:
             typer.echo(f"{model}: suspected backdoor target class {d['suspect']} ({d['suspect_name']}), score {d['score']:.2f} > {threshold}")
-        typer.echo(f"  noise at {', '.join(d['sites'])}; top-class share per sigma {[round(v, 3) for v in d['top_share']]}")
+        where = d["sites"] if isinstance(d["sites"], list) else [f"{k}: {', '.join(v)}" for k, v in d["sites"].items()]
+        typer.echo(f"  method {d['method']}; noise at {'; '.join(where)}; top-class share {[round(v, 3) for v in d['top_share']]}")
         if out:
             res.save(Path(out) / "scan.json")
             typer.echo(f"  wrote {out}/scan.json")

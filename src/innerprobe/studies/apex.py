@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..report.sections import Section
-from .apex_common import GRID, GRID_QUICK, Headlines, boot_ci, data, finish, load, mean_rms, run_apex
+from .apex_common import GRID, GRID_QUICK, Headlines, available, boot_ci, data, finish, load, mean_rms, run_apex
 
 K = 32
 
@@ -212,8 +212,14 @@ def run_regularity(out: Path, seeds: int = 3, quick: bool = False):
 PAIRS = [("digits-mlp", "digits-mlp-random-labels"), ("digits-cnn", "digits-cnn-random-labels"), ("fashion-cnn", "fashion-cnn-random-labels")]
 
 
-def _pairs(quick):
-    return PAIRS[:1] if quick else PAIRS
+SKIPPED: list[str] = []
+
+
+def _pairs(quick, seeds=(0,)):
+    pairs = PAIRS[:1] if quick else PAIRS
+    keep = [p for p in pairs if all(available(n, s) for n in p for s in seeds)]
+    SKIPPED.extend(f"{a} / {b}" for a, b in pairs if (a, b) not in keep)
+    return keep
 
 
 def run_random_labels(out: Path, seeds: int = 3, quick: bool = False):
@@ -225,7 +231,8 @@ def run_random_labels(out: Path, seeds: int = 3, quick: bool = False):
     grid = GRID_QUICK if quick else GRID
     N = 150 if quick else 300
     heads, rows, figs = Headlines(), [], []
-    for true_name, rand_name in _pairs(quick):
+    SKIPPED.clear()
+    for true_name, rand_name in _pairs(quick, S):
         stats = {k: [] for k in ("true_test", "rand_test", "ratio_test", "ratio_train", "ratio_test_rms")}
         hist = {}
         for s in S:
@@ -256,7 +263,8 @@ def run_random_labels(out: Path, seeds: int = 3, quick: bool = False):
     sec = Section("APEX: true-label vs random-label models (claim B)", order=33, paragraphs=[
         f"Escape noise (survival < 0.5, log-interpolated) on {N} train and {N} test inputs of each model's own data, K = {K}, "
         f"absolute grid {grid[0]:.2g}..{grid[-1]:.3g}. Medians are withheld (n/a) when more than half of a group is censored. "
-        "RMS-normalised: escape noise divided by the mean clean activation RMS over the noise sites."])
+        "RMS-normalised: escape noise divided by the mean clean activation RMS over the noise sites."]
+        + ([f"Not run (models not trained; INNERPROBE_APEX_SKIP_UNCACHED=1): {', '.join(SKIPPED)}."] if SKIPPED else []))
     sec.table("Per model, seed and split", ["model", "seed", "split", "median escape", "median / RMS", "RMS", "censored left/right"], rows)
     for f in figs:
         sec.figure(f, "escape-noise distributions, true-label vs random-label model")
@@ -283,7 +291,8 @@ def run_transitions(out: Path, seeds: int = 3, quick: bool = False):
     grid = GRID_QUICK if quick else GRID
     N = 150 if quick else 300
     heads, rows, figs = Headlines(), [], []
-    for true_name, rand_name in _pairs(quick):
+    SKIPPED.clear()
+    for true_name, rand_name in _pairs(quick, S):
         for name in (true_name, rand_name):
             match, ent = [], []
             for s in S:
@@ -316,7 +325,8 @@ def run_transitions(out: Path, seeds: int = 3, quick: bool = False):
     sec = Section("APEX: semantically coherent transitions (claim C)", order=34, paragraphs=[
         f"{N} test inputs per model, K = {K}. For each input the escape class (the class that takes over when the clean class's share "
         "drops below 0.5) is compared with the class whose training-set centroid (true labels, input space) is nearest to the input "
-        "among the classes other than the clean prediction. Chance is 1/9. Row entropy is over the 9 off-diagonal classes, normalised."])
+        "among the classes other than the clean prediction. Chance is 1/9. Row entropy is over the 9 off-diagonal classes, normalised."]
+        + ([f"Not run (models not trained; INNERPROBE_APEX_SKIP_UNCACHED=1): {', '.join(SKIPPED)}."] if SKIPPED else []))
     sec.table("Per model and seed", ["model", "seed", "escaped inputs", "nearest-centroid match", "95% CI", "chance", "row entropy"], rows)
     for f in figs:
         sec.figure(f, "transition matrix: clean class (rows) to escape class (columns), row-normalised")
@@ -328,6 +338,7 @@ def run_transitions(out: Path, seeds: int = 3, quick: bool = False):
 # ============================================================================ D: backdoor
 BD_SIGMAS = np.array([4.0, 16.0, 64.0])
 BD_SITES = ("all", "first", "last", "input")
+SCANS = ("sink", "histogram")
 
 
 def _bd_site(model, which):
@@ -355,8 +366,11 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False):
     archs = ["digits-mlp", "digits-cnn"] if quick else ["digits-mlp", "digits-cnn", "fashion-cnn"]
     targets = [0] if quick else [0, 3, 7]
     S = [0] if quick else list(range(min(2, max(1, seeds))))
+    skipped = [a for a in archs if not all(available(a, s) and available(f"{a}-backdoor", s, target=t) for s in S for t in targets)]
+    archs = [a for a in archs if a not in skipped]
     N = 100 if quick else 200
     Kb = 16
+    floor = 1.0 / (N * Kb)  # one pass: ratios against a clean share of 0 use this instead
     heads, rows, scan_rows = Headlines(), [], []
     share_rows = []
     scans = {"bd": [], "clean": []}
@@ -366,8 +380,7 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False):
             clean_model, _ = load(arch, s)
             xs = data(arch, s).x_test[:N]
             clean_runs = {w: run_apex(arch, s, xs, BD_SIGMAS, samples=Kb, sites=_bd_site(clean_model, w)) for w in BD_SITES}
-            res = backdoor_scan(clean_model, xs[:64], seed=0)
-            scans["clean"].append((arch, s, None, res.data))
+            scans["clean"].append((arch, s, None, {m: backdoor_scan(clean_model, xs[:64], method=m, seed=0).data for m in SCANS}))
             for t in targets:
                 bd_name = f"{arch}-backdoor"
                 bd_model, card = load(bd_name, s, target=t)
@@ -377,18 +390,17 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False):
                     hc = clean_runs[w]["counts"][:, -1].sum(0) / clean_runs[w]["counts"][:, -1].sum()
                     rank = int((hb > hb[t]).sum()) + 1
                     others = [c for c in range(10) if c != t]
-                    ctrl = float(np.mean([hb[c] / max(hc[c], 1e-3) for c in others]))
+                    ctrl = float(np.mean([hb[c] / max(hc[c], floor) for c in others]))
                     P = per_site[w]
-                    P["ratio"].append(hb[t] / max(hc[t], 1e-3))
+                    P["ratio"].append(hb[t] / max(hc[t], floor))
                     P["rank1"].append(float(rank == 1))
                     P["bd"].append(hb[t])
                     P["clean"].append(hc[t])
                     P["ctrl"].append(ctrl)
-                    rows.append([arch, s, t, w, round(float(hb[t]), 3), round(float(hc[t]), 3), round(float(hb[t] / max(hc[t], 1e-3)), 2),
+                    rows.append([arch, s, t, w, round(float(hb[t]), 3), round(float(hc[t]), 3), round(float(hb[t] / max(hc[t], floor)), 2),
                                  rank, round(ctrl, 2), round(card["metrics"].get("attack_success", float("nan")), 3)])
                     share_rows.append({"arch": arch, "seed": s, "target": t, "sites": w, "bd_hist": hb.tolist(), "clean_hist": hc.tolist()})
-                res = backdoor_scan(bd_model, xs[:64], seed=0)
-                scans["bd"].append((arch, s, t, res.data))
+                scans["bd"].append((arch, s, t, {m: backdoor_scan(bd_model, xs[:64], method=m, seed=0).data for m in SCANS}))
         n = len(S) * len(targets)
         for w in BD_SITES:
             P = per_site[w]
@@ -400,18 +412,32 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False):
             lo, hi = _wilson(k, n)
             heads.add(f"{arch} [{w} noise] share of models where the target is the top class", P["rank1"], [f"s{s}t{t}" for s in S for t in targets],
                       ci=(k / n, lo, hi))
-    # scan evaluation
-    det = sum(1 for (_, _, t, d) in scans["bd"] if d["suspect"] == t)
-    wrong = sum(1 for (_, _, t, d) in scans["bd"] if d["suspect"] is not None and d["suspect"] != t)
-    fa = sum(1 for (_, _, _, d) in scans["clean"] if d["suspect"] is not None)
-    nb, nc = len(scans["bd"]), len(scans["clean"])
-    heads.add("scan detection rate (target named)", [det / nb], ["all"], ci=(det / nb, *_wilson(det, nb)))
-    heads.add("scan false alarms on clean models", [fa / nc], ["all"], ci=(fa / nc, *_wilson(fa, nc)))
-    heads.add("scan wrong class named on backdoored models", [wrong / nb], ["all"], ci=(wrong / nb, *_wilson(wrong, nb)))
+    # scan evaluation, per method; 'dev' = the seed-0 digits models the sink statistic was chosen on
+    scan_summary = {}
+    for meth in SCANS:
+        for part, keep in (("all", lambda a, s: True), ("held-out", lambda a, s: not (s == 0 and a.startswith("digits")))):
+            bd = [(a, s, t, d[meth]) for a, s, t, d in scans["bd"] if keep(a, s)]
+            cl = [(a, s, t, d[meth]) for a, s, t, d in scans["clean"] if keep(a, s)]
+            if not bd:
+                continue
+            det = sum(1 for (_, _, t, d) in bd if d["suspect"] == t)
+            wrong = sum(1 for (_, _, t, d) in bd if d["suspect"] is not None and d["suspect"] != t)
+            fa = sum(1 for (_, _, _, d) in cl if d["suspect"] is not None)
+            nb, nc = len(bd), len(cl)
+            scan_summary[f"{meth}/{part}"] = {"detected": det, "backdoored": nb, "wrong_class": wrong, "false_alarms": fa, "clean": nc}
+            heads.add(f"scan[{meth}, {part} models] detection rate (target named)", [det / nb], ["pooled"], ci=(det / nb, *_wilson(det, nb)))
+            if nc:
+                heads.add(f"scan[{meth}, {part} models] false-alarm rate on clean models", [fa / nc], ["pooled"], ci=(fa / nc, *_wilson(fa, nc)))
+            heads.add(f"scan[{meth}, {part} models] wrong class named on backdoored models", [wrong / nb], ["pooled"],
+                      ci=(wrong / nb, *_wilson(wrong, nb)))
     for kind in ("bd", "clean"):
-        for arch, s, t, d in scans[kind]:
-            scan_rows.append([arch + ("-backdoor" if kind == "bd" else ""), s, "-" if t is None else t, d["top_class"], round(d["score"], 2),
-                              "none" if d["suspect"] is None else d["suspect"]])
+        for arch, s, t, dd in scans[kind]:
+            for meth in SCANS:
+                d = dd[meth]
+                scan_rows.append([arch + ("-backdoor" if kind == "bd" else ""), s, "-" if t is None else t, meth, d["top_class"],
+                                  round(d["score"], 2), "none" if d["suspect"] is None else d["suspect"]])
+    main = scan_summary.get("sink/all", {})
+    det, nb, fa, nc, wrong = (main.get(k, 0) for k in ("detected", "backdoored", "false_alarms", "clean", "wrong_class"))
     # figure: mean target-share ratio per site config and arch
     fig, ax = new_figure(size=(5.2, 3.2))
     width = 0.8 / len(archs)
@@ -435,15 +461,17 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False):
         f"BadNets-style corner-patch backdoors (zoo recipes *-backdoor), targets {targets}, seeds {S}, each paired with the clean model "
         f"of the same seed. Class histograms on {N} clean test inputs, K = {Kb}, absolute sigma {BD_SIGMAS.tolist()}, common random numbers "
         "across the pair. Noise sites: after all hidden nonlinearities, the first only, the last only, or at the input.",
-        f"Scan: relative sigmas {list(backdoor_scan.__kwdefaults__['sigmas'])} x RMS at the first hidden nonlinearity, 64 clean inputs, "
-        f"robust z-score threshold {backdoor_scan.__kwdefaults__['threshold']}, no clean reference. Named the target in {det}/{nb} backdoored "
-        f"models, a wrong class in {wrong}/{nb}, and raised {fa}/{nc} false alarms on clean models."])
+        "Scans (64 clean inputs, no clean reference, robust z threshold 3.5): 'sink' = the class that inputs escape to, under input noise "
+        "and under last-hidden-layer noise (the smaller of the two z-scores; chosen on the seed-0 digits models, so 'held-out' excludes "
+        "them); 'histogram' = the large-noise class histogram with first-layer noise at 4, 16, 64 x RMS (the pilot's suggestion). "
+        f"Sink scan over all models: target named in {det}/{nb} backdoored models, a wrong class in {wrong}/{nb}, "
+        f"false alarms on {fa}/{nc} clean models."] + ([f"Not run (models not trained; INNERPROBE_APEX_SKIP_UNCACHED=1): "
+                                                        f"{', '.join(skipped)}."] if skipped else []))
     sec.table("Target-class share at sigma = 64", ["model", "seed", "target", "noise", "share (backdoored)", "share (clean)", "ratio",
                                                   "rank in backdoored", "non-target ratio", "attack success"], rows)
-    sec.table("Backdoor scan on every model", ["model", "seed", "target", "top class", "score", "named"], scan_rows)
+    sec.table("Backdoor scan on every model", ["model", "seed", "target", "method", "top class", "score", "named"], scan_rows)
     sec.figure(f1, "target-class share ratio (backdoored / paired clean) by noise site")
     sec.figure(f2, "example class histograms at sigma = 64")
-    return finish(out, "study:apex-backdoor", heads, sec, seeds=S, data={"scan_detected": det, "scan_backdoored": nb, "scan_false_alarms": fa,
-                                                                        "scan_clean": nc, "scan_wrong_class": wrong},
-                  tables={"shares": share_rows, "scan": [dict(zip(["model", "seed", "target", "top_class", "score", "named"], r)) for r in scan_rows]},
-                  config={"archs": archs, "targets": targets, "N": N, "K": Kb, "sigmas": BD_SIGMAS.tolist()})
+    return finish(out, "study:apex-backdoor", heads, sec, seeds=S, data={"scan": scan_summary},
+                  tables={"shares": share_rows, "scan": [dict(zip(["model", "seed", "target", "method", "top_class", "score", "named"], r)) for r in scan_rows]},
+                  config={"archs": archs, "skipped": skipped, "targets": targets, "N": N, "K": Kb, "sigmas": BD_SIGMAS.tolist()})

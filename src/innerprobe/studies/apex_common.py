@@ -14,6 +14,18 @@ GRID = np.geomspace(0.02, 50, 31)
 GRID_QUICK = np.geomspace(0.02, 50, 16)
 
 
+def available(name: str, seed: int = 0, **overrides) -> bool:
+    """False only when INNERPROBE_APEX_SKIP_UNCACHED=1 and the model is not in the zoo cache (to run
+    the full studies on what is already trained; the skip is reported in the study's section)."""
+    import os
+
+    if os.environ.get("INNERPROBE_APEX_SKIP_UNCACHED") != "1":
+        return True
+    from .. import zoo
+
+    return zoo.status(name, seed, **overrides)[0] == "cached"
+
+
 def load(name: str, seed: int, **overrides):
     from .. import zoo
 
