@@ -134,7 +134,7 @@ def run_regularity(out: Path, seeds: int = 3, quick: bool = False):
     base = data("digits-mlp", 0)
     n_probe = 300 if quick else len(base.x_train)
     x, y = base.x_train[:n_probe], base.y_train[:n_probe]
-    M, epochs = (8, 25) if quick else (20, 60)
+    M, epochs = (6, 15) if quick else (20, 60)
     cs, proxy_sec = cscore_proxy(base.x_train, base.y_train, M, epochs)
     cs = cs[:n_probe]
     ok = np.isfinite(cs)
