@@ -84,14 +84,16 @@ class _SoftMaxPoolFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, stride, padding, dilation, T, detach_weights):
         out = F.max_pool2d(x, kernel, stride, padding, dilation)
-        ctx.save_for_backward(x)
+        ctx.save_for_backward(x, out)
         ctx.cfg = (kernel, stride, padding, dilation, T, detach_weights)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
+        x, out = ctx.saved_tensors
         kernel, stride, padding, dilation, T, detach = ctx.cfg
+        if tuple(kernel) == tuple(stride) and tuple(padding) == (0, 0) and tuple(dilation) == (1, 1):
+            return _tiled_backward(x, out, grad, kernel, T, detach), None, None, None, None, None, None
         n, c, h, w = x.shape
         ph, pw = padding
         xp = F.pad(x, (pw, pw, ph, ph), value=-math.inf) if (ph or pw) else x
@@ -110,6 +112,28 @@ class _SoftMaxPoolFn(torch.autograd.Function):
         if ph or pw:
             gx = gx[..., ph:ph + h, pw:pw + w]
         return gx, None, None, None, None, None, None
+
+
+def _tiled_backward(x, out, grad, kernel, T, detach):
+    """Non-overlapping windows (kernel == stride, no padding): window offset as a leading axis,
+    spatial positions contiguous last, so every op is a plain broadcast (no unfold / fold)."""
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    ho, wo = out.shape[-2:]
+    xs = x[..., :ho * kh, :wo * kw].reshape(n, c, ho, kh, wo, kw).permute(0, 1, 3, 5, 2, 4).reshape(n, c, kh * kw, ho * wo)
+    e = torch.exp((xs - out.reshape(n, c, 1, ho * wo)) * (1.0 / T))  # the window max is the forward output
+    s = e.sum(2, keepdim=True)
+    g = grad.reshape(n, c, 1, ho * wo)
+    if detach:
+        gx = e * (g / s)
+    else:
+        wts = e / s
+        p = (wts * xs).sum(2, keepdim=True)
+        gx = g * wts * (1 + (xs - p) * (1.0 / T))
+    gx = gx.view(n, c, kh, kw, ho, wo).permute(0, 1, 4, 2, 5, 3).reshape(n, c, ho * kh, wo * kw)
+    if ho * kh != h or wo * kw != w:  # floor mode drops the remainder: no gradient there
+        gx = F.pad(gx, (0, w - wo * kw, 0, h - ho * kh))
+    return gx
 
 
 # --------------------------------------------------------------------------- rules

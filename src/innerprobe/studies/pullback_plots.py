@@ -25,10 +25,17 @@ def image_grid(cells: Sequence[Sequence[tuple[str, np.ndarray] | None]], path: s
                row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None, cell: float = 1.15) -> Path:
     """Write a grid of small images. Each cell is ``(kind, array)`` with kind 'input' (grey, [0, 1]),
     'map' (diverging, symmetric, per-map scale), 'delta' (grey, per-map min-max) or None (empty)."""
-    from ..report.plots import new_figure, savefig
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ..report.plots import savefig
 
     nr, nc = len(cells), max(len(r) for r in cells)
-    fig, axes = new_figure(nr, nc, size=(cell * nc + 0.6, cell * nr + (0.4 if title else 0.1)), squeeze=False)
+    w, h = cell * nc + 0.6, cell * nr + (0.5 if title else 0.2)
+    fig = Figure(figsize=(w, h))  # no constrained layout: fixed margins are much faster for many small panels
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nr, nc, squeeze=False)
+    fig.subplots_adjust(left=0.6 / w, right=0.99, bottom=0.02, top=1 - (0.5 if title else 0.2) / h, wspace=0.08, hspace=0.25)
     for i, row in enumerate(cells):
         for j in range(nc):
             ax = axes[i][j]
