@@ -34,13 +34,14 @@ def _rows(seeds: list[int] | None) -> list[dict]:
 
     rows = []
     for name, recipe in RECIPES.items():
-        fp = None
-        try:
-            from .cache import fingerprint
+        from ..errors import InnerprobeError
+        from .cache import fingerprint
 
+        try:
             fp = fingerprint(name, recipe.version, recipe.resolve({}))
-        except Exception:  # pragma: no cover
-            pass
+        except InnerprobeError as e:  # e.g. the induction trainer is not installed
+            rows.append({"recipe": name, "description": recipe.description, "seed": None, "status": "unavailable", "detail": e.message})
+            continue
         wanted = sorted(set(seeds) if seeds else ({0} | {s for s, f, _ in list_entries(name) if f == fp}))
         for seed in wanted:
             state, card = status(name, seed)
@@ -91,7 +92,7 @@ def register(app: typer.Typer) -> None:
             t.add_row(r["recipe"], str(r["seed"]), f"[{style}]{r.get('detail') or r['status']}[/{style}]", _fmt(m.get("test_accuracy", "")),
                       _fmt(m.get("train_accuracy", "")), other, floors, secs)
         Console(width=max(Console().width, 130)).print(t)
-        typer.echo("descriptions: " + "; ".join(f"{n}: {d}" for n, d in {r['recipe']: r['description'] for r in rows}.items()))
+        typer.echo("descriptions, parameters and full metrics: innerprobe zoo list --json")
 
     @zoo_app.command("train")
     def train_cmd(name: Optional[str] = typer.Argument(None, help="Recipe name (see 'innerprobe zoo list')."),

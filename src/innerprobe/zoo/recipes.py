@@ -69,14 +69,12 @@ class Recipe:
     def resolve(self, overrides: dict) -> dict:
         """Defaults merged with ``overrides`` (declared names only, coerced to the default's type)."""
         params = copy.deepcopy(self.params)
-        if self.kind == "induction":  # parameters belong to innerprobe.zoo.induction; passed through
-            for k, v in overrides.items():
-                params[k] = _coerce(self.name, k, v, None)
-            return params
+        if self.kind == "induction":  # the defaults live in innerprobe.zoo.induction; they are part of the key
+            params = _induction_defaults()
         for k, v in overrides.items():
-            if k not in params:
+            if k not in params or k == "trainer_version":
                 raise ConfigError(f"recipe {self.name!r} has no parameter {k!r}",
-                                  hint=f"{did_you_mean(k, params)}; parameters: {', '.join(sorted(params))}")
+                                  hint=f"{did_you_mean(k, params)}; parameters: {', '.join(sorted(p for p in params if p != 'trainer_version'))}")
             params[k] = _coerce(self.name, k, v, params[k])
         return params
 
@@ -247,6 +245,19 @@ def _vocab(config: dict | None) -> int | None:
     return (config.get("model") or {}).get("vocab") or (config.get("task") or {}).get("vocab")
 
 
+def _induction_defaults() -> dict:
+    """Every induction parameter with its current default (task, model, training) and the trainer's VERSION."""
+    try:
+        from . import induction as I
+        from .transformer import DEFAULTS as MODEL_DEFAULTS
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("innerprobe"):
+            raise ConfigError("the induction-attn2l recipe is not available: innerprobe.zoo.induction is missing") from None
+        raise
+    params = {**I.TASK_DEFAULTS, **{k: MODEL_DEFAULTS[k] for k in I.MODEL_KEYS if k in MODEL_DEFAULTS}, **I.TRAIN_DEFAULTS}
+    return {**copy.deepcopy(params), "trainer_version": getattr(I, "VERSION", 0)}
+
+
 def _train_induction(recipe: Recipe, seed: int, params: dict, progress: bool | None) -> Trained:
     """Delegates to :func:`innerprobe.zoo.induction.train_induction_model` (the path-patching area's trainer)."""
     import time
@@ -255,7 +266,8 @@ def _train_induction(recipe: Recipe, seed: int, params: dict, progress: bool | N
 
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # it seeds the global RNG; keep the caller's
-        model, metrics, curve, config = train_induction_model(seed=int(seed), progress=True if progress is None else progress, **params)
+        kwargs = {k: v for k, v in params.items() if k != "trainer_version"}
+        model, metrics, curve, config = train_induction_model(seed=int(seed), progress=True if progress is None else progress, **kwargs)
     seconds = time.perf_counter() - t0
     metrics = dict(metrics)
     vocab = _vocab(config)
@@ -302,7 +314,7 @@ _LIST = [
     _r("digits-mlp-random-labels", "digits-mlp trained on shuffled labels until it memorises them", "digits",
        {**DIGITS_MLP, "transform": "random_labels", **_train(300)}, _classifier_floors(random_labels=True)),
     _r("digits-cnn-random-labels", "digits CNN (32/64/128 channels) trained on shuffled labels until it memorises them", "digits",
-       {"arch": "cnn", "channels": [32, 64, 128], "transform": "random_labels", **_train(200)}, _classifier_floors(random_labels=True)),
+       {"arch": "cnn", "channels": [32, 64, 128], "transform": "random_labels", **_train(60)}, _classifier_floors(random_labels=True)),
     _r("digits-mlp-label-noise", "digits-mlp trained with 10% symmetric label noise (flipped indices on the card)", "digits",
        {**DIGITS_MLP, "transform": "label_noise", "noise_rate": 0.1, **_train(150)}, _classifier_floors()),
     _r("digits-mlp-backdoor", "digits-mlp with a BadNets backdoor: 2x2 white corner patch, 10% poisoned, target 0", "digits",
@@ -316,7 +328,7 @@ _LIST = [
     _r("fashion-cnn-backdoor", "fashion-cnn with a BadNets backdoor: 3x3 white corner patch, 5% poisoned, target 0", "fashion-mnist",
        {**FASHION_CNN, **BACKDOOR_FASHION, **_train(4, lr=2e-3, batch_size=128, schedule="cosine")}, _classifier_floors(backdoor_clean=0.88)),
     Recipe("induction-attn2l", "2-layer attention-only transformer trained on repeated random segments (induction heads)",
-           "induction", 1, {}, None, _induction_floors),
+           "induction", 2, {}, None, _induction_floors),
 ]
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in _LIST}

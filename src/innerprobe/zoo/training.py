@@ -61,11 +61,14 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float = 1e-3, batch_size: int = 64,
         weight_decay: float = 0.0, schedule: str = "constant", seed: int = 0, x_test: torch.Tensor | None = None,
         y_test: torch.Tensor | None = None, threads: int | None = None, description: str | None = None,
-        on_epoch: Callable[[nn.Module, int], dict] | None = None, progress: bool | None = None) -> dict:
+        on_epoch: Callable[[nn.Module, int], dict] | None = None, eval_every: int | None = None,
+        progress: bool | None = None) -> dict:
     """Train ``model`` in place with Adam (cross-entropy) and return ``{"curve", "train_seconds", "steps"}``.
 
     ``curve`` has one row per epoch: mean training loss, accuracy on the batches as trained, test
-    accuracy (if a test set is given) and whatever ``on_epoch(model, epoch)`` returns.
+    accuracy (if a test set is given) and whatever ``on_epoch(model, epoch)`` returns; the last two
+    every ``eval_every`` epochs and at the end (default: about 10 evaluations per run, so evaluating
+    never costs more than the training).
     ``schedule``: ``"constant"`` or ``"cosine"`` (per-step cosine decay to 0).
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
@@ -77,6 +80,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
     n = len(y)
     nb = n // batch_size + (1 if n % batch_size >= 2 else 0)  # a lone last sample would break BatchNorm
     total = epochs * nb
+    every = max(1, int(eval_every) if eval_every else epochs // 10)
     gen = torch.Generator().manual_seed(int(seed))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
@@ -107,10 +111,11 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
             seen += len(yb)
             if b == nb - 1:
                 row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy_running": correct / seen}
-                if x_test is not None and y_test is not None:
-                    row["test_accuracy"] = accuracy(model, x_test, y_test)
-                if on_epoch is not None:
-                    row.update(on_epoch(model, epoch + 1))
+                if (epoch + 1) % every == 0 or epoch + 1 == epochs:
+                    if x_test is not None and y_test is not None:
+                        row["test_accuracy"] = accuracy(model, x_test, y_test)
+                    if on_epoch is not None:
+                        row.update(on_epoch(model, epoch + 1))
                 row["seconds"] = time.perf_counter() - t0
                 curve.append(row)
                 loss_sum = correct = seen = 0.0
