@@ -418,3 +418,59 @@ def test_zennit_betasmooth_parity(T, make):
     got = ExcitationPullback(model, temperature=T).attribute(x, c)
     assert torch.allclose(got, ref, rtol=1e-9, atol=1e-12)
     assert count_hooks(model) == 0
+
+
+class FunctionalMix(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.a, self.b, self.c, self.d = nn.Linear(12, 16), nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.a(x).relu()
+        h = F.gelu(self.b(h))
+        h = F.silu(self.c(h))
+        return self.d(h)
+
+
+def test_functional_gelu_silu_and_tensor_relu():
+    model = FunctionalMix().double()
+    x = torch.randn(5, 12, dtype=torch.float64)
+    ep = ExcitationPullback(model)
+    got = ep.attribute(x, 1)
+    assert ep.coverage.by_op() == {"relu": (1, 1), "gelu": (1, 1), "silu": (1, 1)}
+    with torch.no_grad():
+        z1 = model.a(x)
+        z2 = model.b(torch.relu(z1))
+        z3 = model.c(F.gelu(z2))
+        g = (model.d.weight[1] * torch.sigmoid(z3 / 1.6)) @ model.c.weight
+        g = (g * torch.special.ndtr(z2 / 1.0)) @ model.b.weight
+        g = (g * torch.sigmoid(z1 / 0.3)) @ model.a.weight
+    assert torch.allclose(got, g, rtol=1e-10)
+
+
+def test_unsupported_pool_is_reported_not_silently_gated():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True), nn.Flatten(), nn.Linear(18, 2))
+    ep = ExcitationPullback(model)
+    ep.attribute(torch.rand(2, 1, 8, 8), 0)
+    assert ep.coverage.by_op()["max_pool2d"] == (0, 1)
+    assert "ceil_mode" in str(ep.coverage)
+
+
+def test_nests_inside_a_users_function_mode():
+    from torch.overrides import TorchFunctionMode
+
+    seen = []
+
+    class Spy(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(getattr(func, "__name__", ""))
+            return func(*args, **(kwargs or {}))
+
+    model = mlp(dtype=torch.float64)
+    x = torch.randn(3, 12, dtype=torch.float64)
+    ref = ExcitationPullback(model).attribute(x, 0)
+    with Spy():
+        got = ExcitationPullback(model).attribute(x, 0)
+    assert torch.allclose(got, ref) and seen
+    assert torch._C._len_torch_function_stack() == 0
