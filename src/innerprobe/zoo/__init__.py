@@ -121,7 +121,7 @@ def load(name: str, seed: int = 0, *, train_if_missing: bool = True, force: bool
                 raise CacheError(f"invalid zoo cache entry, refusing to use it: {reason}", hint=f"retrain it with '{cmd} --force' or delete {path}")
             raise CacheError(f"{name} (seed {seed}) is not in the zoo cache {cache_root()}", hint=f"train it with '{cmd}' or pass train_if_missing=True")
     with entry_lock(path):
-        if not force and path.exists() and reason is None:  # another process may have trained it meanwhile
+        if not force and path.exists():  # another process may have (re)trained it while we waited
             try:
                 return _load_entry(recipe, params, fp, seed, path)
             except CacheError as e:
@@ -135,7 +135,10 @@ def load(name: str, seed: int = 0, *, train_if_missing: bool = True, force: bool
 
 
 def status(name: str, seed: int = 0, **overrides) -> tuple[str, dict | None]:
-    """``("cached", card)``, ``("missing", None)`` or ``("invalid: reason", None)`` without training."""
+    """``("cached", card)``, ``("missing", None)`` or ``("invalid: reason", None)``, without training or loading.
+
+    Checks the card and the weights' checksum; key/shape checks happen in :func:`load`.
+    """
     recipe, params, fp, path = _key(name, seed, overrides)
     if not path.exists():
         return "missing", None
@@ -144,8 +147,12 @@ def status(name: str, seed: int = 0, **overrides) -> tuple[str, dict | None]:
     try:
         card = read_card(path)
         check_card(card, path, recipe=recipe.name, fp=fp, seed=seed)
-        if not (path / "model.safetensors").is_file():
+        from .cache import WEIGHTS, sha256_file
+
+        if not (path / WEIGHTS).is_file():
             raise CacheError("no weights file")
+        if card.get("weights_sha256") != sha256_file(path / WEIGHTS):
+            raise CacheError("the weights do not match the checksum on the card")
     except CacheError as e:
         return f"invalid: {e.message}", None
     return "cached", card
