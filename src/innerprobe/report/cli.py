@@ -69,7 +69,7 @@ def _zoo_step(run: DemoRun, *, quick: bool) -> None:
         folder = run.out / "zoo" / name
         try:
             _say(f"  [{i}/{len(names)}] {name}")
-            zoo_section.write_model_section(folder, name, seed=0, order=20 + i)
+            zoo_section.write_model_section(folder, name, seed=0, order=800 + i)  # cards after the studies
             step = Step("model", name, seconds=time.perf_counter() - t0)
         except Exception as e:  # keep going: one broken recipe must not hide the rest
             dt = time.perf_counter() - t0

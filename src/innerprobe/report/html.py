@@ -220,14 +220,14 @@ section.card h2{font-size:19px;margin:4px 0 8px}
 section.failed{border-left:6px solid var(--bad)}
 p.src{color:var(--muted);font-size:12px;margin:-4px 0 8px}
 p.note{color:var(--muted);font-size:12px}
-.tablewrap{overflow-x:auto;margin:10px 0}
+.tablewrap{overflow-x:auto;margin:6px 0;max-width:100%}
 table{border-collapse:collapse;font-size:13px}
 caption{text-align:left;font-weight:600;padding:2px 0 6px}
 th,td{border-bottom:1px solid var(--line);padding:4px 10px;text-align:left;vertical-align:top}
 th{background:#eef1f5}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.ok{color:var(--ok);font-weight:600}td.bad{color:var(--bad);font-weight:600}
-.figs{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
+.flow{display:flex;flex-wrap:wrap;gap:10px 22px;align-items:flex-start}
 figure{margin:6px 0;max-width:100%}
 figure img{max-width:100%;height:auto;border:1px solid var(--line);border-radius:4px;background:#fff}
 figcaption{font-size:12px;color:var(--muted);max-width:560px}
@@ -270,10 +270,10 @@ def render_html(sections: list[LoadedSection], root: str | Path, *, title: str =
                 parts.append(f"<pre>{html.escape(p.strip('`').strip())}</pre>")
             else:
                 parts.append(f"<p>{_inline(p)}</p>")
-        for t in sec.tables:
-            parts.append(_table_html(t if isinstance(t, dict) else {"rows": t}))
-        if sec.figures:
-            parts.append('<div class="figs">')
+        if sec.tables or sec.figures:  # tables, then figures, flowing side by side where they fit
+            parts.append('<div class="flow">')
+            for t in sec.tables:
+                parts.append(_table_html(t if isinstance(t, dict) else {"rows": t}))
             for f in sec.figures:
                 parts.append(_figure_html(f if isinstance(f, dict) else {"file": str(f)}, s.folder, root, s.problems))
             parts.append("</div>")

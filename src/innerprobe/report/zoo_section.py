@@ -287,7 +287,7 @@ def write_overview_section(folder: str | Path, names: list[str], seed: int = 0, 
     n_met = sum(r[-1] == "met" for r in rows)
     sec = Section(title="Model zoo", order=order, paragraphs=[
         f"{len(names)} zoo models (seed {seed}); {n_met} meet every floor. Their training took {total:.0f} s in all "
-        f"(measured when each was trained; cache: `{zoo.cache_root()}`). Each model has a card below.",
+        f"(measured when each was trained; cache: `{zoo.cache_root()}`). Each model has a card (sample inputs, training curve) at the end of the report.",
     ])
     sec.table("Zoo models", ["recipe", "seed", "cache", "parameters", "train seconds", "headline metrics", "floors"], rows)
     return sec.save(folder)
