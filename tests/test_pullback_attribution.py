@@ -13,6 +13,8 @@ from innerprobe.pullback import (ExcitationPullback, Gradient, GuidedBackprop, I
                                  SmoothGrad, gradient_rules, pullback_ascent, pullback_rules)
 
 
+pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients", "ignore:Setting backward hooks")
+
 def cnn(seed=0):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
