@@ -44,9 +44,9 @@ def _check_T(T: float, what: str = "temperature") -> float:
 def gate_value(z: torch.Tensor, family: str, T: float) -> torch.Tensor:
     """The soft gate g(z / T): ``sigmoid`` (logistic) or the Gaussian CDF ``Phi`` (probit)."""
     if family == "logistic":
-        return torch.sigmoid(z / T)
+        return torch.mul(z, 1.0 / T).sigmoid_()
     if family == "probit":
-        return torch.special.ndtr(z / T)
+        return torch.special.ndtr(torch.mul(z, 1.0 / T))
     raise ConfigError(f"unknown gate family {family!r}", hint="use 'logistic' (sigmoid(z/T)) or 'probit' (Phi(z/T))")
 
 
@@ -121,11 +121,11 @@ def _tiled_backward(x, out, grad, kernel, T, detach):
     kh, kw = kernel
     ho, wo = out.shape[-2:]
     xs = x[..., :ho * kh, :wo * kw].reshape(n, c, ho, kh, wo, kw).permute(0, 1, 3, 5, 2, 4).reshape(n, c, kh * kw, ho * wo)
-    e = torch.exp((xs - out.reshape(n, c, 1, ho * wo)) * (1.0 / T))  # the window max is the forward output
+    e = (xs - out.reshape(n, c, 1, ho * wo)).mul_(1.0 / T).exp_()  # the window max is the forward output
     s = e.sum(2, keepdim=True)
     g = grad.reshape(n, c, 1, ho * wo)
     if detach:
-        gx = e * (g / s)
+        gx = e.mul_(g / s)
     else:
         wts = e / s
         p = (wts * xs).sum(2, keepdim=True)
