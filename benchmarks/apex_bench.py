@@ -148,8 +148,8 @@ def main():
 
     sigmas = np.geomspace(0.02, 50, 31)
     K = 32
-    N = 100 if args.quick else 300
-    repeat = 1 if args.quick else 3
+    N = 100 if args.quick else 200
+    repeat = 1 if args.quick else 2
     print(f"APEX benchmark: torch {torch.__version__}, {torch.get_num_threads()} thread(s); grid geomspace(0.02, 50, 31), K = {K}")
     results = []
     for name in ("digits-deep-mlp", "digits-cnn"):
