@@ -324,7 +324,7 @@ _LIST = [
     _r("fashion-cnn", "CNN, 3x (conv3x3-BN-ReLU-maxpool) 16/32/64 channels, on Fashion-MNIST 60k/10k", "fashion-mnist",
        {**FASHION_CNN, **_train(4, lr=2e-3, batch_size=128, schedule="cosine")}, _classifier_floors(clean=0.88)),
     _r("fashion-cnn-random-labels", "fashion CNN trained on shuffled labels of a 1000-image subset until it memorises them", "fashion-mnist",
-       {**FASHION_CNN, "transform": "random_labels", "n_train": 1000, **_train(150)}, _classifier_floors(random_labels=True)),
+       {**FASHION_CNN, "transform": "random_labels", "n_train": 1000, **_train(40)}, _classifier_floors(random_labels=True)),
     _r("fashion-cnn-backdoor", "fashion-cnn with a BadNets backdoor: 3x3 white corner patch, 5% poisoned, target 0", "fashion-mnist",
        {**FASHION_CNN, **BACKDOOR_FASHION, **_train(4, lr=2e-3, batch_size=128, schedule="cosine")}, _classifier_floors(backdoor_clean=0.88)),
     Recipe("induction-attn2l", "2-layer attention-only transformer trained on repeated random segments (induction heads)",
