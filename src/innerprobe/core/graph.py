@@ -61,6 +61,7 @@ class Group:
     kind: str
     nodes: tuple[str, ...]
     fn: Callable
+    subsets: bool = False  # fn(slots, nodes=[...]) computes just those members
 
 
 Path = tuple  # tuple[Edge, ...] from an input node to "out"
@@ -159,17 +160,26 @@ class Graph:
             raise ModelError(f"slot {node}:{slot} has no incoming edges")
         return total if c is None else total + c
 
-    def run_group(self, g: Group, slots: dict) -> list[torch.Tensor]:
-        return list(g.fn(slots))
+    def run_group(self, g: Group, slots: dict, nodes: list | None = None) -> list[torch.Tensor]:
+        """Outputs of the group's members (of ``nodes`` only, when the group supports subsets)."""
+        if nodes is None or list(nodes) == list(g.nodes):
+            return list(g.fn(slots))
+        if g.subsets:
+            return list(g.fn(slots, nodes))
+        outs = g.fn(slots)
+        return [outs[g.nodes.index(n)] for n in nodes]
 
-    def forward(self, x, *, inputs: dict | None = None, return_acts: bool = False):
-        """Plain evaluation (nothing patched). ``inputs`` overrides input-node values."""
+    def forward(self, x, *, inputs: dict | None = None, return_acts: bool = False, slots_out: dict | None = None):
+        """Plain evaluation (nothing patched). ``inputs`` overrides input-node values;
+        ``slots_out`` (a dict) receives every slot's value."""
         acts = dict(self.run_inputs(x) if inputs is None else inputs)
         for g in self.groups:
             if g.kind == "input":
                 continue
             slots = {(n, s): self.slot_value(n, s, [acts[self.edges[i].src] for i in self.incoming[(n, s)]])
                      for n in g.nodes for s in self.nodes[n].slots}
+            if slots_out is not None:
+                slots_out.update(slots)
             acts.update(zip(g.nodes, self.run_group(g, slots)))
         return (acts["out"], acts) if return_acts else acts["out"]
 
@@ -196,22 +206,28 @@ class Graph:
 
 
 # ====================================================================== transformers
-def _heads_group(name, layer, H, mix: Callable, head_out: Callable, shortformer_pos=False):
-    """Group fn for one attention layer: slot values [B, T, d] per head -> per-head writes."""
+def _heads_group(name, layer, H, mix: Callable, head_out: Callable, subsets: bool = False):
+    """Group fn for one attention layer: slot values [B, T, d] per head -> per-head writes.
+    With ``subsets``, ``mix`` and ``head_out`` take ``heads=[...]`` and compute only those."""
     nodes = tuple(f"a{layer}.{h}" for h in range(H))
 
-    def fn(slots):
-        q = torch.stack([slots[(n, "q")] for n in nodes], 2)
-        k = torch.stack([slots[(n, "k")] for n in nodes], 2)
-        v = torch.stack([slots[(n, "v")] for n in nodes], 2)
-        out = head_out(mix(q, k, v))  # [B, T, H, d]
-        return [out[:, :, h] for h in range(H)]
+    def fn(slots, nodes_=None):
+        sub = list(nodes) if nodes_ is None else list(nodes_)
+        q = torch.stack([slots[(n, "q")] for n in sub], 2)
+        k = torch.stack([slots[(n, "k")] for n in sub], 2)
+        v = torch.stack([slots[(n, "v")] for n in sub], 2)
+        if nodes_ is None:
+            out = head_out(mix(q, k, v))  # [B, T, H, d]
+        else:
+            heads = [nodes.index(n) for n in sub]
+            out = head_out(mix(q, k, v, heads=heads), heads=heads)
+        return [out[:, :, i] for i in range(len(sub))]
 
-    return Group(name, "component", nodes, fn)
+    return Group(name, "component", nodes, fn, subsets)
 
 
 def _residual_graph(name, *, n_layers, H, has_mlp, embed_fn, pos_fn, mix, head_out, mlp_fn, out_fn,
-                    b_O: list, shortformer: bool, model, notes=()) -> Graph:
+                    b_O: list, shortformer: bool, model, notes=(), subsets: bool = False) -> Graph:
     nodes: dict[str, Node] = {"embed": Node("embed", "input"), "pos": Node("pos", "input")}
     groups = [Group("inputs", "input", ("embed", "pos"), lambda x: [embed_fn(x), pos_fn(x)])]
     edges: list[Edge] = []
@@ -227,7 +243,7 @@ def _residual_graph(name, *, n_layers, H, has_mlp, embed_fn, pos_fn, mix, head_o
                 edges += [Edge(u, n, s) for u in srcs]
                 if bias is not None:
                     const[(n, s)] = bias
-        groups.append(_heads_group(f"attn{l}", l, H, mix[l], head_out[l]))
+        groups.append(_heads_group(f"attn{l}", l, H, mix[l], head_out[l], subsets))
         writers = writers + heads
         bias = b_O[l] if bias is None else bias + b_O[l]
         if has_mlp:
@@ -254,8 +270,8 @@ def transformer_graph(model: nn.Module) -> Graph:
         f"{type(model).__name__}({cfg['n_layers']}L x {cfg['n_heads']}H" + (", LN" if cfg["ln"] else "") + (", MLP" if cfg["d_mlp"] else "") + ")",
         n_layers=cfg["n_layers"], H=cfg["n_heads"], has_mlp=bool(cfg["d_mlp"]),
         embed_fn=lambda x: model.embed(x), pos_fn=lambda x: model.pos_embed(x),
-        mix=[(lambda a: lambda q, k, v: a.mix(q, k, v, hooks=False))(b.attn) for b in blocks],
-        head_out=[b.attn.head_outputs for b in blocks],
+        mix=[(lambda a: lambda q, k, v, heads=None: a.mix(q, k, v, hooks=False, heads=heads))(b.attn) for b in blocks],
+        head_out=[b.attn.head_outputs for b in blocks], subsets=True,
         mlp_fn=[b.mlp_fn if b.has_mlp else None for b in blocks],
         out_fn=lambda r: model.unembed(model.ln_final(r)),
         b_O=B_O, shortformer=cfg["pos"] == "shortformer", model=model,

@@ -25,15 +25,20 @@ def mean_metric(out: torch.Tensor, metric: Callable) -> torch.Tensor:
         return torch.stack([metric(o).mean() for o in out])
 
 
-def single_edge_effects(graph: Graph, runs: Runs, metric: Callable, *, chunk: int = 16, progress: bool = False) -> torch.Tensor:
+def single_edge_effects(graph: Graph, runs: Runs, metric: Callable, *, chunk: int = 8, progress: bool = False) -> torch.Tensor:
     """[E] mean metric with edge e patched to x_c minus the mean metric on x_r (exact)."""
     E = len(graph.edges)
     with torch.no_grad():
         base = metric(runs.clean["out"]).mean()
     effects = torch.zeros(E)
-    starts = list(range(0, E, chunk))
-    for s in track(starts, "single-edge effects", enable=None if progress else False):
-        idx = list(range(s, min(E, s + chunk)))
+    # chunk edges by receiving node (in topological order), so each chunk reuses the clean run
+    # up to that node's group and recomputes only that node there
+    pos = {n: k for k, n in enumerate(graph.order)}
+    by_group: dict = {}
+    for i, e in enumerate(graph.edges):
+        by_group.setdefault(pos[e.dst], []).append(i)
+    batches = [idx[s:s + chunk] for _, idx in sorted(by_group.items()) for s in range(0, len(idx), chunk)]
+    for idx in track(batches, "single-edge effects", enable=None if progress else False):
         masks = torch.ones(len(idx), E)
         masks[torch.arange(len(idx)), torch.tensor(idx)] = 0
         effects[idx] = mean_metric(evaluate_edges(graph, runs, masks), metric) - base

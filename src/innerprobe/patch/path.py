@@ -35,6 +35,7 @@ class Runs:
     cf: dict
     inputs_r: dict
     inputs_c: dict
+    clean_slots: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
 
 
@@ -42,10 +43,11 @@ class Runs:
 def prepare(graph: Graph, x_r, x_c) -> Runs:
     """Run the graph once on x_r and once on x_c and cache every node's value."""
     _check_pair(x_r, x_c)
+    slots: dict = {}
     with _model_state(graph):
-        out_r, clean = graph.forward(x_r, return_acts=True)
+        out_r, clean = graph.forward(x_r, return_acts=True, slots_out=slots)
         out_c, cf = graph.forward(x_c, return_acts=True)
-    return Runs(x_r, x_c, clean, cf, {n: clean[n] for n in graph.inputs}, {n: cf[n] for n in graph.inputs})
+    return Runs(x_r, x_c, clean, cf, {n: clean[n] for n in graph.inputs}, {n: cf[n] for n in graph.inputs}, slots)
 
 
 def _check_pair(x_r, x_c):
@@ -135,24 +137,39 @@ def _two_version(graph: Graph, runs: Runs, masks: torch.Tensor, B: int) -> torch
                 aH[n] = expand(runs.clean[n])
                 dirty[n] = False
             continue
+        changed = [n for n in g.nodes if any(
+            dirty[graph.edges[i].src] or not bool((masks[..., i] == 1).all())
+            for s in graph.nodes[n].slots for i in graph.incoming[(n, s)])]
+        compute = changed if g.subsets else list(g.nodes)
         slots = {}
-        for n in g.nodes:
+        for n in compute:
             for s in graph.nodes[n].slots:
-                val = None
+                # slot = clean slot + sum over changed sources (a^H(u) - a(u; x_r))
+                #        + sum over edges (1 - w_e) (a(u; x_c) - a^H(u)), skipping terms that are zero
+                val = runs.clean_slots[(n, s)] if (n, s) in runs.clean_slots else None
+                if val is None:
+                    val = graph.slot_value(n, s, [runs.clean[graph.edges[i].src] for i in graph.incoming[(n, s)]])
+                val = expand(val)
                 for i in graph.incoming[(n, s)]:
                     src = graph.edges[i].src
+                    if dirty[src]:
+                        val = val + (aH[src] - expand(runs.clean[src]))
+                for i in graph.incoming[(n, s)]:
+                    w = masks[:, :, i] if per_example else masks[:, i]
+                    if bool((w == 1).all()):
+                        continue
+                    src = graph.edges[i].src
                     cf = runs.cf[src]
-                    w = masks[:, :, i].reshape(K, B, *([1] * (cf.dim() - 1))) if per_example else masks[:, i].reshape(K, *([1] * cf.dim()))
-                    term = cf + w * (aH[src] - cf)
-                    val = term if val is None else val + term
-                c = graph.const.get((n, s))
-                if c is not None:
-                    val = val + c
+                    w = w.reshape(K, B, *([1] * (cf.dim() - 1))) if per_example else w.reshape(K, *([1] * cf.dim()))
+                    val = val + (1 - w) * (cf - aH[src])
                 slots[(n, s)] = val.reshape(K * B, *val.shape[2:])
-        outs = graph.run_group(g, slots)
-        for n, o in zip(g.nodes, outs):
+        outs = graph.run_group(g, slots, compute)
+        for n in g.nodes:
+            aH[n] = expand(runs.clean[n])
+            dirty[n] = False
+        for n, o in zip(compute, outs):
             aH[n] = o.reshape(K, B, *o.shape[1:])
-            dirty[n] = True
+            dirty[n] = n in changed
     return aH["out"]
 
 

@@ -19,11 +19,12 @@ import torch
 from ..results import Result, provenance
 
 RECIPE = "induction-attn2l"
-SECOND = {"ln": True, "d_mlp": 128}
+SECOND = {"ln": True, "d_mlp": 128, "lr": 3e-3, "steps": 1500}  # LN + MLP trains more slowly at lr 1e-2
 
 
-def hypotheses(prev: list[str], ind: list[str], graph) -> list[tuple[str, str, "object"]]:
-    """(key, label, Hypothesis) rows for the previous-token heads ``prev`` and induction heads ``ind``."""
+def hypotheses(prev: list[str], ind: list[str], graph, dup: list[str] | None = None) -> list[tuple[str, str, "object"]]:
+    """(key, label, Hypothesis) rows for the previous-token heads ``prev``, induction heads ``ind``
+    and (optional extra row) duplicate-token heads ``dup`` feeding the induction heads' queries."""
     from ..patch.hypothesis import Hypothesis
 
     def E(lines):
@@ -48,7 +49,8 @@ def hypotheses(prev: list[str], ind: list[str], graph) -> list[tuple[str, str, "
         ("refined_k", "naive + K<-every layer-0 head", E(q + k + v + o + l0k)),
         ("refined_kqv", "naive + K, Q, V<-every layer-0 head", E(q + k + v + o + l0k + l0q + l0v)),
         ("refined_full", "... + layer-0 heads read E in Q/K/V", E(q + k + v + o + l0k + l0q + l0v + ["embed -> a0.*:q", "embed -> a0.*:k"])),
-    ]
+    ] + ([("qcomp", "Q-composition: Q<-E and dup head (its Q/K/V<-E), V<-E, ind->out",
+           E(q + v + o + [f"{d} -> {i}:q" for d in dup for i in ind] + [f"embed -> {d}:{s}" for d in dup for s in "qkv"]))] if dup else [])
 
 
 def _identify(model, graph, runs, batch, loss):
@@ -63,9 +65,11 @@ def _identify(model, graph, runs, batch, loss):
     out = evaluate_edges(graph, runs, edge_mask(graph, [avoid_node(graph, n) for n in heads]))
     base = float(loss(runs.clean["out"]).mean())
     node_eff = np.array([float(loss(o).mean()) - base for o in out]).reshape(L, H)
+    dup_s = np.array(sc["duplicate_scores"])
     prev = [f"a0.{h}" for h in range(H) if prev_s[0, h] >= 0.5 * prev_s[0].max()]
     ind = [f"a{L - 1}.{h}" for h in range(H) if ind_s[L - 1, h] >= 0.5 * ind_s[L - 1].max()]
-    return prev, ind, prev_s, ind_s, node_eff
+    dup = [f"a0.{h}" for h in range(H) if dup_s[0, h] >= 0.5 * dup_s[0].max()]
+    return prev, ind, dup, prev_s, ind_s, dup_s, node_eff
 
 
 def analyse(model, seed: int, *, n_pairs: int, n_boot: int, ig_steps: int, counterfactual: str = "resample",
@@ -88,9 +92,9 @@ def analyse(model, seed: int, *, n_pairs: int, n_boot: int, ig_steps: int, count
     runs = prepare(graph, x_r.tokens, x_c.tokens)
     loss = lm_loss(x_r.tokens, x_r.predictable)
     kl = kl_div(x_r.predictable)
-    prev, ind, prev_s, ind_s, node_eff = _identify(model, graph, runs, x_r, loss)
+    prev, ind, dup, prev_s, ind_s, dup_s, node_eff = _identify(model, graph, runs, x_r, loss)
 
-    rows_h = hypotheses(prev, ind, graph)
+    rows_h = hypotheses(prev, ind, graph, dup)
     resolved = [h.resolve(graph) for _, _, h in rows_h]
     edge_rows = [i for i, r in enumerate(resolved) if r.edges is not None]
     outs = {}
@@ -118,7 +122,7 @@ def analyse(model, seed: int, *, n_pairs: int, n_boot: int, ig_steps: int, count
                       "proportion_vs_ind_resampled": est2, "ci2_low": lo2, "ci2_high": hi2})
     T = x_r.tokens.shape[1]
     uniform_prev = float(np.mean([1.0 / (i + 1) for i in range(1, T)]))  # prev-token score of uniform causal attention
-    res = {"seed": seed, "counterfactual": counterfactual, "uniform_prev_score": uniform_prev, "prev": prev, "ind": ind, "prev_scores": prev_s, "ind_scores": ind_s, "node_effects": node_eff,
+    res = {"seed": seed, "counterfactual": counterfactual, "uniform_prev_score": uniform_prev, "prev": prev, "dup": dup, "dup_scores": dup_s, "ind": ind, "prev_scores": prev_s, "ind_scores": ind_s, "node_effects": node_eff,
            "clean_loss": float(clean_loss.mean()), "cf_loss": float(loss(runs.cf["out"]).mean()),
            "ind_resampled_loss": float(np.mean(ue_base) + clean_loss.mean()), "table": table, "n_pairs": n_pairs,
            "graph": graph.summary().splitlines()[0]}
@@ -169,7 +173,7 @@ def run(out: Path, seeds: int = 3, quick: bool = False) -> Result:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    n_pairs, n_boot, ig = (128, 500, 5) if quick else (384, 2000, 10)
+    n_pairs, n_boot, ig = (128, 500, 5) if quick else (256, 1000, 10)
     per_seed, structure = [], []
     for s in range(seeds):
         model, card = zoo.load(RECIPE, seed=s)
@@ -203,8 +207,9 @@ def run(out: Path, seeds: int = 3, quick: bool = False) -> Result:
             second["graph_max_abs_diff"] = float((build_graph(m2).forward(x) - m2(x)).abs().max())
 
     # ---- figures
-    head_heatmaps({"previous-token score": per_seed[0]["prev_scores"], "induction score": per_seed[0]["ind_scores"],
-                   "node patching: loss increase": per_seed[0]["node_effects"]}, out / "heads.png", title="seed 0: head roles")
+    for p in per_seed:
+        head_heatmaps({"previous-token score": p["prev_scores"], "duplicate-token score": p["dup_scores"], "induction score": p["ind_scores"],
+                       "node patching: loss increase": p["node_effects"]}, out / f"heads_seed{p['seed']}.png", title=f"seed {p['seed']}: head roles")
     hypothesis_bars(labels, props, [r["mean"] for r in summary_rows], [r["ci_low"] for r in summary_rows],
                     [r["ci_high"] for r in summary_rows], out / "hypotheses.png", title=f"{RECIPE}, {seeds} seeds (dots), mean and 95% t-CI")
 
@@ -226,8 +231,9 @@ def run(out: Path, seeds: int = 3, quick: bool = False) -> Result:
               [[r["hypothesis"], ", ".join(f"{v:.3f}" for v in r["per_seed"]), f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"] for r in structure_rows])
     sec.table("Head roles per seed: previous-token heads (layer 0, score >= half the best) and induction heads (last layer); "
               "the previous-token score of uniform causal attention is given for comparison",
-              ["seed", "prev heads", "their prev-token scores", "uniform-attention score", "induction heads", "their induction scores"],
+              ["seed", "prev heads", "their prev-token scores", "uniform-attention score", "duplicate-token heads (scores)", "induction heads", "their induction scores"],
               [[p["seed"], ", ".join(p["prev"]), ", ".join(f"{p['prev_scores'][0][int(h.split('.')[1])]:.2f}" for h in p["prev"]), f"{p['uniform_prev_score']:.3f}",
+                ", ".join(f"{h} ({p['dup_scores'][0][int(h.split('.')[1])]:.2f})" for h in p["dup"]),
                 ", ".join(p["ind"]), ", ".join(f"{p['ind_scores'][-1][int(h.split('.')[1])]:.2f}" for h in p["ind"])] for p in per_seed])
     sec.table("Per seed: loss (clean / all resampled / induction inputs resampled) and bootstrap CIs",
               ["seed", "clean", "x_c", "ind resampled"] + [f"{k}" for k in keys[2:6]],
@@ -248,7 +254,9 @@ def run(out: Path, seeds: int = 3, quick: bool = False) -> Result:
                   f"{second['graph_max_abs_diff']:.1e}; heads: prev {', '.join(second['prev'])}, ind {', '.join(second['ind'])}",
                   ["hypothesis", "proportion [bootstrap CI]", "KL"],
                   [[r["hypothesis"], f"{r['proportion']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]", f"{r['kl']:.3f}"] for r in second["table"]])
-    sec.figure("heads.png", "Seed 0: previous-token and induction scores, and the loss increase when each head's output is patched (node patching).")
+    for p in per_seed:
+        sec.figure(f"heads_seed{p['seed']}.png", f"Seed {p['seed']}: previous-token, duplicate-token and induction scores, and the loss increase "
+                   "when each head's output is patched (node patching).")
     sec.figure("hypotheses.png", "Proportion of loss explained per hypothesis; dots are seeds.")
     sec.figure("circuit_acdc.png", "Seed 0: circuit found by ACDC-style greedy pruning; dashed edges are naive-hypothesis edges it did not keep.")
     sec.figure("circuit_eapig.png", "Seed 0: EAP-IG top-k circuit (k = ACDC's size).")

@@ -91,14 +91,15 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
 
 @torch.no_grad()
 def head_scores(model: AttnTransformer, batch: InductionBatch) -> dict:
-    """Per-head previous-token score (mean attention from i to i-1) and induction score (mean
-    attention, at predictable positions, to the token after the earlier copy), as [layer][head]."""
+    """Per-head previous-token score (mean attention from i to i-1), induction score (mean
+    attention, at predictable positions, to the token after the earlier copy) and duplicate-token
+    score (to the earlier copy itself), as [layer][head]."""
     from ..core.hooks import HookSession
 
     with HookSession(model, eval=True) as hs:
         caps = [hs.capture(f"blocks.{l}.attn.hook_pattern")[0] for l in range(len(model.blocks))]
         hs.run(batch.tokens)
-    prev, ind = [], []
+    prev, ind, dup = [], [], []
     T = batch.tokens.shape[1]
     for cap in caps:
         pat = cap.value  # [N, H, T, T]
@@ -110,7 +111,11 @@ def head_scores(model: AttnTransformer, batch: InductionBatch) -> dict:
         mask = batch.predictable  # [N, T-1], query positions p with predictable targets
         att = pat[:, :, : T - 1, :].gather(3, key[:, None, :, None].expand(N, pat.shape[1], T - 1, 1)).squeeze(-1)
         ind.append(masked_mean(att, mask[:, None, :].expand_as(att), dim=(0, 2)).tolist())
-    return {"prev_token_scores": prev, "induction_scores": ind}
+        # duplicate-token: query p in the second copy attends to the earlier copy of its own token
+        key_d = (p - (batch.s2 - batch.s1)[:, None]).clamp(0, T - 1)
+        att_d = pat[:, :, : T - 1, :].gather(3, key_d[:, None, :, None].expand(N, pat.shape[1], T - 1, 1)).squeeze(-1)
+        dup.append(masked_mean(att_d, mask[:, None, :].expand_as(att_d), dim=(0, 2)).tolist())
+    return {"prev_token_scores": prev, "induction_scores": ind, "duplicate_scores": dup}
 
 
 @torch.no_grad()

@@ -67,12 +67,14 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()
         self.o_proj = nn.Linear(H * dh, d)
 
-    def mix(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor, hooks: bool = True) -> torch.Tensor:
-        """Per-head inputs [B, T, H, d] -> z [B, T, H, d_head] (LayerNorm belongs to each receiving slot)."""
+    def mix(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor, hooks: bool = True, heads: list | None = None) -> torch.Tensor:
+        """Per-head inputs [B, T, H, d] -> z [B, T, H, d_head] (LayerNorm belongs to each receiving slot).
+        ``heads`` computes only those heads (inputs then hold just them, in that order)."""
         ln = self.ln1
-        q = torch.einsum("bthd,hde->bthe", ln(q_in), self.W_Q) + self.b_Q
-        k = torch.einsum("bthd,hde->bthe", ln(k_in), self.W_K) + self.b_K
-        v = torch.einsum("bthd,hde->bthe", ln(v_in), self.W_V) + self.b_V
+        sel = slice(None) if heads is None else list(heads)
+        q = torch.einsum("bthd,hde->bthe", ln(q_in), self.W_Q[sel]) + self.b_Q[sel]
+        k = torch.einsum("bthd,hde->bthe", ln(k_in), self.W_K[sel]) + self.b_K[sel]
+        v = torch.einsum("bthd,hde->bthe", ln(v_in), self.W_V[sel]) + self.b_V[sel]
         T = q.shape[1]
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.d_head)
         causal = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
@@ -83,9 +85,11 @@ class Attention(nn.Module):
         z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
         return self.hook_z(z) if hooks else z
 
-    def head_outputs(self, z: torch.Tensor) -> torch.Tensor:
+    def head_outputs(self, z: torch.Tensor, heads: list | None = None) -> torch.Tensor:
         """z [B, T, H, d_head] -> each head's write to the residual [B, T, H, d] (without the o_proj bias)."""
         W = self.o_proj.weight.view(-1, self.n_heads, self.d_head)  # [d, H, dh]
+        if heads is not None:
+            W = W[:, list(heads)]
         return torch.einsum("bthe,dhe->bthd", z, W)
 
     def forward(self, resid: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
