@@ -88,3 +88,23 @@ def test_unknown_graph_kind_and_edge_errors():
         graph.edge("embed->a0.1:z")
     with pytest.raises(ConfigError, match="no node"):
         graph.edge("embed->a3.1:q")
+
+
+def test_fx_graph_names_reserved_and_reused_modules_uniquely():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.act = nn.ReLU()
+            self.lin = nn.Linear(3, 3)
+            self.out = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.out(self.act(self.lin(self.act(x))))
+
+    torch.manual_seed(0)
+    model = Net()
+    graph = fx_graph(model)
+    assert {"act", "act#1", "out#1", "out"} <= set(graph.nodes)
+    assert all(e.src != e.dst for e in graph.edges)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(graph.forward(x), model(x))

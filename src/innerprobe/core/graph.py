@@ -410,6 +410,11 @@ def fx_graph(model: nn.Module, *, leaf_types: tuple = ()) -> Graph:
             if not srcs:
                 continue  # constants
             nm = n.target if n.op == "call_module" else n.name
+            if nm in ("input", "out") or nm in nodes:  # reserved names; a module called twice
+                k = 1
+                while f"{nm}#{k}" in nodes:
+                    k += 1
+                nm = f"{nm}#{k}"
             names[n] = nm
             slots = tuple("in" if i == 0 else f"in{i}" for i in range(len(srcs)))
             nodes[nm] = Node(nm, "component", slots)
