@@ -180,7 +180,7 @@ def escape_bisect(model, x, sigmas, *, steps: int = 6, samples: int = 64, sites=
 
 
 def escape_early_exit(model, x, sigmas, *, samples: int = 64, sites=None, noise="gaussian", relative: bool = False,
-                      seed: int = 0, chunk_rows: int = 8192, tau: float = 0.5, rule: str = "survival", sigma_chunk: int = 2,
+                      seed: int = 0, chunk_rows: int = 8192, tau: float = 0.5, rule: str = "survival", sigma_chunk: int = 1,
                       engine: Engine | None = None) -> ro.Escape:
     """Escape noise only, with early exit (apex.md §4.4): the grid is walked upwards ``sigma_chunk``
     sigmas at a time and an input leaves the batch once its crossing and the sigma after it (for the
