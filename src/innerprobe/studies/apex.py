@@ -466,8 +466,9 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False):
         vals = [np.mean([r[6] for r in rows if r[0] == arch and r[3] == w]) for w in BD_SITES]
         ax.bar(np.arange(len(BD_SITES)) + i * width, vals, width=width, label=arch)
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_yscale("log")
     ax.set_xticks(np.arange(len(BD_SITES)) + width * (len(archs) - 1) / 2, [f"{w} noise" for w in BD_SITES])
-    style_axes(ax, title="target share at sigma=64, backdoored / clean", ylabel="ratio")
+    style_axes(ax, title="target share at sigma=64, backdoored / clean", ylabel="ratio (log; clean share floored at 1/(N K))")
     ax.legend(fontsize=7, frameon=False)
     f1 = savefig(fig, out / "backdoor_ratio.png")
     ex = next(r for r in share_rows if r["sites"] == "first")
