@@ -249,3 +249,37 @@ def test_hypothesis_wildcards_and_ellipsis(tiny):
     assert Hypothesis.parse("... -> out").resolve(graph).edges is not None  # all paths: an edge set
     text = Hypothesis.parse("edge embed -> a1.*:v; edge a1.* -> out")
     assert Hypothesis.parse(text.to_text()).resolve(graph).edges == text.resolve(graph).edges
+
+
+@pytest.mark.parametrize("sender,receiver,slot", [(("0", "1"), ("1", "0"), "k"), (("0", "0"), ("1", "1"), "v"), (("0", "1"), ("1", "1"), "q")])
+def test_freeze_algorithm_equals_its_path_set(tiny, sender, receiver, slot):
+    from innerprobe.patch.activation import freeze_patch
+
+    model, x_r, x_c = tiny
+    graph = build_graph(model)
+    runs = prepare(graph, x_r, x_c)
+    (sl, sh), (rl, rh) = sender, receiver
+    out = freeze_patch(model, [f"L{sl}.z[heads={sh}]"], [f"L{rl}.{slot}[heads={rh}]"], ["L0.z", "L1.z"], x_r, x_c)
+    removed = graph.edge(f"a{sl}.{sh}->a{rl}.{rh}:{slot}")
+    hyp = Hypothesis.from_edges([e for e in graph.edges if e != removed])
+    torch.testing.assert_close(evaluate(graph, runs, hyp), out, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out, model(x_r), atol=1e-4)
+    assert count_hooks(model) == 0
+
+
+def test_activation_sweep_over_heads_and_positions(tiny):
+    from innerprobe.patch.activation import head_sites, patch_run, sweep
+
+    model, x_r, x_c = tiny
+    metric = lambda logits: logits[:, -1].log_softmax(-1)[:, 0].mean()  # noqa: E731
+    sites = head_sites(model, positions=2)
+    assert sites[0] == "L0.z[heads=0;pos=0]" and len(sites) == 2 * 2 * 2
+    rows = sweep(model, sites, x_r, x_c, metric)
+    assert rows[0]["metric"] == pytest.approx(float(metric(model(x_r))))
+    assert rows[1]["metric"] == pytest.approx(float(metric(model(x_c))))
+    for r, s in zip(rows[2:], sites):
+        assert r["metric"] == pytest.approx(float(metric(patch_run(model, s, x_r, x_c))), abs=1e-6)
+    # at least one head-position patch changes the metric
+    assert any(abs(r["metric"] - rows[0]["metric"]) > 1e-4 for r in rows[2:])
+    with pytest.raises(Exception, match="heads"):
+        patch_run(model, "blocks.0.attn.hook_z[heads=7]", x_r, x_c)

@@ -49,7 +49,7 @@ def sweep(model: nn.Module, sites: Sequence, base, source, metric: Callable[[tor
     with HookSession(model, eval=True) as hs:
         caps = {}
         for s in sites:
-            caps[str(s)] = hs.capture(resolve(model, _without_selectors(s)))[0]
+            caps[str(s)] = hs.capture(resolve(model, _without_selectors(s))[0])[0]
         src_out = hs.run(source)
     with HookSession(model, eval=True):
         base_out = model(base)
@@ -86,3 +86,33 @@ def head_sites(model: nn.Module, *, positions: int | None = None) -> list[str]:
             else:
                 out += [f"L{l}.z[heads={h};pos={p}]" for p in range(positions)]
     return out
+
+
+@torch.no_grad()
+def freeze_patch(model: nn.Module, senders: Sequence, receivers: Sequence, freeze: Sequence, x_r, x_c):
+    """IOI-style path patching (Wang et al. 2022; method notes §3), two passes.
+
+    Pass 1 runs x_r with the ``senders`` set to their x_c values and every ``freeze`` site held at
+    its x_r value (senders win where they overlap), recording the ``receivers``. Pass 2 runs x_r
+    with the receivers set to the recorded values. This equals the path hypothesis "every path
+    except sender -> (direct) -> receiver" (tested against the path evaluators). Works with any
+    model whose senders, receivers and frozen components are sites.
+    """
+    senders, receivers, freeze = list(senders), list(receivers), list(freeze)
+    with HookSession(model, eval=True) as hs:
+        src = [hs.capture(resolve(model, _without_selectors(s))[0])[0] for s in senders]
+        hs.run(x_c)
+    with HookSession(model, eval=True) as hs:
+        frz = [hs.capture(resolve(model, _without_selectors(s))[0])[0] for s in freeze]
+        hs.run(x_r)
+    with HookSession(model, eval=True) as hs:
+        for s, cap in zip(freeze, frz):
+            hs.edit(s, lambda v, rs, c=cap: c.value)
+        for s, cap in zip(senders, src):
+            hs.edit(s, lambda v, rs, c=cap: c.value)
+        rec = [hs.capture(resolve(model, _without_selectors(s))[0])[0] for s in receivers]
+        hs.run(x_r)
+    with HookSession(model, eval=True) as hs:
+        for s, cap in zip(receivers, rec):
+            hs.edit(s, lambda v, rs, c=cap: c.value)
+        return hs.run(x_r)
