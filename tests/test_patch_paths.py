@@ -283,3 +283,20 @@ def test_activation_sweep_over_heads_and_positions(tiny):
     assert any(abs(r["metric"] - rows[0]["metric"]) > 1e-4 for r in rows[2:])
     with pytest.raises(Exception, match="heads"):
         patch_run(model, "blocks.0.attn.hook_z[heads=7]", x_r, x_c)
+
+
+def test_errors_leave_the_model_clean(tiny):
+    from innerprobe.patch.activation import patch_run
+
+    model, x_r, x_c = tiny
+    model.train()
+    mine = model.blocks[0].register_forward_hook(lambda *a: None)  # a user's own hook survives
+    with pytest.raises(ConfigError, match="same shape"):
+        patch_run(model, "L0.z[heads=1]", x_r, x_c[:, :4])
+    with pytest.raises(ConfigError, match="differ in shape"):
+        prepare(build_graph(model), x_r, x_c[:2])
+    with pytest.raises(ConfigError, match="does not exist"):
+        Hypothesis.load("missing_hypothesis.txt")
+    assert count_hooks(model) == 1 and model.training
+    mine.remove()
+    model.eval()
