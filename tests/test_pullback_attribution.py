@@ -111,7 +111,8 @@ def test_targets(model, x):
 
 
 @pytest.mark.parametrize("make", [lambda m: SmoothGrad(m, n_samples=4, sigma=0.1), lambda m: IntegratedGradients(m, steps=8),
-                                  lambda m: ExcitationPullback(m), lambda m: InputXGradient(m, rules=pullback_rules(0.6))])
+                                  lambda m: ExcitationPullback(m), lambda m: ExcitationPullback(m, 0.5, scale="spread"),
+                                  lambda m: InputXGradient(m, rules=pullback_rules(0.6))])
 def test_chunk_size_does_not_change_results(model, x, make):
     full = make(model).attribute(x, 3)
     m2 = make(model)

@@ -311,8 +311,22 @@ class ExcitationPullback(Gradient):
 
     def _rules_for(self, x):
         if self.scale == "spread":
+            if getattr(self, "_calibrated", None) is not None:
+                return self._calibrated
             return calibrate_temperatures(self.model, x, self.temperature, self.rules)
         return self.rules
+
+    def attribute(self, inputs, target=None):
+        """As :meth:`Attribution.attribute`; with ``scale='spread'`` the per-call T are calibrated once on the whole batch."""
+        self._calibrated = None
+        if self.scale == "spread":
+            x = _check_inputs(inputs)
+            with _grad_env(self.model):
+                self._calibrated = calibrate_temperatures(self.model, x, self.temperature, self.rules)
+        try:
+            return super().attribute(inputs, target)
+        finally:
+            self._calibrated = None
 
 
 # --------------------------------------------------------------------------- ascent

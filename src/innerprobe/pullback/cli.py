@@ -100,7 +100,6 @@ def register(app: typer.Typer) -> None:
         from ..report.sections import Section
         from ..results import Result, provenance
         from ..studies.pullback_plots import image_grid
-        from .apply import pullback_rules
         from .attribution import ExcitationPullback, Gradient, pullback_ascent
 
         if n < 1:
@@ -149,7 +148,7 @@ def register(app: typer.Typer) -> None:
             cols = ["input", "gradient", f"pullback T={temperature:g}"]
             cells = [[("input", x[i].numpy()), ("map", gd[i].numpy()), ("map", pb[i].numpy())] for i in range(n_in)]
             if ascent_steps:
-                asc = pullback_ascent(net, x, targets, steps=ascent_steps, rules=ep._rules_for(x) if scale == "global" else pullback_rules(temperature, gate, pool=pool))
+                asc = pullback_ascent(net, x, targets, steps=ascent_steps, rules=ep._rules_for(x))
                 arrays["ascent_delta"] = asc.delta.numpy()
                 arrays["ascent_logits"] = asc.logits.numpy()
                 cols += [f"ascent ({ascent_steps} steps)", "ascent result"]
