@@ -108,7 +108,7 @@ def hypothesis_bars(names, per_seed: np.ndarray, means, lows, highs, path, *, ti
     """Horizontal bars (mean across seeds, 95% CI) with each seed as a dot."""
     plt = _plt()
     n = len(names)
-    fig, ax = plt.subplots(figsize=(7, 0.45 * n + 1.2))
+    fig, ax = plt.subplots(figsize=(8.5, 0.45 * n + 1.2))
     y = np.arange(n)[::-1]
     means, lows, highs = map(lambda a: np.asarray(a, float), (means, lows, highs))
     err = np.vstack([means - np.nan_to_num(lows, nan=means), np.nan_to_num(highs, nan=means) - means])

@@ -211,7 +211,7 @@ def run(out: Path, seeds: int = 3, quick: bool = False) -> Result:
         head_heatmaps({"previous-token score": p["prev_scores"], "duplicate-token score": p["dup_scores"], "induction score": p["ind_scores"],
                        "node patching: loss increase": p["node_effects"]}, out / f"heads_seed{p['seed']}.png", title=f"seed {p['seed']}: head roles")
     hypothesis_bars(labels, props, [r["mean"] for r in summary_rows], [r["ci_low"] for r in summary_rows],
-                    [r["ci_high"] for r in summary_rows], out / "hypotheses.png", title=f"{RECIPE}, {seeds} seeds (dots), mean and 95% t-CI")
+                    [r["ci_high"] for r in summary_rows], out / "hypotheses.png", title=f"{RECIPE}: {seeds} seeds (dots), mean, 95% t-CI")
 
     # ---- section
     sec = Section("Path patching: induction heads (path-induction)", order=40)
