@@ -22,6 +22,7 @@ import torch
 from ..core.graph import Graph
 from ..core.hooks import preserved_state
 from ..errors import ConfigError
+from ..errors import ModelError
 from .hypothesis import Hypothesis
 
 
@@ -45,8 +46,13 @@ def prepare(graph: Graph, x_r, x_c) -> Runs:
     _check_pair(x_r, x_c)
     slots: dict = {}
     with _model_state(graph):
-        out_r, clean = graph.forward(x_r, return_acts=True, slots_out=slots)
-        out_c, cf = graph.forward(x_c, return_acts=True)
+        try:
+            out_r, clean = graph.forward(x_r, return_acts=True, slots_out=slots)
+            out_c, cf = graph.forward(x_c, return_acts=True)
+        except (RuntimeError, TypeError, ValueError, IndexError) as e:  # torch's own shape/dtype errors
+            what = f"a {x_r.dtype} tensor of shape {tuple(x_r.shape)}" if isinstance(x_r, torch.Tensor) else type(x_r).__name__
+            raise ModelError(f"the model failed on {what}: {str(e).splitlines()[0]}",
+                             hint="pass the inputs the model takes (token ids as a long tensor [batch, pos] for transformers)") from e
     return Runs(x_r, x_c, clean, cf, {n: clean[n] for n in graph.inputs}, {n: cf[n] for n in graph.inputs}, slots)
 
 
