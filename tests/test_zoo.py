@@ -195,6 +195,7 @@ def test_cache_round_trip(tiny, monkeypatch):
     assert (path / "model.safetensors").is_file() and json.loads((path / "card.json").read_text())["fingerprint"] == card["fingerprint"]
     assert card["recipe"] == "tiny-test" and card["seed"] == 0 and card["params"]["hidden"] == [16]
     assert set(card["versions"]) >= {"innerprobe", "torch"} and card["data"]["n_train"] == 1400
+    assert card["train_cpu_seconds"] > 0 and card["train_seconds"] > 0
     assert len(card["curve"]) == 1 and card["floors_met"] == {"test_accuracy": card["metrics"]["test_accuracy"] >= 0.5}
     assert not m1.training
     monkeypatch.setattr(tiny, "train", lambda *a, **k: pytest.fail("retrained a valid entry"))

@@ -91,6 +91,7 @@ def _make_card(recipe: Recipe, params: dict, fp: str, seed: int, trained) -> dic
         "versions": {"innerprobe": __version__, "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version()},
         "data": trained.data, "metrics": metrics, "floors": floors, "floors_met": {f["metric"]: f["met"] for f in floors},
         "all_floors_met": all(f["met"] for f in floors), "train_seconds": trained.train_seconds,
+        "train_cpu_seconds": trained.train_cpu_seconds,
         "train_threads": default_threads(), "n_parameters": sum(p.numel() for p in trained.model.parameters()),
         "curve": trained.curve,
     })

@@ -53,6 +53,7 @@ class Trained:
     config: dict  # enough to rebuild the architecture at load time
     data: dict  # data split info (JSON-able)
     train_seconds: float
+    train_cpu_seconds: float | None = None
 
 
 @dataclass
@@ -221,7 +222,7 @@ def _train_classifier(recipe: Recipe, seed: int, params: dict, progress: bool | 
         metrics["clean_train_accuracy"] = float((pred[keep] == split.y_train[keep]).float().mean())
     elif transform == "random_labels":
         metrics["label_agreement_with_true"] = split.meta["agreement_with_true"]
-    return Trained(model, metrics, run["curve"], config, split.meta, run["train_seconds"])
+    return Trained(model, metrics, run["curve"], config, split.meta, run["train_seconds"], run["train_cpu_seconds"])
 
 
 def _triggered_test(split: D.DataSplit, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,18 +270,18 @@ def _train_induction(recipe: Recipe, seed: int, params: dict, progress: bool | N
 
     from .induction import train_induction_model
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.random.fork_rng(devices=[]):  # it seeds the global RNG; keep the caller's
         kwargs = {k: v for k, v in params.items() if k != "trainer_version"}
         model, metrics, curve, config = train_induction_model(seed=int(seed), progress=True if progress is None else progress, **kwargs)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     metrics = dict(metrics)
     vocab = _vocab(config)
     if vocab and "ln_vocab" not in metrics:
         metrics["ln_vocab"] = math.log(vocab)
     data = {"dataset": "synthetic token sequences: random filler with one segment of random length repeated at random offsets",
             "task": config.get("task"), "eval_seed": 10_000 + int(seed)}
-    return Trained(model, metrics, curve, config, data, seconds)
+    return Trained(model, metrics, curve, config, data, seconds, cpu)
 
 
 def _induction_floors(params: dict, config: dict) -> list[Floor]:
