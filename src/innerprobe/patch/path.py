@@ -21,8 +21,7 @@ import torch
 
 from ..core.graph import Graph
 from ..core.hooks import preserved_state
-from ..errors import ConfigError
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from .hypothesis import Hypothesis
 
 
