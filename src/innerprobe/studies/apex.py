@@ -256,7 +256,13 @@ def run_random_labels(out: Path, seeds: int = 3, quick: bool = False):
             stats["ratio_test_rms"].append(med[(true_name, "test")][1] / med[(rand_name, "test")][1])
         heads.add(f"{true_name}: median escape (test)", stats["true_test"], S)
         heads.add(f"{rand_name}: median escape (test)", stats["rand_test"], S)
-        heads.add(f"{true_name} / random-label median ratio (test)", stats["ratio_test"], S)
+        ci = None
+        if len(S) == 1:
+            a, b = hist[true_name], hist[rand_name]
+            rng = np.random.default_rng(0)
+            boots = [np.median(rng.choice(a, len(a))) / np.median(rng.choice(b, len(b))) for _ in range(1000)]
+            ci = (stats["ratio_test"][0], float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
+        heads.add(f"{true_name} / random-label median ratio (test)", stats["ratio_test"], S, ci=ci)
         heads.add(f"{true_name} / random-label median ratio (train)", stats["ratio_train"], S)
         heads.add(f"{true_name} / random-label median ratio, RMS-normalised (test)", stats["ratio_test_rms"], S)
         figs.append(new_figure_hist_pairs(hist, grid, out / f"random_labels_{true_name}.png", f"escape noise, test inputs, seed {S[0]}"))
@@ -320,7 +326,8 @@ def run_transitions(out: Path, seeds: int = 3, quick: bool = False):
                     fig = heatmap(Tn, row_labels=names, col_labels=names, title=f"clean -> escape class, {name}", vmin=0, vmax=1,
                                   fmt="{:.2f}", size=(8.0, 6.0))
                     figs.append(savefig(fig, out / f"transitions_{name}.png"))
-            heads.add(f"{name}: escape class = nearest other centroid (chance 0.111)", match, S)
+            heads.add(f"{name}: escape class = nearest other centroid (chance 0.111)", match, S,
+                      ci=(match[0], lo, hi) if len(S) == 1 else None)
             heads.add(f"{name}: normalised row entropy of transitions", ent, S)
     sec = Section("APEX: semantically coherent transitions (claim C)", order=34, paragraphs=[
         f"{N} test inputs per model, K = {K}. For each input the escape class (the class that takes over when the clean class's share "
@@ -345,6 +352,14 @@ def _bd_site(model, which):
     from ..perturb.scan import scan_sites
 
     return scan_sites(model, which)
+
+
+def geo_ci(values):
+    """Geometric mean and 95% t-interval on the log scale (ratios span orders of magnitude)."""
+    from .apex_common import t_ci
+
+    m, lo, hi = t_ci(np.log(np.asarray(values, float)))
+    return float(np.exp(m)), float(np.exp(lo)), float(np.exp(hi))
 
 
 def _wilson(k, n):
@@ -409,11 +424,12 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False):
             P = per_site[w]
             heads.add(f"{arch} [{w} noise] target share, backdoored (sigma=64)", P["bd"], [f"s{s}t{t}" for s in S for t in targets])
             heads.add(f"{arch} [{w} noise] same class share, clean (sigma=64)", P["clean"], [f"s{s}t{t}" for s in S for t in targets])
-            heads.add(f"{arch} [{w} noise] target share ratio backdoored/clean", P["ratio"], [f"s{s}t{t}" for s in S for t in targets])
+            heads.add(f"{arch} [{w} noise] target share ratio backdoored/clean (geometric mean)", P["ratio"], [f"s{s}t{t}" for s in S for t in targets],
+                      ci=geo_ci(P["ratio"]))
             heads.add(f"{arch} [{w} noise] non-target share ratio (control)", P["ctrl"], [f"s{s}t{t}" for s in S for t in targets])
             for i, sg in enumerate(BD_SIGMAS[:-1]):
-                heads.add(f"{arch} [{w} noise] target share ratio at sigma={sg:g}", [v[i] for v in P["by_sigma"]],
-                          [f"s{s}t{t}" for s in S for t in targets])
+                heads.add(f"{arch} [{w} noise] target share ratio at sigma={sg:g} (geometric mean)", [v[i] for v in P["by_sigma"]],
+                          [f"s{s}t{t}" for s in S for t in targets], ci=geo_ci([v[i] for v in P["by_sigma"]]))
             k = int(sum(P["rank1"]))
             lo, hi = _wilson(k, n)
             heads.add(f"{arch} [{w} noise] share of models where the target is the top class", P["rank1"], [f"s{s}t{t}" for s in S for t in targets],
