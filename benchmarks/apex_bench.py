@@ -123,7 +123,7 @@ def bench(name, model, x, sigmas, K, n_naive, repeat):
     t_naive, _ = best_of(lambda: naive_loop(model, x[:n_naive], sigmas, K), 1)
     t_naive_per = t_naive / n_naive
     t_grid, _ = best_of(lambda: batched_grid(model, x, sigmas, K), repeat)
-    eng = Engine(model, x, samples=K)
+    eng = Engine(model, x, samples=K, noise_cache_mb=512)
     t_esc, esc = best_of(lambda: escape_early_exit(model, x, sigmas, samples=K, engine=eng), repeat)
     t_full, _ = best_of(lambda: eng.counts(sigmas), repeat)
     t_raw, _ = best_of(lambda: raw_forward(model, x, S, K), repeat)

@@ -411,3 +411,13 @@ def test_early_exit_escape_equals_full_sweep():
     assert np.array_equal(fast.sigma, full.arrays["escape_sigma"])
     assert np.array_equal(fast.censor, full.arrays["censor"])
     assert np.array_equal(fast.escape_class, full.arrays["escape_class"])
+
+
+def test_noise_cache_gives_identical_counts():
+    m, x = mlp(), data(6)
+    sig = np.geomspace(0.05, 5, 5)
+    plain = Engine(m, x, samples=8).counts(sig)
+    cached = Engine(m, x, samples=8, noise_cache_mb=1)
+    first = np.concatenate([cached.counts(sig[i:i + 1]) for i in range(5)], axis=1)
+    assert (first == plain).all() and cached._store
+    assert (cached.counts(sig) == plain).all()  # served from the store

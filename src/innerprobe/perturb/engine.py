@@ -128,13 +128,14 @@ class Engine:
     """Prepared APEX runs on one model and one input batch.
 
     ``Engine(model, x, sites=None, noise='gaussian', samples=64, relative=False, calibration=None,
-    seed=0, chunk_rows=8192, prefix=True, ids=None)``. :meth:`counts` returns class counts
+    seed=0, chunk_rows=8192, prefix=True, ids=None, noise_cache_mb=0)``; ``noise_cache_mb`` keeps drawn
+    noise between :meth:`counts` calls (used by early exit and bisection). :meth:`counts` returns class counts
     ``[N, S, C]`` for a sigma grid or a per-input sigma matrix.
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, *, sites=None, noise="gaussian", samples: int = 64,
                  relative: bool = False, calibration: torch.Tensor | None = None, seed: int = 0,
-                 chunk_rows: int = 8192, prefix: bool = True, ids: Sequence[int] | None = None):
+                 chunk_rows: int = 8192, prefix: bool = True, ids: Sequence[int] | None = None, noise_cache_mb: float = 0):
         _check_model(model)
         self.model = model
         self.x = _check_input(x)
@@ -156,6 +157,10 @@ class Engine:
         self.rsites: list[ResolvedSite] = resolve(model, list(specs))
         self.default_sites = sites is None
         self._gen = torch.Generator(device=x.device)
+        # optional store of drawn noise across counts() calls (early exit, bisection): same values, no redraw
+        self.noise_cache_bytes = int(noise_cache_mb * 2**20)
+        self._store: dict | None = {} if noise_cache_mb > 0 else None
+        self._store_bytes = 0
         self._ctx: _Ctx | None = None
         self._clean_pass(calibration)
         self.relative = bool(relative)
@@ -237,9 +242,18 @@ class Engine:
     # ------------------------------------------------------------------ hooks
     def _draw(self, ids: list[int], j: int, call: int, shape, dtype, device) -> torch.Tensor:
         out = torch.empty((len(ids), self.K, *shape), dtype=dtype, device=device)
+        store = self._store
         for b, i in enumerate(ids):
+            key = (i, j, call)
+            xi = store.get(key) if store is not None else None
+            if xi is not None and xi.shape[1:] == shape and xi.dtype == dtype:
+                out[b] = xi
+                continue
             self._gen.manual_seed(mix_seed(self.seed, i, j, call))
             out[b] = self.kind.draw((self.K, *shape), self._gen, dtype, device)
+            if store is not None and self._store_bytes + out[b].numel() * out.element_size() <= self.noise_cache_bytes:
+                store[key] = out[b].clone()
+                self._store_bytes += out[b].numel() * out.element_size()
         return out
 
     def _make_fn(self, j: int):

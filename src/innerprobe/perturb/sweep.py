@@ -148,7 +148,7 @@ def escape_bisect(model, x, sigmas, *, steps: int = 6, samples: int = 64, sites=
     K fresh-seeded passes per step (common random numbers across steps). The escape class is read at
     the final upper bracket."""
     eng = engine or Engine(model, x, sites=sites, noise=noise, samples=samples, relative=relative, seed=seed,
-                           chunk_rows=chunk_rows)
+                           chunk_rows=chunk_rows, noise_cache_mb=512)
     sig = check_sigmas(sigmas, kind=eng.kind)
     check(isinstance(steps, int) and steps >= 0, f"steps must be a non-negative integer, got {steps!r}")
     y0 = eng.y0.numpy()
@@ -181,11 +181,12 @@ def escape_bisect(model, x, sigmas, *, steps: int = 6, samples: int = 64, sites=
 
 def escape_early_exit(model, x, sigmas, *, samples: int = 64, sites=None, noise="gaussian", relative: bool = False,
                       seed: int = 0, chunk_rows: int = 8192, tau: float = 0.5, rule: str = "survival", sigma_chunk: int = 1,
-                      engine: Engine | None = None) -> ro.Escape:
+                      noise_cache_mb: float = 512, engine: Engine | None = None) -> ro.Escape:
     """Escape noise only, with early exit (apex.md §4.4): the grid is walked upwards ``sigma_chunk``
     sigmas at a time and an input leaves the batch once its crossing and the sigma after it (for the
     escape-class tie-break) are known. Identical to :func:`escape_noise` on a full sweep with the same seed."""
-    eng = engine or Engine(model, x, sites=sites, noise=noise, samples=samples, relative=relative, seed=seed, chunk_rows=chunk_rows)
+    eng = engine or Engine(model, x, sites=sites, noise=noise, samples=samples, relative=relative, seed=seed, chunk_rows=chunk_rows,
+                           noise_cache_mb=noise_cache_mb)
     sig = check_sigmas(sigmas, kind=eng.kind)
     N, S = len(eng.x), len(sig)
     y0 = eng.y0.numpy()
