@@ -8,7 +8,9 @@ median of ``--reps`` repetitions is reported, one thread. Rows:
 * ``autograd.grad``      -- torch.autograd.grad of the summed target logit w.r.t. the input (the reference).
 * ``pullback (rules)``   -- the same call inside ``apply_rules(model, pullback_rules(0.3))`` (the mechanism).
 * ``ExcitationPullback`` -- the public API (input checks, state preservation, target handling included).
-* ``zennit BetaSmooth``  -- zennit's Gradient attributor with BetaSmooth(beta=1/0.3) (ReLU gates only).
+* ``pullback, hard max-pool`` -- ReLU gates only (the max-pool surrogate's share of the cost).
+* ``zennit BetaSmooth``  -- zennit's Gradient attributor with BetaSmooth(beta=1/0.3) (ReLU gates only,
+  so compare it with the hard max-pool row).
 * ``captum GuidedBackprop``.
 
 Target: pullback <= 1.3x autograd.grad. Ratios are printed whichever way they point.
@@ -92,7 +94,14 @@ def bench(name: str, model: nn.Module, x: torch.Tensor, reps: int) -> list[dict]
     def api():
         return ep.attribute(x, target)
 
-    fns = {"autograd.grad": plain, "pullback (rules)": mech, "ExcitationPullback": api}
+    hard_pool = pullback_rules(0.3, pool="hard")
+
+    def mech_hard():
+        xi = x.detach().clone().requires_grad_(True)
+        with apply_rules(model, hard_pool):
+            return torch.autograd.grad(model(xi)[:, target].sum(), xi)[0]
+
+    fns = {"autograd.grad": plain, "pullback (rules)": mech, "ExcitationPullback": api, "pullback, hard max-pool": mech_hard}
     zennit = import_zennit()
     if zennit is not None:
         comp = zennit.composites.BetaSmooth(beta_smooth=1 / 0.3)
@@ -154,8 +163,10 @@ def main(argv=None):
     for m in dict.fromkeys(r["model"] for r in rows):
         by = {r["method"]: r for r in rows if r["model"] == m}
         line = f"{m}: pullback/grad = {by['pullback (rules)']['ratio_vs_grad']:.2f}x (mechanism), {by['ExcitationPullback']['ratio_vs_grad']:.2f}x (API); target <= 1.3x"
+        line += f"; ReLU gates only {by['pullback, hard max-pool']['ratio_vs_grad']:.2f}x"
         if "zennit BetaSmooth" in by:
             line += f"; pullback/zennit = {by['ExcitationPullback']['median_ms'] / by['zennit BetaSmooth']['median_ms']:.2f}x"
+            line += f" (ReLU-gates-only pullback/zennit = {by['pullback, hard max-pool']['median_ms'] / by['zennit BetaSmooth']['median_ms']:.2f}x)"
         if "captum GuidedBackprop" in by:
             line += f"; pullback/captum GB = {by['ExcitationPullback']['median_ms'] / by['captum GuidedBackprop']['median_ms']:.2f}x"
         print(line)
