@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,12 +39,9 @@ def provenance(*, seed: int | None = None, model: str | None = None, sites: Any 
         "config": to_jsonable(config or {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    try:
-        import transformers  # noqa: F401  (only if already installed)
-
-        prov["transformers"] = transformers.__version__
-    except Exception:
-        pass
+    transformers = sys.modules.get("transformers")  # only if the caller already uses it: never import it here
+    if transformers is not None:
+        prov["transformers"] = getattr(transformers, "__version__", None)
     return prov
 
 
