@@ -24,7 +24,8 @@ def cache(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", DIGITS)
 def test_digits_recipe_meets_its_floors(cache, name):
     model, card = zoo.load(name, seed=0)
-    assert card["floors_met"] and all(card["floors_met"].values()), card["floors"]
+    assert all(card["floors_met"].values()), card["floors"]
+    assert card["floors_met"] or name == "digits-mlp-label-noise", "every recipe but label-noise has floors"
     if name == "digits-mlp-label-noise":
         assert card["metrics"]["n_flipped"] == 140 and len(card["data"]["flipped_indices"]) == 140
     if "backdoor" in name:
