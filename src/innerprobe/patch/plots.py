@@ -10,6 +10,17 @@ from ..core.graph import Graph
 SLOT_COLORS = {"q": "tab:blue", "k": "tab:green", "v": "tab:red", "in": "0.35"}
 
 
+
+def _save(fig, path) -> Path:
+    """Lay out, write ``path`` as a 120-dpi PNG and close the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
 def _plt():
     import matplotlib
 
@@ -72,11 +83,7 @@ def draw_circuit(graph: Graph, weights, path, *, title: str = "", reference=None
     ax.set_ylim(-0.5, max(y for _, y in pos.values()) + 0.5)
     ax.axis("off")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def head_heatmaps(panels: dict[str, np.ndarray], path, *, title: str = "") -> Path:
@@ -97,11 +104,7 @@ def head_heatmaps(panels: dict[str, np.ndarray], path, *, title: str = "") -> Pa
         fig.colorbar(im, ax=ax, fraction=0.046)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def hypothesis_bars(names, per_seed: np.ndarray, means, lows, highs, path, *, title: str = "") -> Path:
@@ -122,11 +125,7 @@ def hypothesis_bars(names, per_seed: np.ndarray, means, lows, highs, path, *, ti
     ax.axvline(1, color="0.5", lw=0.8, ls="--")
     ax.set_xlabel("proportion of loss explained (ratio of means)")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def scatter(x, y, path, *, xlabel: str, ylabel: str, title: str = "", colors=None, labels=None) -> Path:
@@ -145,8 +144,4 @@ def scatter(x, y, path, *, xlabel: str, ylabel: str, title: str = "", colors=Non
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
