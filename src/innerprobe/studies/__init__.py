@@ -18,7 +18,7 @@ STUDIES: dict[str, str] = {
     "apex-regularity": "innerprobe.studies.apex:run_regularity",
     "apex-random-labels": "innerprobe.studies.apex:run_random_labels",
     "apex-transitions": "innerprobe.studies.apex:run_transitions",
-    "apex-backdoor": "innerprobe.studies.apex:run_backdoor",
+    "apex-backdoor": "innerprobe.studies.apex_backdoor:run_backdoor",
     "pullback-digits": "innerprobe.studies.pullback_digits:run",
     "path-induction": "innerprobe.studies.path_induction:run",
 }
