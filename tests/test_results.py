@@ -41,3 +41,42 @@ def test_errors(tmp_path):
 
 def test_to_jsonable_nested():
     assert to_jsonable({"a": (np.int64(1), np.bool_(True), float("inf"))}) == {"a": [1, True, None]}
+
+
+def test_row_fields_and_ci():
+    from innerprobe.core.stats import t_interval
+    from innerprobe.results import row
+
+    r = row("target_share_ratio", t_interval([1.5, 2.0, 2.5]), model="digits-mlp",
+            condition={"noise": "all", "sigma": np.int64(64)}, seeds=np.arange(3), note="x")
+    assert list(r)[:8] == ["metric", "model", "condition", "seeds", "value", "lo", "hi", "n"]
+    assert r["seeds"] == [0, 1, 2] and type(r["seeds"][0]) is int and r["condition"] == {"noise": "all", "sigma": 64}
+    assert r["value"] == 2.0 and r["lo"] < 2.0 < r["hi"] and r["n"] == 3 and r["ci_method"] == "t" and r["note"] == "x"
+    one = row("acc", t_interval([0.9]), seeds=[0])
+    assert one["lo"] is None and one["hi"] is None and one["n"] == 1
+    assert row("acc", float("nan"))["value"] is None
+    json.dumps([r, one])
+
+
+@pytest.mark.parametrize("kw", [{"metric": "target share"}, {"metric": "acc_sigma=64"},
+                                {"condition": {"sigma 64": 1}}, {"condition": {"a=b": 1}}, {"seeds": ["s0t0"]},
+                                {"condition": {"value": 1}}, {"lo": 0.1}, {"value": "0.00/0.00"}])
+def test_row_refuses_prose_by_name(kw):
+    from innerprobe.results import row
+
+    args = {"metric": "acc", "value": 0.5, **kw}
+    with pytest.raises(ConfigError):
+        row(args.pop("metric"), args.pop("value"), **args)
+
+
+def test_rows_round_trip_and_tidy_frame(tmp_path):
+    from innerprobe.results import row
+
+    rows = [row("acc", 0.9, model="m", condition={"sigma": s}, seeds=[0]) for s in (1, 2)]
+    back = Result.load(Result("study", rows=rows, tables={"curve": [{"a": 1}]}).save(tmp_path / "summary.json"))
+    assert json.loads((tmp_path / "summary.json").read_text())["rows"] == rows == back.rows
+    df = back.to_dataframe()
+    assert list(df["sigma"]) == [1, 2] and "condition" not in df and df["metric"].tolist() == ["acc", "acc"]
+    assert back.to_dataframe("curve")["a"].tolist() == [1]
+    with pytest.raises(ConfigError, match="it has: rows, curve"):
+        back.to_dataframe("curves")
