@@ -10,6 +10,7 @@ eval mode. Site-level helpers (:meth:`HookSession.edit`, :meth:`HookSession.capt
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import SiteError
+from .checks import call_model
 from .sites import ResolvedSite, resolve
 from .trees import describe, get_element, replace_element
 
@@ -49,15 +51,61 @@ def preserved_state(model: nn.Module, *, eval: bool | None = None) -> Iterator[n
 
 @dataclass
 class Capture:
-    """Values recorded at a site, one per call of its module (a reused module fires several times)."""
+    """Values recorded at a site, one per call of its module (a reused module fires several times).
+
+    A value is the tensor *as it was at the site*: captures are cloned when taken (``clone=True``,
+    the default), so a later in-place operation of the model (``out += identity``,
+    ``ReLU(inplace=True)``) cannot change them. Uncloned captures (``clone=False``, or
+    ``detach=False`` to keep the autograd graph) alias the model's tensor; reading one that the
+    model modified in place afterwards raises :class:`~innerprobe.errors.SiteError` (torch's
+    version counter says so) instead of returning the modified values. See docs/sites.md.
+    """
 
     site: ResolvedSite
     values: list = field(default_factory=list)
+    versions: list = field(default_factory=list)
+    sources: list = field(default_factory=list)  # weak references to the model's own tensors
+
+    def _record(self, value: torch.Tensor, *, detach: bool, clone: bool) -> None:
+        self.sources.append(weakref.ref(value))
+        v = value.detach() if detach else value
+        if clone and detach:
+            v = v.clone()
+            self.versions.append(None)
+        else:  # aliases the model's tensor: remember its version to detect later in-place writes
+            self.versions.append(None if v.is_inference() else v._version)
+        self.values.append(v)
+
+    def came_from(self, i: int, tensor: torch.Tensor) -> bool:
+        """Whether value ``i`` was taken from ``tensor`` itself (same storage; e.g. the site *is* the logits)."""
+        src = self.sources[i]() if i < len(self.sources) else None
+        return src is not None and src.data_ptr() == tensor.data_ptr() and src.shape == tensor.shape
+
+    def clear(self) -> None:
+        """Forget every recorded value (e.g. between batches)."""
+        self.values.clear()
+        self.versions.clear()
+        self.sources.clear()
+
+    def stale(self) -> list[int]:
+        """Indices of uncloned values that the model modified in place after they were captured."""
+        return [i for i, (v, ver) in enumerate(zip(self.values, self.versions))
+                if ver is not None and isinstance(v, torch.Tensor) and v._version != ver]
+
+    def check(self) -> "Capture":
+        """Raise SiteError if an uncloned value was modified in place after capture; returns self."""
+        if self.stale():
+            raise SiteError(f"the value captured at site {self.site} was modified in place later in the forward pass "
+                            "(e.g. 'out += identity' or ReLU(inplace=True)), so it no longer holds the site's value",
+                            hint="capture with clone=True (the default) and detach=True, or name the site after the "
+                                 "in-place operation")
+        return self
 
     @property
     def value(self) -> torch.Tensor:
         if not self.values:
             raise SiteError(f"site {self.site} was never reached in the forward pass", hint="check that the module runs for this input, or that an early stop did not cut it off")
+        self.check()
         return self.values[-1]
 
 
@@ -138,7 +186,11 @@ class HookSession:
         def apply(value: Any) -> Any:
             if not isinstance(value, torch.Tensor):
                 raise SiteError(f"site {s} holds a {describe(value)}, not a tensor", hint="pick an element, e.g. ':output.0'")
-            new = fn(value, rs)
+            try:
+                new = fn(value, rs)
+            except Exception as e:  # the caller's own function: its error is not the model's
+                e._innerprobe_from_hook = True
+                raise
             if new is None:
                 return value
             mask = s.mask_like(value)
@@ -161,26 +213,34 @@ class HookSession:
                 return tuple(args), kwargs
             self.pre_hook(rs.module, pre, with_kwargs=True)
 
-    def capture(self, site, *, detach: bool = True, stop: bool = False) -> list[Capture]:
-        """Record the value at each resolved site on every call. ``stop=True`` ends the forward there."""
+    def capture(self, site, *, detach: bool = True, stop: bool = False, clone: bool = True) -> list[Capture]:
+        """Record the value at each resolved site on every call. ``stop=True`` ends the forward there.
+
+        Values are cloned (``clone=True``) so the model's later in-place operations cannot change
+        them; ``detach=False`` keeps the autograd graph and so the model's own tensor, which
+        :attr:`Capture.value` refuses to return if the model modified it in place afterwards.
+        """
         caps = []
         for rs in resolve(self.model, site) if not isinstance(site, ResolvedSite) else [site]:
             cap = Capture(rs)
 
             def fn(value, _rs, cap=cap):
-                cap.values.append(value.detach() if detach else value)
+                cap._record(value, detach=detach, clone=clone and not stop)  # nothing runs after a stop
                 if stop:
                     raise StopForward
-                return None
 
             self._edit_one(rs, fn)
             caps.append(cap)
         return caps
 
     def run(self, *args, **kwargs):
-        """Call the model; returns None if a hook stopped the forward early."""
+        """Call the model; returns None if a hook stopped the forward early.
+
+        Torch's shape/dtype/device errors from the forward become one
+        :class:`~innerprobe.errors.ModelError` naming the inputs (see :func:`.checks.call_model`).
+        """
         try:
-            return self.model(*args, **kwargs)
+            return call_model(self.model, *args, **kwargs)
         except StopForward:
             return None
 

@@ -186,7 +186,7 @@ class Engine:
                 for start in range(0, len(part), 4096):
                     xb = part[start:start + 4096]
                     for c in caps:
-                        c.values.clear()
+                        c.clear()
                     logits = logits_of(_call(model, xb))
                     if keep:
                         logits_all.append(logits.detach().clone())
@@ -194,8 +194,8 @@ class Engine:
                         if not c.values:
                             raise SiteError(f"noise site {self.rsites[j]} was never reached in the forward pass",
                                             hint="pick a module that runs for these inputs")
-                        for v in c.values:
-                            if v.data_ptr() == logits.data_ptr() and v.shape == logits.shape:
+                        for i, v in enumerate(c.values):
+                            if c.came_from(i, logits):  # captures are clones: ask whether it was the logits tensor
                                 at_logits.add(j)
                                 continue
                             if v.dim() == 0 or v.shape[0] != xb.shape[0]:
