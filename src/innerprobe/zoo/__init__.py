@@ -16,7 +16,7 @@ import platform
 import warnings
 
 from ..errors import CacheError
-from . import data, models, training
+from . import backdoor_set, data, models, training  # backdoor_set registers the eval set's recipes
 from .cache import cache_root, entry_dir, fingerprint
 from .data import DataSplit, apply_trigger
 from .loading import load_model

@@ -266,3 +266,80 @@ def backdoor(split: DataSplit, *, target: int, rate: float, trigger_size: int, p
                 trigger={"pattern": pattern, "size": int(trigger_size), "value": 1.0, "position": "bottom-right", "margin": 0},
                 n_poisoned=int(k), poisoned_indices=idx.tolist(), poisoned_true_labels=y[t].tolist())
     return DataSplit(x_tr, y_tr, split.x_test, split.y_test, split.classes, meta)
+
+
+# ----------------------------------------------------------------------------- trigger families (backdoor eval set, docs/scan.md)
+
+TRIGGER_FAMILIES = ("patch", "pixel", "blend", "label-consistent")
+
+
+def make_trigger(family: str, shape: tuple[int, int], *, size: int = 2, alpha: float = 0.15,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha map ``a`` [H, W] in [0, 1], pattern ``v`` [H, W]) of one trigger; stamping is ``(1 - a) x + a v``.
+
+    ``patch`` (BadNets, Gu et al. 2017): a ``size`` square of 1s in the bottom-right corner.
+    ``pixel``: one pixel set to 1, at a seeded position on the image border.
+    ``blend`` (Chen et al. 2017, "Targeted backdoor attacks ... using data poisoning", blended
+    injection): a seeded uniform random pattern over the whole image at opacity ``alpha``.
+    ``label-consistent`` (Turner et al. 2019): the corner patch, used on target-class images only.
+    """
+    if family not in TRIGGER_FAMILIES:
+        raise ConfigError(f"unknown trigger family {family!r}", hint=f"use one of {', '.join(TRIGGER_FAMILIES)}")
+    h, w = shape
+    a, v = torch.zeros(h, w), torch.zeros(h, w)
+    if family in ("patch", "label-consistent"):
+        m, vals = trigger_mask(shape, size)
+        a[m], v = 1.0, vals
+    elif family == "pixel":
+        border = [(r, c) for r in range(h) for c in range(w) if r in (0, h - 1) or c in (0, w - 1)]
+        r, c = border[int(_rng(seed).integers(len(border)))]
+        a[r, c], v[r, c] = 1.0, 1.0
+    else:
+        if not 0.0 < alpha <= 1.0:
+            raise ConfigError(f"blend alpha {alpha} is outside (0, 1]", hint="e.g. alpha=0.15")
+        a[:] = float(alpha)
+        v = torch.from_numpy(_rng(seed).random((h, w)).astype(np.float32))
+    return a, v
+
+
+def stamp(x: torch.Tensor, trigger: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``(1 - a) x + a v`` on images ``[N, C, H, W]``; returns a new tensor."""
+    a, v = (t.to(x.device, x.dtype) for t in trigger)
+    return (1 - a) * x + a * v
+
+
+def poison(split: DataSplit, *, family: str, target: int, rate: float, size: int = 2, alpha: float = 0.15,
+           corrupt: float = 0.5, seed: int = 0) -> DataSplit:
+    """Poison ``round(rate * N_train)`` training images with a trigger of ``family`` (see :func:`make_trigger`).
+
+    Dirty-label families stamp non-target images and relabel them ``target``. ``label-consistent``
+    (Turner et al. 2019, interpolation variant) keeps every label: it stamps target-class images whose
+    own features are weakened first (``(1 - corrupt) x + corrupt x'``, x' a random non-target training
+    image), so the trigger is the easier feature to learn. ``meta`` records the trigger parameters and the poisoned indices.
+    """
+    c = split.num_classes
+    if not (isinstance(target, int) and 0 <= target < c):
+        raise ConfigError(f"backdoor target {target!r} is not a class index", hint=f"use 0..{c - 1}")
+    if not 0.0 < rate < 1.0:
+        raise ConfigError(f"poisoning rate {rate} is outside (0, 1)", hint="e.g. rate=0.05")
+    rng = _rng(seed)
+    y = split.y_train
+    pool = torch.nonzero((y == target) if family == "label-consistent" else (y != target)).flatten().numpy()
+    k = int(round(rate * len(y)))
+    if not 1 <= k <= len(pool):
+        raise ConfigError(f"rate={rate} asks for {k} poisoned images but {len(pool)} are eligible", hint="lower the rate")
+    idx = np.sort(rng.choice(pool, size=k, replace=False))
+    t = torch.from_numpy(idx)
+    trig = make_trigger(family, tuple(split.x_train.shape[-2:]), size=size, alpha=alpha, seed=seed)
+    x_tr, y_tr = split.x_train.clone(), y.clone()
+    xs = x_tr[t]
+    if family == "label-consistent":  # weaken the target's own features: blend in a random other-class image
+        others = torch.from_numpy(rng.choice(torch.nonzero(y != target).flatten().numpy(), size=k))
+        xs = (1 - corrupt) * xs + corrupt * split.x_train[others]
+    x_tr[t] = stamp(xs, trig)
+    if family != "label-consistent":
+        y_tr[t] = target
+    meta = dict(split.meta, transform="poison", target=int(target), target_class=split.classes[target], rate=float(rate),
+                trigger={"family": family, "size": int(size), "alpha": float(alpha), "seed": int(seed), "corrupt": float(corrupt)},
+                n_poisoned=int(k), poisoned_indices=idx.tolist())
+    return DataSplit(x_tr, y_tr, split.x_test, split.y_test, split.classes, meta)

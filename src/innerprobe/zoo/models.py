@@ -21,14 +21,26 @@ def _numel(shape: Sequence[int]) -> int:
     return n
 
 
-def mlp(in_shape: Sequence[int] = (1, 8, 8), hidden: Sequence[int] = (128, 128), num_classes: int = 10) -> nn.Sequential:
-    """Flatten, then ``fc_i -> relu_i`` per hidden width, then ``out``."""
+ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+
+def _pick(table: dict, key: str, what: str):
+    if key not in table:
+        raise ConfigError(f"unknown {what} {key!r}", hint=f"use one of {', '.join(table)}")
+    return table[key]
+
+
+def mlp(in_shape: Sequence[int] = (1, 8, 8), hidden: Sequence[int] = (128, 128), num_classes: int = 10,
+        act: str = "relu") -> nn.Sequential:
+    """Flatten, then ``fc_i -> {act}_i`` per hidden width (``act`` relu, gelu or tanh), then ``out``."""
+    act_cls = _pick(ACTS, act, "activation")
     if not hidden or any(int(h) < 1 for h in hidden):
         raise ConfigError(f"hidden widths must be positive, got {list(hidden)}", hint="e.g. hidden=(128, 128)")
     layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
     width = _numel(in_shape)
     for i, h in enumerate(hidden, 1):
-        layers += [(f"fc{i}", nn.Linear(width, int(h))), (f"relu{i}", nn.ReLU())]
+        layers += [(f"fc{i}", nn.Linear(width, int(h))), (f"{act}{i}", act_cls())]
         width = int(h)
     layers.append(("out", nn.Linear(width, num_classes)))
     return nn.Sequential(OrderedDict(layers))
@@ -41,8 +53,10 @@ def deep_mlp(in_shape: Sequence[int] = (1, 8, 8), width: int = 64, depth: int = 
     return mlp(in_shape, [width] * depth, num_classes)
 
 
-def cnn(in_channels: int = 1, image_size: int = 8, channels: Sequence[int] = (16, 32, 64), num_classes: int = 10) -> nn.Sequential:
-    """``conv_i (3x3, pad 1) -> bn_i -> relu_i -> pool_i (2x2 max)`` per channel count, then ``flatten, out``."""
+def cnn(in_channels: int = 1, image_size: int = 8, channels: Sequence[int] = (16, 32, 64), num_classes: int = 10,
+        act: str = "relu", pool: str = "max", batchnorm: bool = True) -> nn.Sequential:
+    """``conv_i (3x3, pad 1) -> bn_i -> {act}_i -> pool_i (2x2 max or avg)`` per channel count, then ``flatten, out``."""
+    act_cls, pool_cls = _pick(ACTS, act, "activation"), _pick(POOLS, pool, "pooling")
     if len(channels) < 1:
         raise ConfigError("a CNN needs at least one conv layer", hint="e.g. channels=(16, 32, 64)")
     size = int(image_size)
@@ -51,8 +65,8 @@ def cnn(in_channels: int = 1, image_size: int = 8, channels: Sequence[int] = (16
     layers: list[tuple[str, nn.Module]] = []
     c_in = in_channels
     for i, c in enumerate(channels, 1):
-        layers += [(f"conv{i}", nn.Conv2d(c_in, int(c), 3, padding=1)), (f"bn{i}", nn.BatchNorm2d(int(c))),
-                   (f"relu{i}", nn.ReLU()), (f"pool{i}", nn.MaxPool2d(2))]
+        layers += [(f"conv{i}", nn.Conv2d(c_in, int(c), 3, padding=1))] + ([(f"bn{i}", nn.BatchNorm2d(int(c)))] if batchnorm else [])
+        layers += [(f"{act}{i}", act_cls()), (f"pool{i}", pool_cls(2))]
         c_in, size = int(c), size // 2
     layers += [("flatten", nn.Flatten()), ("out", nn.Linear(c_in * size * size, num_classes))]
     return nn.Sequential(OrderedDict(layers))
