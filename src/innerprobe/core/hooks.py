@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import SiteError
 from .checks import call_model
+from .functional import Interceptor, split_call
 from .sites import ResolvedSite, resolve
 from .trees import describe, get_element, replace_element
 
@@ -196,6 +197,16 @@ class HookSession:
             mask = s.mask_like(value)
             return new if mask is None else torch.where(mask, new, value)
 
+        base, function, call = split_call(s.module)
+        if function is not None:  # a functional call (core/functional.py): the function mode edits it
+            self._calls().add(base, function, call, apply, port=s.port)
+            return
+        if call is not None:  # the call-th call of a reused module only
+            icp, inner = self._calls(), apply
+
+            def apply(value: Any) -> Any:  # noqa: F811
+                return inner(value) if icp.module_call_index(base) == call else value
+
         if s.port == "output":
             def hook(module, args, output):
                 return replace_element(output, s.index, apply(get_element(output, s.index, str(s))), str(s))
@@ -212,6 +223,14 @@ class HookSession:
                 args[i] = apply(args[i])
                 return tuple(args), kwargs
             self.pre_hook(rs.module, pre, with_kwargs=True)
+
+    def _calls(self) -> Interceptor:
+        """This session's functional-call interceptor (created on first use, removed with its hooks)."""
+        icp = getattr(self, "_interceptor", None)
+        if icp is None or icp.removed:
+            icp = self._interceptor = Interceptor(self.model)
+            self._keep(icp)
+        return icp
 
     def capture(self, site, *, detach: bool = True, stop: bool = False, clone: bool = True) -> list[Capture]:
         """Record the value at each resolved site on every call. ``stop=True`` ends the forward there.
