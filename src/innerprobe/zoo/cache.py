@@ -9,7 +9,8 @@ process wait for a model the first is training instead of training it again.
 Loading reads safetensors only (never pickle). An entry is *invalid* -- and retrained, or refused
 with :class:`~innerprobe.errors.CacheError` -- when its card is unreadable or names another
 recipe/fingerprint/seed, its weights file is unreadable or differs from the checksum on the card,
-or its tensors do not match the model's keys and shapes.
+or its tensors do not match the model's keys and shapes. A card without a ``weights_sha256``
+checksum is invalid too: the checksum is required, never optional.
 """
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-import torch
 from torch import nn
 
+from ..core.checks import check_seed
 from ..errors import CacheError
 
 CARD = "card.json"
@@ -36,13 +37,29 @@ def cache_root() -> Path:
     return Path(os.environ.get("INNERPROBE_CACHE") or Path.home() / ".cache" / "innerprobe").expanduser()
 
 
+def checked_root() -> Path:
+    """:func:`cache_root`, refused with CacheError when it names something that is not a folder."""
+    root = cache_root()
+    try:
+        bad = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
+    except OSError as e:  # e.g. a name too long for the file system
+        raise CacheError(f"the zoo cache {str(root)[:200]} cannot be used: {e.strerror or e}", hint=_ROOT_HINT) from None
+    if bad is not None:
+        raise CacheError(f"the zoo cache {root} cannot be a folder: {bad} is a file", hint=_ROOT_HINT)
+    return root
+
+
+_ROOT_HINT = "point INNERPROBE_CACHE at a folder (it is created if missing), or unset it for ~/.cache/innerprobe"
+
+
 def fingerprint(recipe: str, version: int, params: dict) -> str:
     blob = json.dumps({"recipe": recipe, "version": version, "params": params}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def entry_dir(recipe: str, seed: int, fp: str) -> Path:
-    return cache_root() / recipe / f"{int(seed)}-{fp}"
+    """``<cache>/<recipe>/<seed>-<fingerprint>``; the seed is checked (0 .. 2**63 - 1) first."""
+    return checked_root() / recipe / f"{check_seed(seed)}-{fp}"
 
 
 def sha256_file(path: Path) -> str:
@@ -56,9 +73,13 @@ def sha256_file(path: Path) -> str:
 @contextlib.contextmanager
 def entry_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock on ``<entry>.lock`` (waits while another process trains it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / (path.name + ".lock")
-    with open(lock, "a+") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock, "a+")  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        raise CacheError(f"cannot write to the zoo cache at {path.parent}: {e.strerror or e}", hint=_ROOT_HINT) from None
+    with f:
         try:
             import fcntl
 
@@ -104,7 +125,9 @@ def load_weights(path: Path, model: nn.Module, card: dict) -> nn.Module:
     if not wfile.is_file():
         raise CacheError(f"cache entry {path} has no {WEIGHTS}")
     want = card.get("weights_sha256")
-    if want and sha256_file(wfile) != want:
+    if not isinstance(want, str) or len(want) != 64:  # a card without its checksum cannot vouch for the weights
+        raise CacheError(f"cache entry {path}: {CARD} has no weights_sha256 checksum, so its weights cannot be trusted")
+    if sha256_file(wfile) != want:
         raise CacheError(f"cache entry {path}: {WEIGHTS} does not match the checksum on its card (truncated or edited)")
     try:
         state = load_file(str(wfile))

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import ModelError, did_you_mean
+from ..core.checks import check_seed
+from ..errors import ConfigError, ModelError, did_you_mean
 
 _FILE_SPEC = re.compile(r"^(?P<file>.+\.py):(?P<factory>[A-Za-z_][A-Za-z0-9_]*)$")
 _ZOO_SPEC = re.compile(r"^(?P<name>[a-z0-9][a-z0-9-]*)(?:@(?P<seed>\d+))?$")
@@ -34,30 +35,49 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> nn.M
     if not isinstance(spec, str) or not spec.strip():
         raise ModelError(f"model spec must be a non-empty string, got {spec!r}", hint=_HINT)
     spec = spec.strip()
+    if len(spec) > SPEC_MAX:
+        raise ModelError(f"model spec is {len(spec)} characters long ({spec[:40]!r}...); no zoo name, file or folder is that long",
+                         hint=_HINT)
     m = _FILE_SPEC.match(spec)
     if m:
         return _from_file(m["file"], m["factory"], weights)
     if spec.endswith(".py"):
         raise ModelError(f"{spec!r} names a Python file but no factory", hint=f"write {spec}:make_model, where make_model() returns an nn.Module")
     path = Path(spec).expanduser()
-    if path.is_dir():
+    if _is(path.is_dir):
         if weights is not None:
             raise ModelError("--weights is for file.py:factory models; a Hugging Face folder carries its own weights")
         return _from_hf_folder(path)
     m = _ZOO_SPEC.match(spec)
     from .recipes import RECIPES
 
+    name, at, seed_text = spec.partition("@")
+    if at and name in RECIPES and not m:
+        raise ConfigError(f"bad seed {seed_text!r} in model spec {spec!r}: a seed is a non-negative integer",
+                          hint=f"e.g. {name}@0 or {name}@2")
     if m and m["name"] in RECIPES:
         if weights is not None:
             raise ModelError("--weights is for file.py:factory models; zoo models come from the zoo cache")
         from . import load
 
-        model, _ = load(m["name"], seed=int(m["seed"] or 0))
+        model, _ = load(m["name"], seed=check_seed(m["seed"] or "0", f"seed in model spec {spec!r}"))
         return model
-    if path.exists():
-        raise ModelError(f"{spec!r} is a file, not a model spec", hint=_HINT)
-    near = did_you_mean(spec.split("@")[0], RECIPES)
-    raise ModelError(f"unknown model {spec!r}: not a zoo recipe, a file.py:factory or a model folder", hint=f"{near}; {_HINT}")
+    shown = repr(spec) if len(spec) <= 80 else repr(spec[:60] + "...")
+    if _is(path.exists):
+        raise ModelError(f"{shown} is a file, not a model spec", hint=_HINT)
+    near = did_you_mean(name, RECIPES)
+    raise ModelError(f"unknown model {shown}: not a zoo recipe, a file.py:factory or a model folder", hint=f"{near}; {_HINT}")
+
+
+SPEC_MAX = 1024  # longer than any path the file systems innerprobe runs on accept
+
+
+def _is(test) -> bool:
+    """``path.is_dir()`` / ``path.exists()`` that answers False for names the OS refuses (too long, bad bytes)."""
+    try:
+        return test()
+    except (OSError, ValueError):
+        return False
 
 
 _HINT = "use a zoo name (innerprobe zoo list), path/to/file.py:factory with --weights file.safetensors, or a local Hugging Face folder"
@@ -69,7 +89,7 @@ def load_safetensors_into(model: nn.Module, weights: str | Path) -> nn.Module:
     if wpath.suffix != ".safetensors":
         raise ModelError(f"weights file {wpath} is not .safetensors; innerprobe never unpickles weights",
                          hint="convert it once with: from safetensors.torch import save_file; save_file(torch.load(f, weights_only=True), 'w.safetensors')")
-    if not wpath.is_file():
+    if not _is(wpath.is_file):
         raise ModelError(f"weights file {wpath} does not exist")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -98,7 +118,7 @@ def load_safetensors_into(model: nn.Module, weights: str | Path) -> nn.Module:
 
 def _from_file(file: str, factory: str, weights) -> nn.Module:
     fpath = Path(file).expanduser()
-    if not fpath.is_file():
+    if not _is(fpath.is_file):
         raise ModelError(f"model file {fpath} does not exist", hint="path/to/file.py:factory, relative to the current folder")
     name = f"_innerprobe_user_{abs(hash(str(fpath.resolve())))}"
     mspec = importlib.util.spec_from_file_location(name, fpath)
