@@ -22,6 +22,7 @@ import torch
 from ..core.graph import Graph
 from ..core.hooks import preserved_state
 from ..errors import ConfigError, ModelError
+from . import fast
 from .hypothesis import Hypothesis
 
 
@@ -94,14 +95,20 @@ def edge_mask(graph: Graph, hypotheses) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_edges(graph: Graph, runs: Runs, masks: torch.Tensor, *, chunk: int | None = None) -> torch.Tensor:
+def evaluate_edges(graph: Graph, runs: Runs, masks: torch.Tensor, *, chunk: int | None = None,
+                   memory_budget=None, method: str = "fast") -> torch.Tensor:
     """Outputs of K edge-set hypotheses, stacked [K, B, ...] (two-version algorithm, §2.1).
 
     ``masks`` is [K, E] (1 = edge in E_imp; fractional values interpolate) or [K, B, E] for a
-    mask per example. Rows run ``chunk`` at a time along the batch axis. A group whose incoming
-    edges are all present and whose sources are all unchanged reuses the clean run.
+    mask per example. Rows run ``chunk`` at a time along the batch axis (default: as many as fit
+    in ``memory_budget``, bytes or e.g. ``"2GiB"``, default 1 GiB). ``method="fast"`` is
+    :func:`innerprobe.patch.fast.fast_evaluate` (docs/patching.md, "Fast evaluator");
+    ``"reference"`` is the plain two-version loop below, which the fast one is tested equal to.
+    The fast evaluator refuses graphs it does not handle (position-restricted edges) by name and
+    the reference one runs instead.
     """
-    masks = torch.as_tensor(masks, dtype=torch.float32)
+    masks = torch.as_tensor(masks)
+    masks = masks.float() if not masks.is_floating_point() else masks
     if masks.dim() == 1:
         masks = masks[None]
     E = len(graph.edges)
@@ -110,12 +117,15 @@ def evaluate_edges(graph: Graph, runs: Runs, masks: torch.Tensor, *, chunk: int 
     B = next(iter(runs.clean.values())).shape[0]
     if masks.dim() == 3 and masks.shape[1] != B:
         raise ConfigError(f"per-example mask has {masks.shape[1]} rows for a batch of {B}")
-    K = masks.shape[0]
-    chunk = chunk or K
-    outs = []
+    if method not in ("fast", "reference"):
+        raise ConfigError(f"unknown evaluator {method!r}", hint="method='fast' or 'reference'")
     with _model_state(graph):
-        for k0 in range(0, K, chunk):
-            outs.append(_two_version(graph, runs, masks[k0:k0 + chunk], B))
+        if method == "fast" and fast.supports(graph) is None:
+            return fast.fast_evaluate(graph, runs, masks, chunk=chunk, memory_budget=memory_budget)
+        masks = masks.to(torch.float32)
+        K = masks.shape[0]
+        chunk = chunk or K
+        outs = [_two_version(graph, runs, masks[k0:k0 + chunk], B) for k0 in range(0, K, chunk)]
     return torch.cat(outs, 0)
 
 

@@ -1,0 +1,379 @@
+"""Fast exact evaluator for edge-set hypotheses (Goldowsky-Dill et al. 2023, arXiv 2304.05969, §2.1).
+
+Same quantity as the two-version algorithm (docs/patching.md, "Evaluators"): for K edge masks w
+(1 = edge keeps x_r, 0 = edge carries x_c, fractions interpolate), each node v has the patched
+value a^H(v) = a(v; x_r) + d(v), and each slot (v, s) reads
+
+    slot^H(v, s) = clean slot + sum_{u -> v:s} d(u) + sum_{e = u -> v:s} (1 - w_e) (a(u; x_c) - a(u; x_r) - d(u))
+
+How the cost follows the work (docs/patching.md, "Fast evaluator"):
+
+* **Rows.** A node is computed only on the mask rows where one of its inputs changed (a row is
+  one hypothesis; all its B examples go along). Everything upstream of a row's first changed
+  edge is the clean run, reused as is. Members of a group that supports subsets are computed
+  only where they changed, so K single-edge rows into different heads of one layer cost one
+  head each.
+* **Residual deltas.** ``R = sum d(u)`` over the changed nodes that still have readers is kept
+  once per activation shape; a slot's first sum is ``R`` minus the few changed nodes it does not
+  read (none in a residual stream), one add per changed node in all instead of one per
+  (slot, source).
+* **Edge terms.** The patched edges into a slot are one matrix product of the [K, J]
+  coefficients with a cached table of ``a(u; x_c) - a(u; x_r)`` (the table's rows follow the
+  graph's topological order, so a slot's sources are one slice of it).
+
+The plan (which rows and nodes change) is read from a CPU copy of the masks; activations never
+leave their device. Position-restricted edges are refused by name (:func:`supports`); the
+reference evaluator in :mod:`.path` handles what this one does not.
+"""
+from __future__ import annotations
+
+import re
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from ..core.graph import Graph
+from ..errors import ConfigError
+
+DEFAULT_BUDGET = 1 << 30  # bytes of working memory per chunk of mask rows (1 GiB)
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10 ** 3, "kib": 1 << 10, "m": 1 << 20, "mb": 10 ** 6, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 10 ** 9, "gib": 1 << 30}
+
+
+def parse_bytes(value) -> int:
+    """``"2GiB"``, ``"500MB"``, ``1 << 30`` -> bytes (``None`` -> the 1 GiB default)."""
+    if value is None:
+        return DEFAULT_BUDGET
+    if isinstance(value, (int, float)) and value > 0:
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(value))
+    if m is None or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
+        raise ConfigError(f"memory budget {value!r} is not a size", hint="e.g. '2GiB', '500MB' or a number of bytes")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def supports(graph: Graph) -> str | None:
+    """None if the fast evaluator handles ``graph``, else the reason (by name) it does not."""
+    pos = [e for e in graph.edges if getattr(e, "positions", None) not in (None, ())]
+    if pos:
+        return f"position-restricted edges (e.g. {pos[0]}) are not handled by the fast evaluator yet"
+    return None
+
+
+# ----------------------------------------------------------------------------- cached structure
+@dataclass
+class _Info:
+    """Structure of a graph the evaluator needs, computed once per graph."""
+
+    gindex: dict          # node -> index of its group in graph.groups
+    slot_src: dict        # (node, slot) -> tuple of source names
+    slot_srcset: dict     # (node, slot) -> frozenset of source names
+    node_srcs: dict       # node -> frozenset of every source of every slot
+    last_reader: dict     # node -> index of the last group reading it (-1: none)
+    full_reader: dict     # node -> every slot of every later group reads it
+    edge_slot: list       # edge index -> (dst, slot)
+    edge_src: list        # edge index -> src
+
+
+def _structure(graph: Graph) -> _Info:
+    gindex = {n: i for i, g in enumerate(graph.groups) for n in g.nodes}
+    slot_src = {k: tuple(graph.edges[i].src for i in idx) for k, idx in graph.incoming.items()}
+    node_srcs = {n: frozenset(u for s in graph.nodes[n].slots for u in slot_src[(n, s)]) for n in graph.nodes}
+    n_groups = len(graph.groups)
+    slots_after = [0] * (n_groups + 1)
+    for i in range(n_groups - 1, -1, -1):
+        slots_after[i] = slots_after[i + 1] + sum(len(graph.nodes[n].slots) for n in graph.groups[i].nodes)
+    readers: dict = {n: set() for n in graph.nodes}
+    for e in graph.edges:
+        readers[e.src].add((e.dst, e.slot))
+    last = {n: max((gindex[d] for d, _ in r), default=-1) for n, r in readers.items()}
+    full = {n: len(readers[n]) == slots_after[gindex[n] + 1] and len(readers[n]) > 0 for n in graph.nodes}
+    return _Info(gindex, slot_src, {k: frozenset(v) for k, v in slot_src.items()}, node_srcs, last, full,
+                 [(e.dst, e.slot) for e in graph.edges], [e.src for e in graph.edges])
+
+
+_INFO: dict = {}
+_TABLES: dict = {}
+
+
+def _cached(store: dict, obj, make):
+    key = id(obj)
+    hit = store.get(key)
+    if hit is None or hit[0]() is not obj:
+        hit = (weakref.ref(obj), make())
+        store[key] = hit
+        weakref.finalize(obj, store.pop, key, None)
+    return hit[1]
+
+
+class _Tables:
+    """Per (graph, runs): clean slot values and the difference tables a(u; x_c) - a(u; x_r), one
+    per activation shape, rows in topological order; built lazily."""
+
+    def __init__(self, graph: Graph, runs):
+        self.graph, self.runs = graph, runs
+        self.slots: dict = {}
+        self.rows: dict = {}   # node -> (shape key, row)
+        self.tabs: dict = {}   # shape key -> [N, B, ...] tensor
+        self._built = False
+
+    def clean_slot(self, n: str, s: str) -> torch.Tensor:
+        v = self.runs.clean_slots.get((n, s)) if self.runs.clean_slots else None
+        if v is None:
+            v = self.slots.get((n, s))
+            if v is None:
+                g = self.graph
+                v = g.slot_value(n, s, [self.runs.clean[g.edges[i].src] for i in g.incoming[(n, s)]])
+                self.slots[(n, s)] = v
+        return v
+
+    def table(self, src: str):
+        if not self._built:
+            self._build()
+        key, row = self.rows[src]
+        return self.tabs[key], row
+
+    def _build(self):
+        srcs = {e.src for e in self.graph.edges}
+        groups: dict = {}
+        for n in self.graph.order:
+            if n in srcs:
+                c = self.runs.clean[n]
+                groups.setdefault(_shape_key(c), []).append(n)
+        for key, names in groups.items():
+            for r, n in enumerate(names):
+                self.rows[n] = (key, r)
+            self.tabs[key] = torch.stack([self.runs.cf[n] - self.runs.clean[n] for n in names])
+        self._built = True
+
+
+def _shape_key(t: torch.Tensor):
+    return (tuple(t.shape), t.dtype, t.device)
+
+
+# ----------------------------------------------------------------------------- entry point
+@torch.no_grad()
+def fast_evaluate(graph: Graph, runs, masks: torch.Tensor, *, chunk: int | None = None, memory_budget=None) -> torch.Tensor:
+    """Outputs [K, B, ...] of K edge-set hypotheses (``masks`` [K, E] or per example [K, B, E]).
+
+    Rows run ``chunk`` at a time; without ``chunk`` the chunk size comes from ``memory_budget``
+    (bytes or a string such as ``"2GiB"``; default 1 GiB) and the graph's largest group.
+    """
+    why = supports(graph)
+    if why is not None:
+        raise ConfigError(why, hint="use innerprobe.patch.path.evaluate_edges, which falls back to the reference evaluator")
+    info = _cached(_INFO, graph, lambda: _structure(graph))
+    tabs = _cached(_TABLES, runs, lambda: _Tables(graph, runs))
+    out0 = runs.clean["out"]
+    B = out0.shape[0]
+    K = masks.shape[0]
+    step = chunk or rows_for_budget(graph, runs, parse_bytes(memory_budget))
+    m_cpu = masks.detach().to("cpu")
+    m_dev = masks.detach().to(device=out0.device, dtype=out0.dtype if out0.is_floating_point() else torch.float32)
+    outs = [_Chunk(graph, info, tabs, runs, m_cpu[k:k + step], m_dev[k:k + step], B).run() for k in range(0, K, step)]
+    return torch.cat(outs, 0) if outs else out0.new_zeros((0, *out0.shape))
+
+
+def rows_for_budget(graph: Graph, runs, budget: int) -> int:
+    """How many mask rows fit in ``budget`` bytes: a row holds, at the widest group, its slot
+    inputs, outputs and the family's internals (taken as twice the inputs), plus the residual
+    deltas; each of those is B examples."""
+    def numel(t):
+        return t.numel() * t.element_size()
+
+    widest = 0
+    for g in graph.groups:
+        if g.kind == "input":
+            continue
+        ins = sum(numel(runs.clean[graph.edges[graph.incoming[(n, s)][0]].src])
+                  for n in g.nodes for s in graph.nodes[n].slots if graph.incoming[(n, s)])
+        outs = sum(numel(runs.clean[n]) for n in g.nodes)
+        widest = max(widest, 3 * ins + 2 * outs)
+    per_row = widest + 4 * max(numel(v) for v in runs.clean.values())
+    return max(1, int(budget // max(per_row, 1)))
+
+
+def _bits(changed: torch.Tensor) -> list[int]:
+    """Column-wise row bitmasks of a [K, J] bool tensor (python ints, any K)."""
+    K = changed.shape[0]
+    if K <= 62:
+        w = torch.tensor([1 << k for k in range(K)], dtype=torch.int64)
+        return (changed.to(torch.int64) * w[:, None]).sum(0).tolist()
+    return [sum(1 << int(k) for k in col.nonzero().flatten()) for col in changed.T]
+
+
+def _row_list(bits: int) -> list[int]:
+    out, k = [], 0
+    while bits:
+        if bits & 1:
+            out.append(k)
+        bits >>= 1
+        k += 1
+    return out
+
+
+class _Chunk:
+    """One chunk of mask rows through the graph (see the module docstring)."""
+
+    def __init__(self, graph, info, tabs, runs, m_cpu, m_dev, B):
+        self.g, self.info, self.tabs, self.runs = graph, info, tabs, runs
+        self.m, self.B = m_dev, B
+        self.K = m_cpu.shape[0]
+        self.full = (1 << self.K) - 1
+        self.per_example = m_cpu.dim() == 3
+        ch = m_cpu != 1
+        ch_rows = ch.any(1) if self.per_example else ch
+        cols = ch_rows.any(0).nonzero().flatten().tolist()
+        self.edge_bits = dict(zip(cols, _bits(ch_rows[:, cols]))) if cols else {}
+        self.slot_edges: dict = {}
+        for i in cols:
+            self.slot_edges.setdefault(info.edge_slot[i], []).append(i)
+        self.bits: dict = {}      # changed node -> row bitmask
+        self.d: dict = {}         # node -> d(node) [K, B, ...] (kept only while needed)
+        self.R: dict = {}         # shape key -> (sum of d over self.active[key])
+        self.active: dict = {}    # shape key -> set of nodes in R
+        self.edge_srcs = {info.edge_src[i] for i in cols}
+
+    # -------------------------------------------------------------- driver
+    def run(self) -> torch.Tensor:
+        out0 = self.runs.clean["out"]
+        if not self.edge_bits:
+            return out0.unsqueeze(0).expand(self.K, *out0.shape).clone()
+        start = min(self.info.gindex[self.info.edge_slot[i][0]] for i in self.edge_bits)
+        for gi in range(start, len(self.g.groups)):
+            grp = self.g.groups[gi]
+            if grp.kind != "input":
+                self._group(gi, grp)
+        d = self.d.get("out")
+        return out0.unsqueeze(0).expand(self.K, *out0.shape).clone() if d is None else out0 + d
+
+    def _node_bits(self, n: str) -> int:
+        b = 0
+        for s in self.g.nodes[n].slots:
+            for i in self.slot_edges.get((n, s), ()):
+                b |= self.edge_bits[i]
+        for u in self.info.node_srcs[n] & self.bits.keys():
+            b |= self.bits[u]
+        return b
+
+    def _group(self, gi: int, grp) -> None:
+        need = {n: b for n in grp.nodes if (b := self._node_bits(n))}
+        if need:
+            if grp.subsets:
+                by_rows: dict = {}
+                for n, b in need.items():
+                    by_rows.setdefault(b, []).append(n)
+                calls = list(by_rows.items())
+            else:
+                union = 0
+                for b in need.values():
+                    union |= b
+                calls = [(union, list(grp.nodes))]
+            for b, nodes in calls:
+                self._compute(grp, nodes, b, need)
+        self._after_group(gi, grp, need)
+
+    # -------------------------------------------------------------- one call of a group function
+    def _compute(self, grp, nodes: list, b: int, need: dict) -> None:
+        rows = None if b == self.full else torch.tensor(_row_list(b), device=self.m.device)
+        k = self.K if rows is None else int(rows.numel())
+        shared: dict = {}
+        slots = {}
+        for n in nodes:
+            for s in self.g.nodes[n].slots:
+                key = (self.info.slot_srcset[(n, s)], id(self.g.const.get((n, s))))
+                plain = (n, s) not in self.slot_edges
+                if plain and key in shared:
+                    slots[(n, s)] = shared[key]
+                    continue
+                v = self._slot(n, s, rows, k)
+                slots[(n, s)] = v
+                if plain:
+                    shared[key] = v
+        outs = self.g.run_group(grp, slots, nodes)
+        for n, o in zip(nodes, outs):
+            if n not in need:
+                continue
+            o = o.reshape(k, self.B, *o.shape[1:])
+            dn = o - self.runs.clean[n]
+            if rows is not None:
+                full = dn.new_zeros((self.K, *dn.shape[1:]))
+                full[rows] = dn
+                dn = full
+            prev = self.d.get(n)
+            self.d[n] = dn if prev is None else prev + dn  # several calls never share a node
+            self.bits[n] = self.bits.get(n, 0) | b
+
+    def _slot(self, n: str, s: str, rows, k: int) -> torch.Tensor:
+        clean = self.tabs.clean_slot(n, s)
+        val = None
+        D = self.info.slot_srcset[(n, s)] & self.bits.keys()
+        if D:
+            val = self._dirty_sum(D, clean, rows)
+        edges = self.slot_edges.get((n, s))
+        if edges:
+            t = self._edge_term(edges, rows, k)
+            val = t if val is None else val + t
+        val = clean.unsqueeze(0).expand(k, *clean.shape) if val is None else clean + val
+        return val.reshape(k * self.B, *clean.shape[1:])
+
+    def _dirty_sum(self, D, clean, rows) -> torch.Tensor:
+        """sum_{u in D} d(u) on ``rows``, as R minus the changed nodes the slot does not read when
+        that is fewer terms (always, in a residual stream). Every node in D is in R (it has a
+        reader: this slot); nodes R holds but D lacks are not full readers, so they are kept."""
+        key = _shape_key(clean)
+        missing = self.active[key] - D
+        pick = (lambda t: t) if rows is None else (lambda t: t[rows])
+        if len(missing) < len(D) or not all(u in self.d for u in D):
+            total = pick(self.R[key])
+            for u in missing:
+                total = total - pick(self.d[u])
+            return total
+        total = None
+        for u in D:
+            total = pick(self.d[u]) if total is None else total + pick(self.d[u])
+        return total
+
+    def _edge_term(self, edges: list, rows, k: int) -> torch.Tensor:
+        """sum_e (1 - w_e) (a(u; x_c) - a(u; x_r) - d(u)) over the changed edges into one slot."""
+        c = 1 - (self.m[..., edges] if rows is None else self.m[rows][..., edges])  # [k, J] or [k, B, J]
+        srcs = [self.info.edge_src[i] for i in edges]
+        tab = self.tabs.table(srcs[0])[0]
+        where = [self.tabs.table(u)[1] for u in srcs]
+        lo, hi = min(where), max(where) + 1
+        coef = c.new_zeros((*c.shape[:-1], hi - lo))
+        coef[..., [w - lo for w in where]] = c
+        sl = tab[lo:hi]
+        if self.per_example:
+            t = torch.einsum("kbj,jbx->kbx", coef, sl.reshape(hi - lo, self.B, -1)).reshape(k, *sl.shape[1:])
+        else:
+            t = (coef @ sl.reshape(hi - lo, -1)).reshape(k, *sl.shape[1:])
+        for j, u in enumerate(srcs):  # the part through sources that are themselves patched
+            if u in self.d:
+                dj = self.d[u] if rows is None else self.d[u][rows]
+                cj = c[..., j].reshape(*c.shape[:-1], *([1] * (dj.dim() - c.dim() + 1)))
+                t = t - cj * dj
+        return t
+
+    # -------------------------------------------------------------- bookkeeping
+    def _after_group(self, gi: int, grp, need: dict) -> None:
+        last = len(self.g.groups) - 1
+        if gi == last:
+            return
+        for n in need:
+            if self.info.last_reader[n] <= gi:
+                continue
+            d = self.d[n]
+            key = _shape_key(d[0])
+            self.R[key] = d if key not in self.R else self.R[key] + d
+            self.active.setdefault(key, set()).add(n)
+            if self.info.full_reader[n] and n not in self.edge_srcs:
+                del self.d[n]  # carried by R from here on
+        for key, act in self.active.items():
+            for v in [v for v in act if self.info.last_reader[v] <= gi]:
+                act.discard(v)
+                self.R[key] = self.R[key] - self.d.pop(v)  # v is no full reader (those are read by the last group), so kept
+        for n in [n for n in self.d if n != "out" and self.info.last_reader[n] <= gi]:
+            del self.d[n]
