@@ -55,7 +55,8 @@ def test_report_embeds_figures_notes_missing_and_orders(tmp_path):
     # table values formatted; TOC links to every section; footer lists the files and versions
     assert "0.9123" in page and "0.912345678" not in page
     for title in ("Alpha study", "Aardvark", "Beta study"):
-        anchor = re.search(rf'<section class="card[^"]*" id="([^"]+)">\s*<h2>{title}</h2>', page).group(1)
+        anchor = re.search(rf'<section class="card[^"]*" id="([^"]+)"><details open>\s*<summary><h2>{title}</h2>', page)
+        anchor = anchor.group(1)
         assert f'href="#{anchor}"' in page
     import torch
 
