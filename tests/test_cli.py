@@ -111,7 +111,7 @@ def _fake_registry(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path / "mods"))
     sys.modules.pop("fake_ip_studies", None)
     monkeypatch.setattr(studies, "STUDIES", {"good": "fake_ip_studies:good", "bad": "fake_ip_studies:bad", "after": "fake_ip_studies:after"})
-    import innerprobe.report.cli as rcli
+    import innerprobe.cli.demo as rcli
 
     def no_zoo(run, *, quick):  # no training in the fast test
         run.steps.append(rcli.Step("model", "fake-model", seconds=0.0))

@@ -8,7 +8,7 @@ from torch import nn
 
 from innerprobe.cli import main
 from innerprobe.perturb import backdoor_scan
-from innerprobe.perturb.cli import parse_sigmas
+from innerprobe.cli.perturb import parse_sigmas
 from innerprobe.perturb.scan import robust_z
 from innerprobe import ConfigError, Result
 

@@ -109,7 +109,7 @@ def test_overview_reads_status_without_training(tmp_path, monkeypatch):
 
 def test_demo_zoo_step_records_a_failing_model_and_goes_on(tmp_path, monkeypatch):
     from innerprobe.errors import DataError
-    from innerprobe.report import cli as rcli
+    from innerprobe.cli import demo as rcli
 
     good = _card("digits-mlp", {"test_accuracy": 0.97}, [{"metric": "test_accuracy", "op": ">=", "threshold": 0.95, "value": 0.97, "met": True}])
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from . import STUDIES
+from ..studies import STUDIES
 
 
 def _study_list() -> str:
@@ -15,7 +15,7 @@ def _study_list() -> str:
 def run_study(name: str, out: Path, *, seeds: int = 3, quick: bool = False):
     """Look ``name`` up in :data:`innerprobe.studies.STUDIES`, run it into ``out`` and return its Result."""
     from ..errors import ConfigError
-    from . import get_study
+    from ..studies import get_study
 
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}", hint="use --seeds 3 for 95% CIs over three seeds")

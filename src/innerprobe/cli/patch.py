@@ -7,19 +7,19 @@ from typing import List, Optional
 import typer
 
 from ..errors import ConfigError, DataError
+from .inputs import FORMATS, SUFFIXES, load_inputs, read_file
+from .spec import ModelSpec, parse_model
 
 HYP_HELP = ("a hypothesis file (.txt/.hyp) or its text, ';' between lines: 'all', 'none', "
             "'edge SRC -> DST[:SLOT]' (globs allowed) or a path 'embed -> a0.1:v -> a1.2:k -> out' ('...' = any run of nodes). "
             "Repeat for several hypotheses. Node names: run with --show-graph.")
 
 
-def _inputs(model_spec: str, net, data: Optional[str], counterfactual: str, n: int, seed: int):
+def _inputs(spec: ModelSpec, net, data: Optional[str], counterfactual: str, n: int, seed: int):
     """(x_r, x_c, loss_fn or None, mask or None, description)."""
-    import numpy as np
     import torch
 
-    from .. import zoo
-    from .metrics import lm_loss
+    from ..patch.metrics import lm_loss
 
     gen = torch.Generator().manual_seed(seed)
     cfg = getattr(net, "cfg", None)
@@ -33,17 +33,14 @@ def _inputs(model_spec: str, net, data: Optional[str], counterfactual: str, n: i
         elif counterfactual == "resample":
             xc = sample_induction(n, gen, **kw).tokens
         else:
-            xc = _tensor(counterfactual)[:n]
+            xc = _tensor(counterfactual, "--counterfactual")[:n]
         return xr.tokens, xc, lm_loss(xr.tokens, xr.predictable), xr.predictable, f"induction task ({n} pairs), loss on predictable tokens"
     y = None
     if data is None:
-        name = model_spec.split("@")[0]
-        if name not in zoo.RECIPES:
-            raise DataError(f"no inputs for model {model_spec!r}", hint="pass --data FILE.pt (a tensor [N, ...]) or use a zoo model")
-        ds = zoo.recipe_data(name)
-        x, y = ds.x_test[: 2 * n], ds.y_test[: 2 * n]
+        inp = load_inputs(None, spec, n=2 * n)
+        x, y = inp.x, inp.y
     else:
-        x = _tensor(data)
+        x = _tensor(data, "--data")
     if counterfactual in ("resample", "structure"):
         if len(x) < 2:
             raise DataError("need at least 2 inputs to resample counterfactuals")
@@ -53,7 +50,7 @@ def _inputs(model_spec: str, net, data: Optional[str], counterfactual: str, n: i
         perm = torch.where(perm == torch.arange(len(x_r)), (perm + 1) % len(x), perm)  # never pair an input with itself
         x_c = x[perm]
     else:
-        x_r, x_c = x[:n], _tensor(counterfactual)[:n]
+        x_r, x_c = x[:n], _tensor(counterfactual, "--counterfactual")[:n]
     if x_r.shape != x_c.shape:
         raise DataError(f"reference inputs {tuple(x_r.shape)} and counterfactuals {tuple(x_c.shape)} differ in shape")
     loss = None
@@ -65,17 +62,11 @@ def _inputs(model_spec: str, net, data: Optional[str], counterfactual: str, n: i
     return x_r, x_c, loss, None, f"{len(x_r)} pairs, counterfactual: {counterfactual}"
 
 
-def _tensor(path: str):
-    import numpy as np
-    import torch
-
-    p = Path(path)
-    if not p.exists() or p.suffix not in (".pt", ".pth", ".npy"):
-        raise DataError(f"{path!r} is not a .pt/.npy tensor file", hint="--counterfactual takes resample, structure or a tensor file; --data a tensor file")
-    x = torch.as_tensor(np.load(p)) if p.suffix == ".npy" else torch.load(p, weights_only=True)
-    if not isinstance(x, torch.Tensor):
-        raise DataError(f"{path} holds a {type(x).__name__}, not a tensor")
-    return x
+def _tensor(path: str, what: str):
+    if Path(path).suffix not in SUFFIXES:
+        raise DataError(f"{what} {path!r} is not an input file",
+                        hint=f"--counterfactual takes resample, structure or a file; --data a file: {FORMATS}")
+    return read_file(path, what=what)[0]
 
 
 def register(app: typer.Typer) -> None:
@@ -84,9 +75,9 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(..., "--model", "-m", help="zoo name (e.g. induction-attn2l or induction-attn2l@1), path/file.py:factory, or a local HF GPT-2 folder"),
         hypothesis: Optional[List[str]] = typer.Option(None, "--hypothesis", "-H", help=HYP_HELP),
         edges: bool = typer.Option(False, "--edges", help="measure every single edge's effect, exactly (batched) and by EAP / EAP-IG; draw the circuit and head heatmaps"),
-        counterfactual: str = typer.Option("structure", "--counterfactual", "-c", help="'structure' (same segment layout, new tokens; induction models), 'resample' (independent inputs) or a .pt/.npy tensor of x_c"),
+        counterfactual: str = typer.Option("structure", "--counterfactual", "-c", help="'structure' (same segment layout, new tokens; induction models), 'resample' (independent inputs) or an input file of x_c (.npy/.npz/.pt/.safetensors)"),
         baseline: str = typer.Option("none", "--baseline", help="baseline hypothesis H0 for proportion explained (text like --hypothesis); default: no paths"),
-        data: Optional[str] = typer.Option(None, "--data", help="x_r inputs as a .pt/.npy tensor (default: the model's own task data)"),
+        data: Optional[str] = typer.Option(None, "--data", help="x_r inputs: a .npy/.npz/.pt/.safetensors file (default: the model's own task data, same seed)"),
         pairs: int = typer.Option(256, "--pairs", "-n", help="number of (x_r, x_c) pairs"),
         graph_kind: str = typer.Option("auto", "--graph", help="graph builder: auto, transformer, tl, hf or fx"),
         ig_steps: int = typer.Option(10, "--ig-steps", help="EAP-IG interpolation steps (with --edges)"),
@@ -100,16 +91,16 @@ def register(app: typer.Typer) -> None:
         import numpy as np
         import torch
 
-        from .. import zoo
         from ..core.graph import build_graph
+        from ..patch import plots
+        from ..patch.hypothesis import Hypothesis
+        from ..patch.metrics import bootstrap_proportion, kl_div
+        from ..patch.path import edge_mask, evaluate, evaluate_edges, prepare
         from ..report.sections import Section
         from ..results import Result, provenance
-        from . import plots
-        from .hypothesis import Hypothesis
-        from .metrics import bootstrap_proportion, kl_div
-        from .path import edge_mask, evaluate, evaluate_edges, prepare
 
-        net = zoo.load_model(model, weights=str(weights) if weights else None)
+        spec = parse_model(model)
+        net = spec.load(weights)
         graph = build_graph(net, graph_kind)
         if show_graph:
             typer.echo(graph.summary())
@@ -125,7 +116,7 @@ def register(app: typer.Typer) -> None:
         for h in hyps:
             h.resolve(graph)  # validate before any work
         h0 = Hypothesis.load(baseline)
-        x_r, x_c, loss, mask, desc = _inputs(model, net, data, counterfactual, pairs, seed)
+        x_r, x_c, loss, mask, desc = _inputs(spec, net, data, counterfactual, pairs, seed)
         runs = prepare(graph, x_r, x_c)
         clean = runs.clean["out"]
         kl = kl_div(mask)
@@ -154,8 +145,8 @@ def register(app: typer.Typer) -> None:
             sec.table("Proportion explained (ratio of means, 95% bootstrap CI over pairs)", ["hypothesis", "proportion [CI]", "AUE", "KL"],
                       [[r["hypothesis"], f"{r['proportion']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]", f"{r['aue']:.4f}", f"{r['kl']:.4f}"] for r in rows])
         if edges:
-            from . import discovery as disc
-            from .eap import eap_scores
+            from ..patch import discovery as disc
+            from ..patch.eap import eap_scores
 
             metric = loss if loss is not None else (lambda o: kl(clean, o))  # noqa: E731
             exact = disc.single_edge_effects(graph, runs, metric, progress=True)
@@ -168,7 +159,7 @@ def register(app: typer.Typer) -> None:
             sec.figure("edges_circuit.png", f"The {top} edges with the largest exact single-edge effect; width ~ effect.")
             heads = [n for n in graph.nodes.values() if n.head is not None]
             if heads:
-                from .path import avoid_node
+                from ..patch.path import avoid_node
 
                 L = 1 + max(n.layer for n in heads)
                 H = 1 + max(n.head for n in heads)

@@ -1,4 +1,8 @@
-"""The ``innerprobe`` command line. Each area contributes its commands from ``<area>/cli.py``.
+"""The ``innerprobe`` command line: the application layer's one package (docs/cli.md).
+
+One module per command group (``cli/perturb.py``, ``cli/patch.py``, ...), each with ``register(app)``;
+all of them read ``--model`` with :mod:`innerprobe.cli.spec` and input files with
+:mod:`innerprobe.cli.inputs`, so every command accepts the same specs and formats.
 
 Errors raised on purpose (:class:`~innerprobe.errors.InnerprobeError`) print as one line plus a
 hint and exit with status 2; ``INNERPROBE_DEBUG=1`` shows the traceback instead.
@@ -11,8 +15,8 @@ import sys
 
 import typer
 
-from . import __version__
-from .errors import InnerprobeError
+from .. import __version__
+from ..errors import InnerprobeError
 
 app = typer.Typer(
     name="innerprobe",
@@ -36,17 +40,10 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """innerprobe: APEX, path patching and excitation pullbacks."""
 
 
-# Each area module defines ``register(app)``, adding its commands; missing areas are skipped.
-AREAS = ["innerprobe.zoo.cli", "innerprobe.perturb.cli", "innerprobe.patch.cli", "innerprobe.pullback.cli",
-         "innerprobe.studies.cli", "innerprobe.report.cli"]
-for _name in AREAS:
-    try:
-        _mod = importlib.import_module(_name)
-    except ModuleNotFoundError as _e:
-        if _e.name != _name:
-            raise
-        continue
-    _mod.register(app)
+# Each command module defines ``register(app)``, adding its commands (to add one: a module here + its name below).
+COMMANDS = ["zoo", "perturb", "patch", "pullback", "study", "report", "demo"]
+for _name in COMMANDS:
+    importlib.import_module(f"{__name__}.{_name}").register(app)
 
 
 def _click_exception_modules() -> list:

@@ -29,13 +29,13 @@ def _fmt(v) -> str:
 
 
 def _rows(seeds: list[int] | None) -> list[dict]:
-    from . import RECIPES, status
-    from .cache import list_entries
+    from ..zoo import RECIPES, status
+    from ..zoo.cache import list_entries
 
     rows = []
     for name, recipe in RECIPES.items():
         from ..errors import InnerprobeError
-        from .cache import fingerprint
+        from ..zoo.cache import fingerprint
 
         try:
             fp = fingerprint(name, recipe.version, recipe.resolve({}))
@@ -55,7 +55,7 @@ def _rows(seeds: list[int] | None) -> list[dict]:
 
 
 def card_dir(name: str, seed: int) -> str:
-    from . import card_path
+    from ..zoo import card_path
 
     return str(card_path(name, seed))
 
@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
     def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON (one object per recipe and seed) instead of a table."),
                  seed: Optional[List[int]] = typer.Option(None, "--seed", help="Seed(s) to show (repeatable); default: 0 and every cached seed.")):
         """Show every recipe with its cache status per seed, its metrics and whether its floors are met."""
-        from .cache import cache_root
+        from ..zoo.cache import cache_root
 
         rows = _rows(seed)
         if as_json:
@@ -104,7 +104,7 @@ def register(app: typer.Typer) -> None:
         import time
 
         from ..errors import ConfigError
-        from . import RECIPES, get_recipe, load
+        from ..zoo import RECIPES, get_recipe, load
 
         if all_ == (name is not None):
             raise ConfigError("give a recipe NAME or --all (not both, not neither)", hint="innerprobe zoo train digits-mlp --seed 0")

@@ -1,4 +1,4 @@
-"""``innerprobe report DIR`` and ``innerprobe demo``: the HTML report and the one-command demo."""
+"""``innerprobe demo``: the one-command demo (zoo cards, every study, the HTML report)."""
 from __future__ import annotations
 
 import time
@@ -47,7 +47,7 @@ def _error_text(e: BaseException) -> tuple[str, str]:
 
 
 def _failure_section(folder: Path, title: str, what: str, e: BaseException, seconds: float) -> None:
-    from .sections import Section
+    from ..report.sections import Section
 
     line, tail = _error_text(e)
     sec = Section(title=f"FAILED: {title}", order=1, paragraphs=[
@@ -60,7 +60,7 @@ def _failure_section(folder: Path, title: str, what: str, e: BaseException, seco
 
 def _zoo_step(run: DemoRun, *, quick: bool) -> None:
     """Train what is missing (seed 0) and write one zoo card section per model into out/zoo/."""
-    from . import zoo_section
+    from ..report import zoo_section
 
     names = zoo_section.demo_recipes(quick)
     _say(f"zoo: {len(names)} models ({'quick: ' if quick else ''}{', '.join(names)}); training the ones not cached")
@@ -112,7 +112,7 @@ def _study_steps(run: DemoRun, *, quick: bool, seeds: int) -> None:
 
 
 def _summary_section(run: DemoRun, *, quick: bool, seeds: int, total: float) -> None:
-    from .sections import Section
+    from ..report.sections import Section
 
     n_fail = len(run.failures)
     sec = Section(title="Demo run", order=0, paragraphs=[
@@ -134,7 +134,7 @@ def run_demo(out: str | Path = "out/demo", *, quick: bool = False, seeds: int = 
     decides what to do with ``run.failures``. Returns (report path, run).
     """
     from ..errors import ConfigError
-    from .html import build_report
+    from ..report.html import build_report
 
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}", hint="use --seeds 3 for 95% CIs over three seeds")
@@ -150,22 +150,6 @@ def run_demo(out: str | Path = "out/demo", *, quick: bool = False, seeds: int = 
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "report",
-        help="Turn the result files below DIR (every section.json with its PNG figures, and any result JSON) into "
-        "one self-contained static HTML page: inline CSS, figures embedded, a table of contents and a provenance "
-        "footer. Opens offline; nothing is fetched.",
-    )
-    def report(
-        folder: Path = typer.Argument(..., metavar="DIR", help="Folder written by a study, a command's --out or 'innerprobe demo'.", show_default=False),
-        out: Path = typer.Option(None, "--out", "-o", help="HTML file to write (default: DIR/report.html)."),
-        title: str = typer.Option("innerprobe report", "--title", help="Page title."),
-    ) -> None:
-        from .html import build_report
-
-        path = build_report(folder, out, title=title)
-        typer.echo(str(path))
-
     @app.command(
         "demo",
         help="The whole show in one command: train the zoo models that are not cached yet, write a card per model, "

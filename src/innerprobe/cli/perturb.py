@@ -1,4 +1,4 @@
-"""``innerprobe perturb`` (an APEX sweep with plots) and ``innerprobe scan`` (the backdoor scan)."""
+"""``innerprobe perturb`` (an APEX sweep with plots) and ``innerprobe scan`` (the backdoor scan); docs/apex.md."""
 from __future__ import annotations
 
 import re
@@ -7,7 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
+from .inputs import for_model, load_inputs
+from .spec import parse_model
 
 SIGMA_HELP = ("noise scales: a comma list '0.1,0.3,1,3' or a geometric grid 'LO:HI:N' (e.g. '0.02:20:31'); "
               "absolute unless --relative")
@@ -29,36 +31,6 @@ def parse_sigmas(text: str):
         raise ConfigError(f"cannot read sigmas {text!r}", hint=SIGMA_HELP) from None
 
 
-def load_inputs(model_spec: str, data: str | None, n: int, split: str = "test", seed: int = 0):
-    """(x, y or None, class names or None) for the CLI: a zoo recipe's data, a dataset name, or a .pt/.npy file."""
-    import numpy as np
-    import torch
-
-    from .. import zoo
-
-    if n < 1:
-        raise ConfigError(f"--inputs must be >= 1, got {n}")
-    source = data or model_spec.split("@")[0]
-    if source.endswith((".pt", ".pth", ".npy")):
-        path = Path(source)
-        if not path.exists():
-            raise DataError(f"input file {path} does not exist", hint="pass a .pt or .npy tensor [N, ...]")
-        x = torch.as_tensor(np.load(path)) if source.endswith(".npy") else torch.load(path, weights_only=True)
-        if not isinstance(x, torch.Tensor):
-            raise DataError(f"{path} holds a {type(x).__name__}, not a tensor")
-        return x.float()[:n], None, None
-    if source in zoo.RECIPES:
-        ds = zoo.recipe_data(source, seed=seed)
-    elif source in ("digits", "fashion-mnist"):
-        ds = zoo.data.load_dataset(source)
-    else:
-        raise DataError(f"no inputs for model {model_spec!r}", hint="pass --data with a zoo recipe, 'digits', 'fashion-mnist' or a .pt/.npy file")
-    if split not in ("test", "train"):
-        raise ConfigError(f"--split must be 'test' or 'train', got {split!r}")
-    x, y = (ds.x_test, ds.y_test) if split == "test" else (ds.x_train, ds.y_train)
-    return x[:n], y[:n], list(ds.classes)
-
-
 def _sites(sites: Optional[List[str]]):
     if not sites:
         return None
@@ -75,7 +47,7 @@ def register(app: typer.Typer) -> None:
         sites: Optional[List[str]] = typer.Option(None, "--sites", help="noise sites (repeat or comma-separate); default: after every hidden nonlinearity; ':input' = the model input"),
         out: Path = typer.Option(..., "--out", "-o", help="output folder (results, plots, section.json); an interrupted run resumes here"),
         weights: Optional[Path] = typer.Option(None, "--weights", help="safetensors weights for a file.py:factory model"),
-        data: Optional[str] = typer.Option(None, "--data", help="inputs: a zoo recipe, 'digits', 'fashion-mnist' or a .pt/.npy tensor (default: the zoo model's own data)"),
+        data: Optional[str] = typer.Option(None, "--data", help="inputs: a zoo recipe, 'digits', 'fashion-mnist', or a .npy/.npz/.pt/.safetensors file (default: the zoo model's own data, same seed)"),
         inputs: int = typer.Option(200, "--inputs", "-n", help="number of inputs to probe"),
         split: str = typer.Option("test", "--split", help="'test' or 'train' inputs of a zoo dataset"),
         noise: str = typer.Option("gaussian", "--noise", help="gaussian (default), multiplicative or dropout"),
@@ -88,15 +60,16 @@ def register(app: typer.Typer) -> None:
         """APEX: class distributions under activation noise; escape noise, class histograms, D(sigma)."""
         import torch
 
-        from .. import zoo
+        from ..perturb import plots
+        from ..perturb.sweep import apex
         from ..report.sections import Section
-        from . import plots
-        from .sweep import apex
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         sig = parse_sigmas(sigmas)
-        net = zoo.load_model(model, weights=str(weights) if weights else None)
-        x, y, names = load_inputs(model, data, inputs, split)
+        spec = parse_model(model)
+        net = spec.load(weights)
+        inp = load_inputs(data, spec, n=inputs, split=split)
+        x, y, names = for_model(inp.x, net), inp.y, inp.classes
         res = apex(net, x, sig, samples=samples, sites=_sites(sites), noise=noise, relative=relative, tau=tau, rule=rule,
                    seed=seed, chunk_rows=chunk_rows, out=out, labels=None if y is None else y.numpy(), model_name=model, progress=True)
         d = res.data
@@ -131,7 +104,7 @@ def register(app: typer.Typer) -> None:
     def scan(
         model: str = typer.Option(..., "--model", "-m", help="zoo name (e.g. digits-cnn-backdoor), path/file.py:factory, or a local HF folder"),
         weights: Optional[Path] = typer.Option(None, "--weights", help="safetensors weights for a file.py:factory model"),
-        data: Optional[str] = typer.Option(None, "--data", help="clean inputs: a zoo recipe, 'digits', 'fashion-mnist' or a .pt/.npy tensor"),
+        data: Optional[str] = typer.Option(None, "--data", help="clean inputs: a zoo recipe, 'digits', 'fashion-mnist', or a .npy/.npz/.pt/.safetensors file"),
         inputs: int = typer.Option(64, "--inputs", "-n", help="number of clean inputs"),
         method: str = typer.Option("sink", "--method", help="sink: the class every input escapes to under input and last-layer noise; histogram: the large-noise class histogram"),
         sites: Optional[str] = typer.Option(None, "--sites", help="histogram method: where noise enters (first, all, last, input, or a site spec; default first)"),
@@ -143,11 +116,12 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="write scan.json here"),
     ):
         """APEX backdoor scan: from the model and a few clean inputs, name a suspected target class or none."""
-        from .. import zoo
-        from .scan import backdoor_scan
+        from ..perturb.scan import backdoor_scan
 
-        net = zoo.load_model(model, weights=str(weights) if weights else None)
-        x, _, names = load_inputs(model, data, inputs, "test")
+        spec = parse_model(model)
+        net = spec.load(weights)
+        inp = load_inputs(data, spec, n=inputs, split="test")
+        x, names = for_model(inp.x, net), inp.classes
         if method not in ("sink", "histogram"):
             raise ConfigError(f"unknown scan method {method!r}", hint="use --method sink or --method histogram")
         res = backdoor_scan(net, x, method=method, sites=sites if method == "histogram" else None,

@@ -6,6 +6,9 @@ from typing import Optional
 
 import typer
 
+from .inputs import load_inputs
+from .spec import ModelSpec, parse_model
+
 
 def _parse_target(text: str, n: int, n_classes: int):
     """'pred' | 'label' | 'all' | an int | a comma list (one per input) -> (mode, list or None)."""
@@ -25,12 +28,9 @@ def _parse_target(text: str, n: int, n_classes: int):
     return "classes", vals * n if len(vals) == 1 else vals
 
 
-def _load_inputs(inputs: Optional[str], model_spec: str, n: int, indices: Optional[str]):
-    """(x [N, ...] float tensor, labels or None, description)."""
-    import numpy as np
-    import torch
-
-    from ..errors import ConfigError, DataError
+def _load_inputs(inputs: Optional[str], spec: ModelSpec, n: int, indices: Optional[str]):
+    """(x [N, ...] float tensor, labels or None, description): pullbacks explain float inputs."""
+    from ..errors import ConfigError
 
     idx = None
     if indices:
@@ -38,41 +38,8 @@ def _load_inputs(inputs: Optional[str], model_spec: str, n: int, indices: Option
             idx = [int(i) for i in indices.split(",") if i.strip()]
         except ValueError:
             raise ConfigError(f"cannot read --indices {indices!r}", hint="comma-separated integers, e.g. 0,5,9") from None
-    if inputs is None:
-        from .. import zoo
-
-        name = model_spec.split("@")[0]
-        if name not in zoo.RECIPES:
-            raise ConfigError("--inputs is required for models that are not zoo recipes",
-                              hint="pass a .npy file of inputs [N, ...] (or .npz with an array 'x'), float, in the model's input range")
-        split = zoo.recipe_data(name, seed=int(model_spec.split("@")[1]) if "@" in model_spec else 0)
-        x, y = split.x_test, split.y_test
-        sel = idx if idx is not None else list(range(min(n, len(x))))
-        if any(not 0 <= i < len(x) for i in sel):
-            raise ConfigError(f"--indices out of range: the test set has {len(x)} images")
-        return x[sel].float(), y[sel], f"{name} test images {sel}"
-    path = Path(inputs)
-    if not path.exists():
-        raise DataError(f"inputs file {path} does not exist", hint="pass a .npy file [N, ...] or an .npz with an array 'x'")
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                key = "x" if "x" in z.files else ("inputs" if "inputs" in z.files else z.files[0])
-                arr = z[key]
-                labels = z["y"] if "y" in z.files else None
-        elif path.suffix == ".npy":
-            arr, labels = np.load(path, allow_pickle=False), None
-        else:
-            raise DataError(f"cannot read inputs from {path.name}", hint="use .npy or .npz (arrays only, nothing is unpickled)")
-    except (ValueError, OSError) as e:
-        raise DataError(f"cannot read inputs {path}: {e}", hint="save them with numpy.save(path, array)") from None
-    x = torch.as_tensor(np.asarray(arr, dtype=np.float32))
-    if idx is not None:
-        x = x[idx]
-    elif x.shape[0] > n:
-        x = x[:n]
-    y = None if labels is None else torch.as_tensor(np.asarray(labels)).long()[: x.shape[0]]
-    return x, y, f"{path.name} ({x.shape[0]} inputs)"
+    inp = load_inputs(inputs, spec, n=None if idx is not None else n, indices=idx, what="--inputs")
+    return inp.x.float(), inp.y, inp.description
 
 
 def register(app: typer.Typer) -> None:
@@ -80,7 +47,7 @@ def register(app: typer.Typer) -> None:
     def pullback(
         model: str = typer.Option(..., "--model", "-m", help="Zoo name (digits-cnn, digits-cnn@1), path/file.py:factory (with --weights), or a local HF folder."),
         weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors weights for a file.py:factory model."),
-        inputs: Optional[str] = typer.Option(None, "--inputs", help=".npy [N, ...] or .npz (array 'x', optional labels 'y'). Default: the zoo recipe's test images."),
+        inputs: Optional[str] = typer.Option(None, "--inputs", help="A file: .npy [N, ...], .npz / .safetensors (array 'x', optional labels 'y') or .pt; or a zoo recipe / dataset name. Default: the zoo model's test images (same seed)."),
         n: int = typer.Option(6, "--n", help="How many inputs to explain (the first N)."),
         indices: Optional[str] = typer.Option(None, "--indices", help="Comma-separated input indices to explain instead of the first N."),
         target: str = typer.Option("pred", "--target", "-t", help="pred (predicted class), label (true class), all (every class: a counterfactual grid), a class index, or one per input (3,1,4)."),
@@ -94,21 +61,21 @@ def register(app: typer.Typer) -> None:
         """Excitation pullbacks (Satkiewicz 2025, arXiv 2507.22832) next to plain gradients, as PNG grids and raw arrays."""
         import torch
 
-        from .. import zoo
         from ..core.trees import logits_of
         from ..errors import ConfigError
+        from ..pullback.attribution import ExcitationPullback, Gradient, pullback_ascent
         from ..report.sections import Section
         from ..results import Result, provenance
         from ..studies.pullback_plots import image_grid
-        from .attribution import ExcitationPullback, Gradient, pullback_ascent
 
         if n < 1:
             raise ConfigError(f"--n must be >= 1, got {n}")
         if ascent_steps < 0:
             raise ConfigError(f"--ascent-steps must be >= 0, got {ascent_steps}")
         torch.manual_seed(0)
-        net = zoo.load_model(model, weights)
-        x, y, desc = _load_inputs(inputs, model, n, indices)
+        spec = parse_model(model)
+        net = spec.load(weights)
+        x, y, desc = _load_inputs(inputs, spec, n, indices)
         with torch.no_grad():
             logits = logits_of(net(x))
         if logits.dim() != 2:
