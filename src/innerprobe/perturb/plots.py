@@ -10,7 +10,7 @@ from ..results import Result
 
 
 def escape_histogram(res: Result, path: Path, title: str = "escape noise") -> Path:
-    from ..report.plots import PALETTE, new_figure, savefig, style_axes
+    from ..core.plotting import PALETTE, new_figure, savefig, style_axes
 
     a = res.arrays
     sig, cen, grid = a["escape_sigma"], a["censor"], a["sigmas"]
@@ -29,7 +29,7 @@ def escape_histogram(res: Result, path: Path, title: str = "escape noise") -> Pa
 def sample_dependence_plot(curves: dict, sigmas, path: Path, floors: dict | None = None, title: str = "sample dependence D(sigma)",
                            xlabel: str = "sigma") -> Path:
     """One line per curve name; dashed lines are the Monte Carlo floors."""
-    from ..report.plots import PALETTE, new_figure, savefig, style_axes
+    from ..core.plotting import PALETTE, new_figure, savefig, style_axes
 
     fig, ax = new_figure(size=(4.8, 3.1))
     for i, (name, D) in enumerate(curves.items()):
@@ -46,7 +46,7 @@ def sample_dependence_plot(curves: dict, sigmas, path: Path, floors: dict | None
 
 def class_histograms(res: Result, path: Path, class_names=None, title: str = "class shares per sigma") -> Path:
     """Heatmap: rows = sigma, columns = class, cells = mean p_sigma(c|x)."""
-    from ..report.plots import heatmap, savefig
+    from ..core.plotting import heatmap, savefig
 
     h, sig = res.arrays["histogram"], res.arrays["sigmas"]
     C = h.shape[1]
@@ -62,7 +62,7 @@ def class_histograms(res: Result, path: Path, class_names=None, title: str = "cl
 
 def new_figure_hist_pairs(values: dict, grid, path: Path, title: str = "escape noise") -> Path:
     """Overlaid log-scale histograms of escape noise, one per named model."""
-    from ..report.plots import PALETTE, new_figure, savefig, style_axes
+    from ..core.plotting import PALETTE, new_figure, savefig, style_axes
 
     grid = np.asarray(grid, float)
     lo = grid[grid > 0].min() if (grid > 0).any() else 1e-3
