@@ -28,6 +28,9 @@ def test_rows_render_with_labels_and_one_seed_shows_no_interval(tmp_path):
     page = build_report(tmp_path).read_text()
     assert "Target share ratio" in page and "noise all, sigma 64" in page
     assert "[1.56, 2.36]" in page and "1 seed" in page and "3 seeds, n = 6" in page
+    Section("One seed", rows=[row("escape_noise_median", 0.25, seeds=[0])]).save(tmp_path / "s")
+    page = build_report(tmp_path).read_text()
+    assert "1 seed" in page and "95% CI" not in page
     assert "target_share_ratio" not in page.split("<footer>")[0].split("<main>")[1]  # identifiers become labels
 
 

@@ -219,14 +219,17 @@ def _condition(cond) -> str:
 
 
 def _interval(r: dict) -> str:
-    """The CI cell of a result row: "[lo, hi]", "1 seed" (no interval from one), or why there is none."""
+    """The CI cell of a result row: "[lo, hi]", or a dash (one seed: the n column says so), or why there is none."""
     lo, hi = r.get("lo"), r.get("hi")
-    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and math.isfinite(lo) and math.isfinite(hi):
+    if _finite(lo) and _finite(hi):
         return f"[{fmt_value(float(lo))}, {fmt_value(float(hi))}]"
-    seeds = r.get("seeds") or []
-    if len(seeds) == 1 or r.get("n") == 1:
-        return "1 seed"
+    if len(r.get("seeds") or []) == 1 or r.get("n") == 1:
+        return "–"
     return str(r.get("why") or "no interval")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _rows_table(rows: list[dict]) -> str:
@@ -234,7 +237,8 @@ def _rows_table(rows: list[dict]) -> str:
     models = {str(r.get("model")) for r in rows if r.get("model") is not None}
     conds = [_condition(r.get("condition")) for r in rows]
     cols = ["measure"] + (["model"] if len(models) > 1 else []) + (["condition"] if any(conds) else [])
-    cols += ["value", "95% CI", "n"]
+    with_ci = any(_finite(r.get("lo")) for r in rows)
+    cols += ["value"] + (["95% CI"] if with_ci else []) + ["n"]
     body = []
     for r, cond in zip(rows, conds):
         v = r.get("value")
@@ -246,8 +250,9 @@ def _rows_table(rows: list[dict]) -> str:
             n_text += f", n = {n}"
         cells = [_label(r.get("metric", ""))] + ([str(r.get("model") or "")] if "model" in cols else [])
         cells += [cond] if "condition" in cols else []
-        cells += [value, _interval(r), n_text]
-        body.append("<tr>" + "".join(f"<td{' class=num' if i >= len(cells) - 3 else ''}>{html.escape(c)}</td>"
+        cells += [value] + ([_interval(r)] if with_ci else []) + [n_text]
+        first_num = len(cells) - (3 if with_ci else 2)
+        body.append("<tr>" + "".join(f"<td{' class=num' if i >= first_num else ''}>{html.escape(c)}</td>"
                                      for i, c in enumerate(cells)) + "</tr>")
     if len(models) == 1:
         caption = f"Headline figures ({html.escape(models.pop())})"

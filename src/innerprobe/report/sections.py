@@ -99,7 +99,8 @@ class Section:
 def _command() -> dict:
     """The command line, when this process is the innerprobe CLI."""
     argv = sys.argv
-    if argv and Path(argv[0]).name in ("innerprobe", "__main__.py"):
+    first = Path(argv[0]) if argv else Path()
+    if first.name == "innerprobe" or (first.name == "__main__.py" and first.parent.name == "innerprobe"):
         return {"command": "innerprobe " + " ".join(argv[1:])}
     return {}
 
