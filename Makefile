@@ -10,7 +10,7 @@ TORCH   := torch==2.13.0
 OUT     ?= out/demo
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo demo-quick test test-slow setup setup-dev fashion bench clean
+.PHONY: demo demo-quick test test-slow setup setup-dev fashion browser bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) "$(TORCH)" pytest captum transformers "transformer-lens==3.9.0"
+	$(PIP) "$(TORCH)" pytest captum transformers "transformer-lens==3.9.0" ruff hypothesis selenium
 	$(PIP) --no-deps zennit   # zennit's torchvision pin breaks imports next to the CPU torch
 	touch $@
 
@@ -37,16 +37,25 @@ fashion:
 	  echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST recipes will say how to get it"; \
 	fi
 
+# Debian's Chromium and its driver for the report's browser test, when missing.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver (browser test of the report)"; \
+	  if [ "$$(id -u)" = 0 ]; then S=; else S=sudo; fi; \
+	  $$S apt-get update -qq && $$S apt-get install -y -qq chromium chromium-driver >/dev/null || \
+	  echo "warning: could not install chromium; the browser test will be skipped"; \
+	fi
+
 demo: setup fashion
 	$(BIN)/innerprobe demo --out $(OUT)
 
 demo-quick: setup fashion
 	$(BIN)/innerprobe demo --quick --out $(OUT)
 
-test: setup-dev fashion
+test: setup-dev fashion browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
-test-slow: setup-dev fashion
+test-slow: setup-dev fashion browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow
 
 bench: setup
