@@ -241,6 +241,7 @@ def discover(model: nn.Module, *args, **kwargs) -> list[FunctionalCall]:
 
     Runs in eval mode under ``torch.inference_mode`` and leaves the model as it was.
     """
+    from .checks import call_model
     from .hooks import preserved_state
 
     found: list[FunctionalCall] = []
@@ -255,7 +256,7 @@ def discover(model: nn.Module, *args, **kwargs) -> list[FunctionalCall]:
         handles.append(module.register_forward_hook(post))
     try:
         with torch.inference_mode(), preserved_state(model, eval=True):
-            model(*args, **kwargs)
+            call_model(model, *args, **kwargs)  # torch's shape/dtype errors as one ModelError line
     finally:
         for h in handles:
             h.remove()
