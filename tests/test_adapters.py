@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from innerprobe import HookSession, SiteError, resolve
-from innerprobe.core.adapters import canonical_sites
+from innerprobe.core.families import canonical_sites
 
 transformers = pytest.importorskip("transformers")
 tl_mod = pytest.importorskip("transformer_lens")

@@ -80,7 +80,7 @@ def test_unknown_graph_kind_and_edge_errors():
     from innerprobe.zoo.transformer import build_transformer
 
     model = build_transformer({"n_layers": 1, "n_heads": 2, "d_model": 8, "d_head": 4, "vocab": 5, "n_ctx": 4})
-    with pytest.raises(ConfigError, match="unknown graph kind"):
+    with pytest.raises(ConfigError, match="unknown model family"):
         build_graph(model, kind="onnx")
     graph = build_graph(model)
     assert str(graph.edge("a0.1->out")) == "a0.1->out"

@@ -68,7 +68,7 @@ def _without_selectors(spec):
 
 def head_sites(model: nn.Module, *, positions: int | None = None) -> list[str]:
     """Per-head output sites ``L{l}.z[heads=h]`` (and ``;pos=p`` for p < positions) of a transformer."""
-    from ..core.adapters import canonical_sites
+    from ..core.families import canonical_sites
 
     canon = canonical_sites(model)
     layers = sorted({int(k[1:].split(".")[0]) for k in canon if k.endswith(".z")})

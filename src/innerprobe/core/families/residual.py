@@ -1,0 +1,125 @@
+"""The residual-stream graph shared by every transformer family (Goldowsky-Dill et al. 2023, §2).
+
+Nodes: input nodes (``embed``, and ``pos`` where positions are an additive embedding), one node
+per attention head ``a{l}.{h}`` with slots ``q``, ``k``, ``v`` (plus ``pos`` for TransformerLens
+shortformer, where the position embedding is added *after* ``ln1``), one node per MLP ``m{l}``
+(slot ``in``) and ``out``. A slot's value is the sum of its senders' writes plus the constant
+biases written upstream; the receiver's normalisation belongs to the slot (pre-norm models).
+With ``parallel=True`` (GPT-NeoX, GPT-J, TransformerLens ``parallel_attn_mlp``) the MLP of
+layer ``l`` reads what the heads of layer ``l`` read, not their writes.
+
+**Head groups** (:func:`heads_group`): all heads of one layer are evaluated together by
+``mix(q, k, v, heads=None, **extra)`` -> z ``[B, T, h, d_head]`` and ``head_out(z, heads=None)``
+-> per-head writes ``[B, T, h, d_model]``. With ``heads=[...]`` only those heads are computed
+(inputs then hold just them, in that order); families set ``subsets=True`` when their
+``mix``/``head_out`` honour it. This is where head-subset recomputation lives (issue 12).
+
+**Grouped-query attention.** Each query head ``h`` has its own ``k`` and ``v`` slots and its key
+and value are computed from *its own* slots with the weights of its K/V head
+``g = h // (n_heads // n_kv_heads)``. Unpatched, the copies of one K/V head are equal, so the
+graph equals the model; patching ``u -> a{l}.{h}:k`` changes the keys seen by query head ``h``
+only. To patch the shared key of K/V head ``g`` patch the ``k`` slots of all its query heads: the
+site ``L{l}.k[heads=g]`` names exactly those slots (docs/patching.md).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..dag import Edge, Graph, Group, Node
+from .base import head_site
+
+
+def heads_group(name: str, layer: int, H: int, mix: Callable, head_out: Callable, *, subsets: bool = False,
+                extra: Sequence[str] = ()) -> Group:
+    """Group fn for one attention layer: per-head slot values ``[B, T, d]`` -> per-head writes."""
+    nodes = tuple(f"a{layer}.{h}" for h in range(H))
+
+    def fn(slots, members=None):
+        sub = list(nodes) if members is None else list(members)
+        q, k, v = (torch.stack([slots[(n, s)] for n in sub], 2) for s in "qkv")
+        more = {s: slots[(sub[0], s)] for s in extra}  # extra slots (shortformer pos) are equal for every head
+        if members is None:
+            out = head_out(mix(q, k, v, **more))
+        else:
+            heads = [nodes.index(n) for n in sub]
+            out = head_out(mix(q, k, v, heads=heads, **more), heads=heads)
+        return [out[:, :, i] for i in range(len(sub))]
+
+    return Group(name, "component", nodes, fn, subsets)
+
+
+def normed(norm: Callable, fn: Callable) -> Callable:
+    """``r -> fn(norm(r))``: a pre-norm MLP as a slot function (the norm belongs to the slot)."""
+    return lambda r: fn(norm(r))
+
+
+def mlp_group(layer: int, fn: Callable) -> Group:
+    m = f"m{layer}"
+    return Group(f"mlp{layer}", "component", (m,), lambda slots: [fn(slots[(m, "in")])])
+
+
+def residual_graph(name: str, *, n_layers: int, H: int, inputs: Sequence[tuple[str, str]], input_fn: Callable,
+                   mix: Sequence[Callable], head_out: Sequence[Callable], mlp_fn: Sequence[Callable | None],
+                   out_fn: Callable, b_O: Sequence, model, n_kv: int | None = None, parallel: bool = False,
+                   qk_inputs: Sequence[str] = (), pos_slot: str | None = None, subsets: bool = False,
+                   notes: Sequence[str] = ()) -> Graph:
+    """Build the residual graph. ``inputs`` = [(node, site)] computed by ``input_fn(x)`` (a list);
+    ``qk_inputs`` feed only q/k slots (zoo shortformer); ``pos_slot`` names an input node that
+    feeds an extra ``pos`` slot of every head (TransformerLens shortformer); ``b_O[l]`` is layer
+    l's constant write (attention output bias, plus the MLP's where it is not part of ``mlp_fn``)."""
+    n_kv = n_kv or H
+    rep = H // n_kv
+    nodes = {n: Node(n, "input", site=site) for n, site in inputs}
+    groups = [Group("inputs", "input", tuple(n for n, _ in inputs), input_fn)]
+    edges: list[Edge] = []
+    const: dict = {}
+    writers = [n for n, _ in inputs if n not in qk_inputs and n != pos_slot]
+    bias = None
+    for l in range(n_layers):
+        read_by_mlp, bias_for_mlp = list(writers), bias
+        head_slots = ("q", "k", "v") + (("pos",) if pos_slot else ())
+        for h in range(H):
+            n = f"a{l}.{h}"
+            sites = (("q", head_site(l, "q", h)), ("k", head_site(l, "k", h // rep)), ("v", head_site(l, "v", h // rep)))
+            nodes[n] = Node(n, "component", head_slots, l, h, site=head_site(l, "z", h), slot_sites=sites)
+            for s in "qkv":
+                edges += [Edge(u, n, s) for u in writers + [i for i in qk_inputs if s in "qk"]]
+                if bias is not None:
+                    const[(n, s)] = bias
+            if pos_slot:
+                edges.append(Edge(pos_slot, n, "pos"))
+        groups.append(heads_group(f"attn{l}", l, H, mix[l], head_out[l], subsets=subsets, extra=("pos",) if pos_slot else ()))
+        heads = [f"a{l}.{h}" for h in range(H)]
+        writers = writers + heads
+        bias = b_O[l] if bias is None else bias + b_O[l]
+        if mlp_fn[l] is not None:
+            m = f"m{l}"
+            nodes[m] = Node(m, "component", ("in",), l, site=f"L{l}.mlp_out", slot_sites=(("in", f"L{l}.mlp_in"),))
+            srcs = read_by_mlp if parallel else writers
+            edges += [Edge(u, m) for u in srcs]
+            c = bias_for_mlp if parallel else bias
+            if c is not None:
+                const[(m, "in")] = c
+            groups.append(mlp_group(l, mlp_fn[l]))
+            writers = writers + [m]
+    nodes["out"] = Node("out", "output", ("in",), site="logits")
+    edges += [Edge(u, "out") for u in writers]
+    if bias is not None:
+        const[("out", "in")] = bias
+    groups.append(Group("output", "output", ("out",), lambda slots: [out_fn(slots[("out", "in")])]))
+    graph = Graph(name, nodes, groups, edges, const, model, list(notes))
+    if rep > 1:
+        graph.notes.append(f"grouped-query attention: {H} query heads share {n_kv} K/V heads; each query head has its own "
+                           f"k/v slots (L{{l}}.k[heads=g] names the k slots of query heads {rep}g..{rep}g+{rep - 1})")
+    return graph
+
+
+def causal_mask(T: int, device, window: int | None = None) -> torch.Tensor:
+    """Boolean [T, T], True where query i may NOT attend to key j (j > i, or i - j >= window)."""
+    i = torch.arange(T, device=device)
+    banned = i[None, :] > i[:, None]
+    if window is not None:
+        banned = banned | (i[:, None] - i[None, :] >= window)
+    return banned
