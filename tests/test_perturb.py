@@ -298,7 +298,7 @@ def test_bad_sites_models_inputs_kinds():
         Engine(mlp(), data(2), sites=["fc9"])
     with pytest.raises(SiteError, match="did you mean"):
         Engine(nn.Sequential(nn.ModuleDict({"relu1": nn.ReLU()})), data(2), sites=["0.relu2"])
-    with pytest.raises(SiteError, match="no activation"):
+    with pytest.raises(SiteError, match="no hidden nonlinearity"):
         Engine(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), data(2))
     with pytest.raises(ModelError, match="nn.Module"):
         Engine(lambda x: x, data(2))
@@ -360,11 +360,11 @@ def test_interrupted_sweep_resumes_to_identical_result(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = sweep_mod._save_chunk
 
-    def flaky(folder, i, counts):
+    def flaky(folder, i, *chunk):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        real(folder, i, counts)
+        real(folder, i, *chunk)
 
     monkeypatch.setattr(sweep_mod, "_save_chunk", flaky)
     with pytest.raises(KeyboardInterrupt):

@@ -86,6 +86,6 @@ def test_session_cleans_up_after_an_error_inside_a_functional_edit():
 
 def test_resolve_globs_and_unknown_module():
     m = Net()
-    assert [str(r) for r in resolve(m, "bl*/relu#0")] == ["block/relu#0"]
+    assert [str(r) for r in resolve(m, "bloc?/relu#0")] == ["block/relu#0"]
     with pytest.raises(SiteError):
         resolve(m, "nope/relu#0")

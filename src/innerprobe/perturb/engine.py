@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import math
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,33 +38,15 @@ from ..core.sites import ResolvedSite, Site, resolve
 from ..core.trees import logits_of
 from ..errors import ConfigError, InnerprobeError, ModelError, SiteError, check
 from .noise import NoiseKind, get_kind
+from .outputs import Readout, as_readout
+from .where import default_sites, embedding_site, is_activation, preset
 
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-               nn.Mish, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
-               nn.LogSigmoid, nn.Tanhshrink, nn.GLU, nn.Threshold)
+__all__ = ["NONFINITE", "Engine", "check_sigmas", "default_sites", "is_activation", "mix_seed"]
 
-
-def is_activation(module: nn.Module) -> bool:
-    """A hidden nonlinearity module: torch's activation classes, or a class named like one
-    (Hugging Face ``GELUActivation``, ``NewGELUActivation``, ...)."""
-    if isinstance(module, ACTIVATIONS):
-        return True
-    name = type(module).__name__
-    return name.endswith("Activation") or any(k in name for k in ("GELU", "ReLU", "SiLU", "Swish"))
-
-
-def default_sites(model: nn.Module) -> list[Site]:
-    """Outputs of every hidden nonlinearity module, in module order (apex.md §1 'Where (default)')."""
-    sites = [Site(name) for name, m in model.named_modules() if name and is_activation(m)]
-    if not sites:
-        types = sorted({type(m).__name__ for m in model.modules()})
-        raise SiteError(
-            f"{type(model).__name__} has no activation modules to put noise after",
-            hint="pass sites explicitly (e.g. sites=['fc1'] or ':input'); functional activations (F.relu) are invisible "
-                 f"to hooks. Module types present: {', '.join(types)}",
-        )
-    return sites
-
+#: class id of the "non-finite logits" outcome in ``Engine.classes`` (its own outcome, never a class)
+NONFINITE = -2
+#: readouts with more classes than this (a vocabulary) count only the classes that occur
+DENSE_MAX = 4096
 
 # ----------------------------------------------------------------------------- seeding
 _M64 = (1 << 64) - 1
@@ -128,34 +112,40 @@ class Engine:
     """Prepared APEX runs on one model and one input batch.
 
     ``Engine(model, x, sites=None, noise='gaussian', samples=64, relative=False, calibration=None,
-    seed=0, chunk_rows=8192, prefix=True, ids=None, noise_cache_mb=0)``; ``noise_cache_mb`` keeps drawn
-    noise between :meth:`counts` calls (used by early exit and bisection). :meth:`counts` returns class counts
-    ``[N, S, C]`` for a sigma grid or a per-input sigma matrix.
+    seed=0, chunk_rows=None, prefix=True, ids=None, noise_cache_mb=0, readout=None, position=None, tokens=None)``.
+    ``sites``: None (every hidden nonlinearity, module or functional), ``'residual'``, or site specs
+    (``':input'`` on token ids is the token embedding's output). ``readout`` / ``position`` /
+    ``tokens`` say what is counted (:class:`~innerprobe.perturb.outputs.Readout`: logits of a
+    classifier, or of a language model at a position, over the vocabulary or candidates).
+    ``chunk_rows=None`` picks the rows per forward from a ~1 GiB activation budget (at most 8192).
+    ``noise_cache_mb`` keeps drawn noise between :meth:`counts` calls (early exit, bisection).
+    :meth:`counts` returns outcome counts ``[N, S, len(classes)]``; ``classes[j]`` is column j's class
+    (or token id); ``NONFINITE`` marks the column of passes whose scores were not finite.
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, *, sites=None, noise="gaussian", samples: int = 64,
                  relative: bool = False, calibration: torch.Tensor | None = None, seed: int = 0,
-                 chunk_rows: int = 8192, prefix: bool = True, ids: Sequence[int] | None = None, noise_cache_mb: float = 0):
+                 chunk_rows: int | None = None, prefix: bool = True, ids: Sequence[int] | None = None,
+                 noise_cache_mb: float = 0, readout: Readout | None = None, position=None, tokens=None):
         _check_model(model)
         self.model = model
         self.x = _check_input(x)
         check(isinstance(samples, (int, np.integer)) and not isinstance(samples, bool) and samples >= 1,
               f"samples (K, noisy passes per input) must be a positive integer, got {samples!r}", "K = 32-64 is enough for escape noise")
-        check(isinstance(chunk_rows, (int, np.integer)) and chunk_rows >= 1, f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+        check(chunk_rows is None or isinstance(chunk_rows, (int, np.integer)) and not isinstance(chunk_rows, bool) and chunk_rows >= 1,
+              f"chunk_rows must be a positive integer, got {chunk_rows!r}")
         self.K = int(samples)
         self.kind = get_kind(noise)
         check(not (relative and self.kind.name == "dropout"), "relative sigma makes no sense for dropout noise",
               "dropout's sigma is a probability; use relative=False")
         self.seed = int(seed)
-        self.chunk_rows = int(chunk_rows)
         self.ids = list(range(len(x))) if ids is None else [int(i) for i in ids]
         check(len(self.ids) == len(x), f"ids has {len(self.ids)} entries for {len(x)} inputs")
-        specs = default_sites(model) if sites is None else sites
-        if isinstance(specs, (str, Site)):
-            specs = [specs]
-        check(len(specs) > 0, "no noise sites given", "pass at least one site, or None for every hidden nonlinearity")
-        self.rsites: list[ResolvedSite] = resolve(model, list(specs))
+        self.tokens_in = not (x.is_floating_point() or x.is_complex())
+        self.readout = as_readout(readout, position=position, tokens=tokens)
+        self.call_kwargs, self._kept = _call_kwargs(model, x, self.readout)
         self.default_sites = sites is None
+        self.rsites = self._resolve_sites(sites)
         self._gen = torch.Generator(device=x.device)
         # optional store of drawn noise across counts() calls (early exit, bisection): same values, no redraw
         self.noise_cache_bytes = int(noise_cache_mb * 2**20)
@@ -163,52 +153,80 @@ class Engine:
         self._store_bytes = 0
         self._ctx: _Ctx | None = None
         self._clean_pass(calibration)
+        self.chunk_rows = int(chunk_rows) if chunk_rows is not None else self._auto_rows()
+        self._init_classes()
         self.relative = bool(relative)
         self.scale = [r if relative else 1.0 for r in self.rms]
         if relative:
             check(all(r > 0 for r in self.rms), "a noise site has zero activation RMS on the calibration batch",
                   "relative sigma needs non-zero activations; use absolute sigma")
-        self.split = self._find_prefix() if prefix else None
+        calls = any("/" in r.name or "#" in r.name for r in self.rsites)
+        self.split = self._find_prefix() if prefix and not calls and not self.call_kwargs else None
+
+    def _resolve_sites(self, sites) -> list[ResolvedSite]:
+        """Site specs -> resolved sites; ':input' on token ids becomes the token embedding's output."""
+        specs = preset(self.model, sites, self.x[:1])
+        if isinstance(specs, (str, Site)):
+            specs = [specs]
+        check(len(specs) > 0, "no noise sites given", "pass at least one site, or None for every hidden nonlinearity")
+        rsites = resolve(self.model, list(specs))
+        if self.tokens_in:
+            emb = None
+            for i, rs in enumerate(rsites):
+                if rs.name == "" and rs.site.port == "input":
+                    emb = emb or resolve(self.model, embedding_site(self.model))[0]
+                    rsites[i] = emb
+            rsites = list(dict.fromkeys(rsites))
+        return rsites
+
+    def _auto_rows(self) -> int:
+        """Rows per forward: the largest noise-site activation and the logits, ~6 live copies, within ~1 GiB."""
+        per_row = max([self._row_bytes, *self._site_row_bytes]) if self._site_row_bytes else self._row_bytes
+        return int(max(1, min(8192, 2**30 // max(1, 6 * per_row))))
 
     # ------------------------------------------------------------------ clean pass
     def _clean_pass(self, calibration) -> None:
-        """Clean logits and predictions, per-site RMS, and checks that sites exist and are not the logits."""
+        """Clean scores and predictions, per-site RMS, and checks that sites exist and are not the logits."""
         model, x = self.model, self.x
         sumsq = [0.0] * len(self.rsites)
         count = [0] * len(self.rsites)
+        self._site_row_bytes = [0] * len(self.rsites)
         logits_all = []
         at_logits: set[int] = set()
         cal = None if calibration is None else _check_input(calibration)
         passes = [(x, True, cal is None)] + ([(cal, False, True)] if cal is not None else [])
+        step = 256 if self.tokens_in else 4096
         with torch.inference_mode(), HookSession(model, eval=True) as hs:
             caps = [hs.capture(rs)[0] for rs in self.rsites]
             for part, keep, measure in passes:
-                for start in range(0, len(part), 4096):
-                    xb = part[start:start + 4096]
+                for start in range(0, len(part), step):
+                    xb = part[start:start + step]
                     for c in caps:
                         c.clear()
-                    logits = logits_of(_call(model, xb))
+                    out = _call(model, xb, self.call_kwargs)
+                    raw = logits_of(out)
+                    if self.readout.kind is None:
+                        self.readout.bind(out, len(x), seq_len=x.shape[1] if x.dim() > 1 else None, kept=self._kept)
+                        self._row_bytes = raw[:1].numel() * raw.element_size()
                     if keep:
-                        logits_all.append(logits.detach().clone())
+                        logits_all.append(self.readout(out, torch.arange(start, start + len(xb))).detach().clone())
                     for j, c in enumerate(caps):
                         if not c.values:
-                            raise SiteError(f"noise site {self.rsites[j]} was never reached in the forward pass",
-                                            hint="pick a module that runs for these inputs")
+                            raise SiteError(f"noise site {self.rsites[j]} was never reached in the forward pass", hint=_unreached_hint(self.rsites[j]))
                         for i, v in enumerate(c.values):
-                            if c.came_from(i, logits):  # captures are clones: ask whether it was the logits tensor
+                            if c.came_from(i, raw):  # captures are clones: ask whether it was the logits tensor
                                 at_logits.add(j)
                                 continue
                             if v.dim() == 0 or v.shape[0] != xb.shape[0]:
                                 raise ModelError(f"site {self.rsites[j]} has shape {tuple(v.shape)}: its first axis is not the batch",
                                                  hint="APEX needs batch-first activations at every noise site")
+                            self._site_row_bytes[j] = max(self._site_row_bytes[j], v[:1].numel() * v.element_size())
                             if measure and v.is_floating_point():
                                 sumsq[j] += float(v.double().pow(2).sum())
                                 count[j] += v.numel()
         self.clean_logits = torch.cat(logits_all)
-        if self.clean_logits.dim() != 2:
-            raise ModelError(f"the model's logits have shape {tuple(self.clean_logits.shape)}, not [batch, classes]",
-                             hint="APEX needs a classifier: one logit vector per input")
-        self.y0 = self.clean_logits.argmax(-1)
+        _check_finite_clean(self.clean_logits)
+        self.y0_token = self.clean_logits.argmax(-1)
         self.C = self.clean_logits.shape[1]
         self.rms = [math.sqrt(s / max(n, 1)) for s, n in zip(sumsq, count)]
         if at_logits:
@@ -220,6 +238,45 @@ class Engine:
             check(bool(keep), "the model's only activation module produces its logits", "pass hidden sites explicitly", SiteError)
             self.rsites = [self.rsites[j] for j in keep]
             self.rms = [self.rms[j] for j in keep]
+            self._site_row_bytes = [self._site_row_bytes[j] for j in keep]
+
+    # ------------------------------------------------------------------ outcome table
+    def _init_classes(self) -> None:
+        """Columns of the counts: every class when there are few (dense); else the classes that occur,
+        starting with the clean predictions (a vocabulary readout); NONFINITE is added when it occurs."""
+        C = self.C
+        self.dense = C <= DENSE_MAX
+        self._lut = torch.full((C + 1,), -1, dtype=torch.int64)  # code C = non-finite scores
+        if self.dense:
+            self.classes = list(range(C))
+            self._lut[:C] = torch.arange(C)
+        else:
+            self.classes = []
+            self._add_codes(torch.unique(self.y0_token))
+        self.y0 = self._lut[self.y0_token]
+        self.nonfinite_warned = False
+
+    def _add_codes(self, codes: torch.Tensor) -> None:
+        new = codes[self._lut[codes] < 0]
+        if len(new):
+            new = torch.unique(new)
+            self._lut[new] = torch.arange(len(self.classes), len(self.classes) + len(new))
+            self.classes += [NONFINITE if int(c) == self.C else int(c) for c in new]
+
+    def columns(self, pred: torch.Tensor) -> torch.Tensor:
+        """Column index of each predicted code (class / token id, or C for non-finite), growing the table."""
+        if bool((self._lut[pred] < 0).any()):
+            self._add_codes(pred.reshape(-1))
+        return self._lut[pred]
+
+    def pad(self, counts: np.ndarray) -> np.ndarray:
+        """Counts with zero columns appended for outcomes first seen after they were made."""
+        w = len(self.classes) - counts.shape[-1]
+        return counts if w <= 0 else np.concatenate([counts, np.zeros((*counts.shape[:-1], w), counts.dtype)], -1)
+
+    @property
+    def n_outcomes(self) -> int:
+        return len(self.classes)
 
     def _find_prefix(self):
         """Index p such that children[:p] of a plain nn.Sequential hold no noise site (None if p == 0 or unsupported)."""
@@ -284,16 +341,18 @@ class Engine:
 
     # ------------------------------------------------------------------ runs
     def counts(self, sigmas, *, keep_logits: bool = False, progress: bool = False, subset=None):
-        """Class counts [N, S, C] (int64 numpy) for a grid ``sigmas`` [S] or a per-input matrix [N, S].
+        """Outcome counts [N, S, len(classes)] (int64 numpy) for a grid ``sigmas`` [S] or a per-input matrix [N, S].
 
-        With ``keep_logits=True`` also returns the logits of every pass, [N, S, K, C]. ``subset``
+        With ``keep_logits=True`` also returns the scores of every pass, [N, S, K, C]. ``subset``
         (indices into the inputs) runs only those inputs, with the same noise they get in a full run.
+        A pass whose scores are not all finite is counted in the ``NONFINITE`` column (with a warning).
         """
         sig = np.asarray(sigmas, dtype=np.float64)
-        X, IDS = self.x, self.ids
+        X, IDS, idx = self.x, self.ids, torch.arange(len(self.x))
         if subset is not None:
             sub = np.asarray(subset, dtype=np.int64).reshape(-1)
-            X, IDS = self.x[torch.as_tensor(sub)], [self.ids[i] for i in sub.tolist()]
+            idx = torch.as_tensor(sub)
+            X, IDS = self.x[idx], [self.ids[i] for i in sub.tolist()]
         N = len(X)
         if sig.ndim == 1:
             check_sigmas(sig, kind=self.kind, increasing=False)
@@ -304,7 +363,7 @@ class Engine:
         S, K, C = sig.shape[1], self.K, self.C
         s_sub = max(1, min(S, self.chunk_rows // K))
         B = max(1, self.chunk_rows // (s_sub * K))
-        counts = np.zeros((N, S, C), dtype=np.int64)
+        parts = []
         logits_out = torch.empty((N, S, K, C)) if keep_logits else None
         sig_t = torch.tensor(np.ascontiguousarray(sig), dtype=torch.float64)
         blocks = range(0, N, B)
@@ -312,64 +371,124 @@ class Engine:
             from ..progress import track
 
             blocks = track(blocks, "APEX passes", total=math.ceil(N / B))
-        model = self.model
-        with torch.inference_mode(), HookSession(model, eval=True) as hs:
+        with torch.inference_mode(), HookSession(self.model, eval=True) as hs:
             for j, rs in enumerate(self.rsites):
                 hs.edit([rs], self._make_fn(j))
             try:
                 for b0 in blocks:
                     b1 = min(N, b0 + B)
-                    ids = IDS[b0:b1]
-                    cache: dict = {}
-                    xb = X[b0:b1]
-                    h = None
-                    if self.split is not None:
-                        h = xb
-                        for child in list(model._modules.values())[: self.split]:
-                            h = child(h)
-                    for s0 in range(0, S, s_sub):
-                        s1 = min(S, s0 + s_sub)
-                        nb, ns = b1 - b0, s1 - s0
-                        rows = nb * ns * K
-                        srows = sig_t[b0:b1, s0:s1].reshape(nb * ns)
-                        self._ctx = _Ctx(ids, rows, nb, ns, srows, [0] * len(self.rsites), cache)
-                        if self.split is not None:
-                            z = h.repeat_interleave(ns * K, dim=0)
-                            for child in list(model._modules.values())[self.split:]:
-                                z = child(z)
-                            out = z
-                        else:
-                            out = _call(model, xb.repeat_interleave(ns * K, dim=0))
-                        logits = logits_of(out)
-                        if logits.dim() != 2 or logits.shape != (rows, C):
-                            raise ModelError(f"noisy logits have shape {tuple(logits.shape)}, expected {(rows, C)}",
-                                             hint="APEX needs a classifier that keeps the batch axis first")
-                        pred = logits.argmax(-1).view(nb * ns, K)
-                        cnt = torch.zeros(nb * ns, C, dtype=torch.int64).scatter_add_(1, pred, torch.ones_like(pred))
-                        counts[b0:b1, s0:s1] = cnt.view(nb, ns, C).numpy()
-                        if keep_logits:
-                            logits_out[b0:b1, s0:s1] = logits.float().view(nb, ns, K, C)
+                    self._block(X[b0:b1], IDS[b0:b1], idx[b0:b1], sig_t[b0:b1], s_sub, parts, b0, logits_out)
             finally:
                 self._ctx = None
+        counts = np.zeros((N, S, self.n_outcomes), dtype=np.int64)
+        for b0, s0, cnt in parts:
+            counts[b0:b0 + cnt.shape[0], s0:s0 + cnt.shape[1], :cnt.shape[2]] = cnt
         return (counts, logits_out) if keep_logits else counts
 
+    def _block(self, xb, ids, idx, sig_b, s_sub, parts, b0, logits_out) -> None:
+        """All sigmas of one block of inputs: prefix once, then K x (sigma chunk) noisy rows per forward."""
+        model, K, C = self.model, self.K, self.C
+        S = sig_b.shape[1]
+        cache: dict = {}
+        h = None
+        if self.split is not None:
+            h = xb
+            for child in list(model._modules.values())[: self.split]:
+                h = child(h)
+        nb = len(xb)
+        for s0 in range(0, S, s_sub):
+            s1 = min(S, s0 + s_sub)
+            ns = s1 - s0
+            rows = nb * ns * K
+            self._ctx = _Ctx(ids, rows, nb, ns, sig_b[:, s0:s1].reshape(nb * ns), [0] * len(self.rsites), cache)
+            if self.split is not None:
+                out = h.repeat_interleave(ns * K, dim=0)
+                for child in list(model._modules.values())[self.split:]:
+                    out = child(out)
+            else:
+                out = _call(model, xb.repeat_interleave(ns * K, dim=0), self.call_kwargs)
+            scores = self.readout(out, idx.repeat_interleave(ns * K))
+            if scores.dim() != 2 or scores.shape != (rows, C):
+                raise ModelError(f"noisy scores have shape {tuple(scores.shape)}, expected {(rows, C)}",
+                                 hint="APEX needs a model that keeps the batch axis first")
+            pred = scores.argmax(-1)
+            bad = ~torch.isfinite(scores).all(-1)
+            if bool(bad.any()):
+                pred = torch.where(bad, torch.full_like(pred, C), pred)
+                self._warn_nonfinite(int(bad.sum()), rows)
+            col = self.columns(pred).view(nb * ns, K)
+            W = self.n_outcomes
+            cnt = torch.zeros(nb * ns, W, dtype=torch.int64).scatter_add_(1, col, torch.ones_like(col))
+            parts.append((b0, s0, cnt.view(nb, ns, W).numpy()))
+            if logits_out is not None:
+                logits_out[b0:b0 + nb, s0:s1] = scores.float().view(nb, ns, K, C)
+
+    def _warn_nonfinite(self, bad: int, rows: int) -> None:
+        if not self.nonfinite_warned:
+            self.nonfinite_warned = True
+            warnings.warn(f"APEX: {bad} of {rows} noisy passes gave non-finite logits (overflow at a large sigma?); they are "
+                          "counted as their own outcome 'non-finite', never as a class (docs/apex.md)", RuntimeWarning, stacklevel=3)
+
     def fingerprint(self) -> dict:
-        """What a saved sweep must match to be resumed: inputs, weights, sites, noise, K, seed."""
+        """What a saved sweep must match to be resumed: inputs, weights, sites, noise, K, seed, readout."""
         h = hashlib.sha256()
         h.update(self.x.detach().cpu().contiguous().numpy().tobytes())
         for k, v in self.model.state_dict().items():
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().view(-1).to(torch.float64).numpy().tobytes() if v.is_floating_point()
                      else v.detach().cpu().contiguous().view(-1).numpy().tobytes())
+        readout = hashlib.sha256(json.dumps(self.readout.describe(), sort_keys=True).encode()).hexdigest()[:16]
         return {"data_and_weights": h.hexdigest()[:32], "sites": [str(r) for r in self.rsites], "noise": self.kind.name,
-                "K": self.K, "seed": self.seed, "relative": self.relative, "ids": hashlib.sha256(str(self.ids).encode()).hexdigest()[:16]}
+                "K": self.K, "seed": self.seed, "relative": self.relative, "ids": hashlib.sha256(str(self.ids).encode()).hexdigest()[:16],
+                "readout": readout}
 
 
-def _call(model: nn.Module, x: torch.Tensor) -> Any:
+def _check_finite_clean(scores: torch.Tensor) -> None:
+    """Clean scores must be finite: with NaN weights or inputs there is no clean prediction to escape from."""
+    bad = ~torch.isfinite(scores).all(-1)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad)[:5, 0].tolist()
+        raise ModelError(f"the clean logits of {int(bad.sum())} of {len(scores)} inputs are not finite (inputs {rows}...)",
+                         hint="check the weights and inputs for NaN/inf (torch.isfinite(x).all()); APEX needs a finite clean prediction")
+
+
+def _unreached_hint(rs: ResolvedSite) -> str:
+    if "/" in rs.name:
+        return ("a functional site MODULE/FUNCTION#K counts calls made directly in MODULE's forward; "
+                "innerprobe.core.functional.discover(model, x) lists the calls that happen")
+    return "pick a module that runs for these inputs"
+
+
+def _call_kwargs(model: nn.Module, x: torch.Tensor, readout: Readout) -> tuple[dict, torch.Tensor | None]:
+    """Keyword arguments for a Hugging Face model: no KV cache, and logits only at the read positions
+    (``logits_to_keep``); the positions kept, or None."""
+    if getattr(model, "config", None) is None or not hasattr(model.config, "use_cache"):
+        return {}, None
     try:
-        return model(x)
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}, None
+    kw = {"use_cache": False} if "use_cache" in params else {}
+    if "logits_to_keep" in params and x.dim() == 2 and not x.is_floating_point():
+        kept = readout.positions(x.shape[1], len(x))
+        if kept is not None:
+            kept = torch.unique(kept)
+            kw["logits_to_keep"] = kept
+            return kw, kept
+    return kw, None
+
+
+def _call(model: nn.Module, x: torch.Tensor, kwargs: dict | None = None) -> Any:
+    try:
+        return model(x, **(kwargs or {}))
     except InnerprobeError:
         raise
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise ModelError(f"the model failed on inputs of shape {tuple(x.shape)}: {str(e).splitlines()[0]}",
-                         hint="check that the inputs have the shape and dtype the model expects") from e
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        if getattr(e, "_innerprobe_from_hook", False) or isinstance(e, torch.OutOfMemoryError):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = "check that the inputs have the shape and dtype the model expects"
+        if x.is_floating_point() and any(isinstance(m, nn.Embedding) for m in model.modules()):
+            hint = (f"this model embeds integer token ids, but the inputs are {x.dtype}: pass them as torch.long "
+                    "(a .pt/.npy of integer ids on the CLI)")
+        raise ModelError(f"the model failed on inputs of shape {tuple(x.shape)} ({x.dtype}): {first[:300]}", hint=hint) from e

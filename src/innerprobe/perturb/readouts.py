@@ -86,7 +86,7 @@ def escape_noise(counts, sigmas, y0, *, tau: float = 0.5, rule: str = "survival"
     check(0 < tau < 1, f"tau must be in (0, 1), got {tau}")
     check(refine in ("log", "none"), f"unknown refinement {refine!r}", "use 'log' or 'none' (bisection is apex.escape_bisect)")
     f = _margin_curve(c, y0, rule, tau)
-    N, S = f.shape
+    N = f.shape[0]
     below = f < 0
     crossed = below.any(1)
     first = np.where(crossed, below.argmax(1), -1)
@@ -115,7 +115,7 @@ def escape_class(counts, y0, index) -> np.ndarray:
     """e(x) = argmax_{c != y0} p_{sigma*}(c|x) at grid index ``index`` (apex.md §2.2); ties broken by
     the larger count at the next sigma, then by the smaller class index; -1 where index < 0."""
     c = _counts(counts).astype(np.float64)
-    N, S, C = c.shape
+    N, S, _ = c.shape
     y0 = np.asarray(y0, np.int64)
     idx = np.asarray(index, np.int64)
     out = np.full(N, -1, dtype=np.int64)
@@ -137,10 +137,11 @@ def class_histogram(counts) -> np.ndarray:
     return shares(counts).mean(0)
 
 
-def normalized_entropy(p, axis: int = -1) -> np.ndarray:
-    """H(p) / log C."""
+def normalized_entropy(p, axis: int = -1, n_classes: int | None = None) -> np.ndarray:
+    """H(p) / log C, with C = ``n_classes`` (default the length of ``axis``; a vocabulary readout
+    stores only the outcomes seen, so it passes the vocabulary size)."""
     p = np.asarray(p, dtype=np.float64)
-    C = p.shape[axis]
+    C = max(int(n_classes or p.shape[axis]), 2)
     with np.errstate(divide="ignore", invalid="ignore"):
         h = -np.where(p > 0, p * np.log(p), 0.0).sum(axis)
     return h / np.log(C)
@@ -177,7 +178,7 @@ def mutual_information(counts, *, n_sim: int = 200, seed: int = 0) -> tuple[np.n
     p = shares(c)
     K = int(c[0, 0].sum())
     pbar = p.mean(0)
-    H = lambda q: -np.where(q > 0, q * np.log(np.where(q > 0, q, 1)), 0.0).sum(-1)  # noqa: E731
+    H = lambda q: -np.where(q > 0, q * np.log(np.where(q > 0, q, 1)), 0.0).sum(-1)
     I = H(pbar) - H(p).mean(0)
     rng = np.random.default_rng(seed)
     floor = np.empty(len(I))
