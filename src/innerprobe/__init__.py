@@ -4,8 +4,7 @@ Three methods share one way to say *where* in a model (:class:`Site`):
 APEX activation perturbation (:mod:`innerprobe.perturb`), path patching
 (:mod:`innerprobe.patch`) and excitation pullbacks (:mod:`innerprobe.pullback`).
 """
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .core.hooks import HookSession, count_hooks, preserved_state, run_with_cache
 from .core.sites import ResolvedSite, Site, resolve
 from .errors import ConfigError, DataError, InnerprobeError, ModelError, SiteError

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ._version import __version__
 from .core.stats import CI
 from .errors import ConfigError, DataError, did_you_mean
 
@@ -97,8 +98,6 @@ def rows_frame(rows: list[dict]):
 def provenance(*, seed: int | None = None, model: str | None = None, sites: Any = None, config: dict | None = None, device: str = "cpu") -> dict:
     """The provenance block every result carries."""
     import torch
-
-    from . import __version__
 
     prov = {
         "innerprobe": __version__,
