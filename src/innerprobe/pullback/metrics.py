@@ -19,8 +19,7 @@ Per-image scores are returned as 1-D tensors (one value per image) so methods ca
 from __future__ import annotations
 
 import copy
-import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -120,7 +119,7 @@ def _perturbed_drop(model, x, target, masks, baseline, chunk_size) -> torch.Tens
     for i in range(0, n, rows_per):
         xs, bs, ms = x[i:i + rows_per], base[i:i + rows_per], masks[i:i + rows_per]
         m = xs.shape[0]
-        rep = lambda v: v.unsqueeze(1).expand(m, s, *v.shape[1:]).reshape(m * s, *v.shape[1:])  # noqa: E731
+        rep = lambda v: v.unsqueeze(1).expand(m, s, *v.shape[1:]).reshape(m * s, *v.shape[1:])
         xr, br = rep(xs), rep(bs)
         mr = _expand_pixels(ms.reshape(m * s, p), xr)
         out = _logits(model, torch.where(mr, br, xr), chunk_size)
@@ -285,5 +284,15 @@ def mean_ci(a, **kw) -> dict:
     return paired_bootstrap(a, None, **kw)
 
 
-__all__ = ["deletion_auc", "insertion_auc", "infidelity", "faithfulness_correlation", "localisation", "mosaic_focus",
-           "cascading_randomisation", "random_logit", "paired_bootstrap", "mean_ci"]
+__all__ = [
+    "cascading_randomisation",
+    "deletion_auc",
+    "faithfulness_correlation",
+    "infidelity",
+    "insertion_auc",
+    "localisation",
+    "mean_ci",
+    "mosaic_focus",
+    "paired_bootstrap",
+    "random_logit",
+]

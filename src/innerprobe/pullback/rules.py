@@ -20,15 +20,16 @@ in-place activations and modules called at several sites gate on the right pre-a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 
-OPS = ("relu", "gelu", "silu", "max_pool2d")
+OPS = ("relu", "gelu", "silu", "max_pool2d", "max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool1d",
+       "layer_norm", "rms_norm", "norm_module", "attention_softmax", "sdpa")
 
 
 def _check_T(T: float, what: str = "temperature") -> float:
@@ -79,39 +80,69 @@ class _GateFn(torch.autograd.Function):
 
 
 class _SoftMaxPoolFn(torch.autograd.Function):
-    """value = hard max-pool; backward = gradient of sum_j w_j x_j, w = softmax(window / T)."""
+    """value = hard max-pool; backward = gradient of sum_j w_j x_j, w = softmax(window / T).
+
+    ``pad`` is the value outside the input: ``-inf`` (like max-pooling itself) or ``0.0`` (the
+    authors' code, which unfolds zero-padded windows). The backward loops over the kernel offsets
+    (at most k_h * k_w strided views of the output's size), so no unfold / fold copy is made.
+    """
 
     @staticmethod
-    def forward(ctx, x, kernel, stride, padding, dilation, T, detach_weights):
-        out = F.max_pool2d(x, kernel, stride, padding, dilation)
+    def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode, T, detach_weights, pad):
+        out = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode=ceil_mode)
         ctx.save_for_backward(x, out)
-        ctx.cfg = (kernel, stride, padding, dilation, T, detach_weights)
+        ctx.cfg = (kernel, stride, padding, dilation, T, detach_weights, pad)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         x, out = ctx.saved_tensors
-        kernel, stride, padding, dilation, T, detach = ctx.cfg
-        if tuple(kernel) == tuple(stride) and tuple(padding) == (0, 0) and tuple(dilation) == (1, 1):
-            return _tiled_backward(x, out, grad, kernel, T, detach), None, None, None, None, None, None
-        n, c, h, w = x.shape
-        ph, pw = padding
-        xp = F.pad(x, (pw, pw, ph, ph), value=-math.inf) if (ph or pw) else x
-        cols = F.unfold(xp, kernel, dilation=dilation, stride=stride)  # [n, c*kk, L]
-        kk = kernel[0] * kernel[1]
-        cols = cols.view(n, c, kk, -1)
-        wts = torch.softmax(cols / T, dim=2)
-        g = grad.reshape(n, c, 1, -1)
-        if detach:
-            gcols = wts * g
-        else:  # d/dx_i of sum_j w_j x_j with w = softmax(x/T): w_i + (w_i / T)(x_i - p)
-            finite = torch.where(torch.isfinite(cols), cols, torch.zeros((), dtype=cols.dtype))
-            p = (wts * finite).sum(2, keepdim=True)
-            gcols = g * (wts + wts / T * (finite - p))
-        gx = F.fold(gcols.reshape(n, c * kk, -1), xp.shape[-2:], kernel, dilation=dilation, stride=stride)
-        if ph or pw:
-            gx = gx[..., ph:ph + h, pw:pw + w]
-        return gx, None, None, None, None, None, None
+        kernel, stride, padding, dilation, T, detach, pad = ctx.cfg
+        if (tuple(kernel) == tuple(stride) and tuple(padding) == (0, 0) and tuple(dilation) == (1, 1)
+                and out.shape[-2] * kernel[0] <= x.shape[-2] and out.shape[-1] * kernel[1] <= x.shape[-1]):
+            gx = _tiled_backward(x, out, grad, kernel, T, detach)
+        else:
+            gx = _offset_backward(x, out, grad, kernel, stride, padding, dilation, T, detach, pad)
+        return gx, None, None, None, None, None, None, None, None
+
+
+def _window_views(xp, kernel, stride, dilation, ho, wo):
+    """For each kernel offset (dy, dx): the strided view of ``xp`` holding that offset of every window."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    for dy in range(kh):
+        for dx in range(kw):
+            y0, x0 = dy * dh, dx * dw
+            yield (y0, x0), xp[..., y0:y0 + sh * (ho - 1) + 1:sh, x0:x0 + sw * (wo - 1) + 1:sw]
+
+
+def _offset_backward(x, out, grad, kernel, stride, padding, dilation, T, detach, pad):
+    """Overlapping / padded / dilated windows: softmax weights per kernel offset, scattered back by strided adds."""
+    n, c, h, w = x.shape
+    ho, wo = out.shape[-2:]
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, stride, dilation, padding
+    hp = max(h + 2 * ph, sh * (ho - 1) + dh * (kh - 1) + 1)  # ceil_mode windows may run past the padding
+    wp = max(w + 2 * pw, sw * (wo - 1) + dw * (kw - 1) + 1)
+    xp = x.new_full((n, c, hp, wp), -math.inf)
+    if pad != -math.inf:
+        xp[..., :h + 2 * ph, :w + 2 * pw] = pad
+    xp[..., ph:ph + h, pw:pw + w] = x
+    # the window max: the hard output, or the padding value where it is larger (zero padding)
+    m = out if pad == -math.inf else F.max_pool2d(xp, kernel, stride, 0, dilation)
+    views = list(_window_views(xp, kernel, stride, dilation, ho, wo))
+    es = [(v - m).mul_(1.0 / T).exp_() for _, v in views]
+    s = es[0].clone()
+    for e in es[1:]:
+        s += e
+    g = grad / s
+    if not detach:  # d/dx_i of sum_j w_j x_j: w_i (1 + (x_i - p) / T), p the soft pool value
+        p = sum(e * torch.nan_to_num(v, neginf=0.0) for e, (_, v) in zip(es, views)) / s
+    gxp = torch.zeros_like(xp)
+    for e, ((y0, x0), v) in zip(es, views):
+        gk = e.mul_(g)
+        if not detach:
+            gk = gk * (1 + (torch.nan_to_num(v, neginf=0.0) - p) * (1.0 / T))
+        gxp[..., y0:y0 + sh * (ho - 1) + 1:sh, x0:x0 + sw * (wo - 1) + 1:sw] += gk
+    return gxp[..., ph:ph + h, pw:pw + w]
 
 
 def _tiled_backward(x, out, grad, kernel, T, detach):
@@ -179,6 +210,17 @@ class Gate(Rule):
         fam = self.family
         return _GateFn.apply(z, op, kwargs, lambda u: gate_value(u, fam, T), False)
 
+    def inject(self, z: torch.Tensor, out: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """``out`` (a hand-written activation's output, e.g. HF ``NewGELUActivation``) with d/dz = gate(z).
+
+        Forward-gradient injection: ``z*g - (z*g).detach() + out.detach()`` has the value of ``out``
+        and the derivative ``g`` (the successor code's pattern, after AdaptiveAILab/fgi).
+        """
+        T = self.temperature if temperature is None else temperature
+        g = gate_value(z.detach(), self.family, T)
+        mul = z * g
+        return (mul - mul.detach()) + out.detach()
+
 
 def GELUGate(temperature: float = 1.0) -> Gate:
     """GELU rule of the successor code: derivative replaced by Phi(z/T), T = 1."""
@@ -220,29 +262,127 @@ class GuidedGate(Rule):
         return _GateFn.apply(z, op, kwargs, lambda u: (u > 0).to(u.dtype), True)
 
 
+POOL_PADDING = {"-inf": -math.inf, "zero": 0.0}
+
+
 @dataclass(frozen=True)
 class MaxPoolSurrogate(Rule):
     """Hard max-pool forward; backward of the softmax-weighted pool p = sum_j x_j softmax(x/T)_j.
 
     ``detach_weights=False`` is the original code (dp/dx_i = w_i + (w_i/T)(x_i - p)); ``True`` is
-    the successor's variant (dp/dx_i = w_i). Windows are padded with -inf, like max-pooling.
-    T -> 0 is hard max routing, T -> inf average-pool routing.
+    the successor's variant (dp/dx_i = w_i). ``padding='-inf'`` pads windows like max-pooling
+    does; ``'zero'`` as the authors' code does (it unfolds zero-padded windows, so a padded zero
+    takes part in the softmax). T -> 0 is hard max routing, T -> inf average-pool routing.
+    Handles ``max_pool2d`` (also ceil_mode, dilation, return_indices, unbatched [C, H, W]),
+    ``max_pool1d`` (as a 2-D pool of height 1) and adaptive max-pools whose windows tile the input.
     """
 
-    ops = ("max_pool2d",)
+    ops = ("max_pool2d", "max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool1d")
     temperature: float = 0.3
     detach_weights: bool = False
+    padding: str = "-inf"
 
     def __post_init__(self):
         _check_T(self.temperature, "max-pool temperature")
+        if self.padding not in POOL_PADDING:
+            raise ConfigError(f"unknown pool padding {self.padding!r}",
+                              hint="'-inf' (like max-pooling, the default) or 'zero' (the authors' code)")
 
     @property
     def name(self) -> str:
-        return f"softpool(T={self.temperature:g}{', detached' if self.detach_weights else ''})"
+        extra = (", detached" if self.detach_weights else "") + (", zero-padded" if self.padding == "zero" else "")
+        return f"softpool(T={self.temperature:g}{extra})"
 
     def apply(self, op, z, kwargs, temperature=None):
         T = self.temperature if temperature is None else temperature
-        return _SoftMaxPoolFn.apply(z, kwargs["kernel_size"], kwargs["stride"], kwargs["padding"], kwargs["dilation"], T, self.detach_weights)
+        k = kwargs
+        x = z.unsqueeze(-2) if k["unsqueeze"] else z  # a 1-D pool as a 2-D pool of height 1
+        batched = x.dim() == 4
+        x = x if batched else x.unsqueeze(0)  # unbatched [C, H, W]
+        out = _SoftMaxPoolFn.apply(x, k["kernel_size"], k["stride"], k["padding"], k["dilation"], k["ceil_mode"], T,
+                                   self.detach_weights, POOL_PADDING[self.padding])
+        out = out if batched else out.squeeze(0)
+        return out.squeeze(-2) if k["unsqueeze"] else out
+
+
+def _norm_soft(op: str, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The norm with its statistics (mean, variance / mean square) detached: affine in the backward pass."""
+    dims = tuple(range(x.dim() - len(kwargs["normalized_shape"]), x.dim()))
+    w, b, eps = kwargs.get("weight"), kwargs.get("bias"), kwargs["eps"]
+    xf = x
+    if op == "layer_norm":
+        mean = xf.mean(dims, keepdim=True).detach()
+        var = xf.var(dims, keepdim=True, unbiased=False).detach()
+        y = (xf - mean) * torch.rsqrt(var + eps)
+    else:
+        if eps is None:
+            eps = torch.finfo(x.dtype).eps
+        y = xf * torch.rsqrt(xf.pow(2).mean(dims, keepdim=True).detach() + eps)
+    if w is not None:
+        y = y * w
+    if b is not None:
+        y = y + b
+    return y
+
+
+@dataclass(frozen=True)
+class NormSurrogate(Rule):
+    """LayerNorm / RMSNorm with detached statistics (successor code): the forward value is exact,
+    the backward treats mean and variance (RMSNorm: the mean square) as constants, so the norm is
+    an affine map per token. Applies to ``F.layer_norm`` / ``F.rms_norm`` calls and, inside norm
+    modules written out by hand (HF ``LlamaRMSNorm``, TransformerLens ``LayerNorm``), to their
+    ``mean`` / ``var`` / ``rsqrt`` calls (their results are detached).
+    """
+
+    ops = ("layer_norm", "rms_norm", "norm_module")
+
+    @property
+    def name(self) -> str:
+        return "norm(stats detached)"
+
+    def apply(self, op, z, kwargs, temperature=None):
+        hard = kwargs["call"]()
+        soft = _norm_soft(op, z, kwargs)
+        return hard.detach() + (soft - soft.detach())
+
+
+@dataclass(frozen=True)
+class AttentionSurrogate(Rule):
+    """Attention with a softer softmax in the backward pass (successor code): the forward value is
+    exact; the backward is that of softmax(scores / T) (for ``scaled_dot_product_attention`` also
+    the value routing with those weights). ``detach_pattern=True`` passes no gradient through the
+    pattern (to queries and keys) at all, as the successor's PVT attention does. T = 1 without
+    detaching changes nothing (the successor's default for ``nn.MultiheadAttention``).
+    """
+
+    ops = ("attention_softmax", "sdpa")
+    temperature: float = 1.0
+    detach_pattern: bool = False
+
+    def __post_init__(self):
+        _check_T(self.temperature, "attention temperature")
+
+    @property
+    def name(self) -> str:
+        return f"attention(T={self.temperature:g}{', pattern detached' if self.detach_pattern else ''})"
+
+    def apply(self, op, z, kwargs, temperature=None):
+        T = self.temperature if temperature is None else temperature
+        hard = kwargs["call"]()
+        if op == "sdpa":
+            q, k, v, rest = kwargs["q"], kwargs["k"], kwargs["v"], dict(kwargs["rest"])
+            if self.detach_pattern:
+                q, k = q.detach(), k.detach()
+            scale = rest.pop("scale", None)
+            scale = (1.0 / math.sqrt(q.shape[-1]) if scale is None else scale) / T
+            soft = F.scaled_dot_product_attention(q, k, v, scale=scale, **rest)
+        else:
+            if self.detach_pattern:
+                return hard.detach()
+            soft = torch.softmax(z / T, dim=kwargs["dim"], dtype=kwargs.get("dtype"))
+            if soft.dtype != hard.dtype:
+                soft = soft.to(hard.dtype)
+        return hard.detach() + (soft - soft.detach())
 
 
 GATES: dict[str, Callable[..., Rule]] = {
