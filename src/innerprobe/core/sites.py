@@ -61,8 +61,9 @@ def module_names(model: nn.Module) -> list[str]:
 def resolve(model: nn.Module, spec, *, allow_empty: bool = False) -> list[ResolvedSite]:
     """Resolve one site spec (string, Site, module type, or a list of those) to concrete modules.
 
-    Exact names win; then the family's canonical names and TransformerLens hook names
-    (:func:`innerprobe.core.families.lookup`); then globs; ``@Type`` and
+    The family's canonical names and TransformerLens hook names come first
+    (:func:`innerprobe.core.families.lookup`: a hook name resolves to the canonical site of the
+    same place, with its head layout); then exact module names; then globs; ``@Type`` and
     classes match by module type. A spec that matches nothing raises :class:`SiteError` listing
     the nearest real names.
     """
@@ -85,12 +86,7 @@ def resolve(model: nn.Module, spec, *, allow_empty: bool = False) -> list[Resolv
         name = ""
     if "/" in name or "#" in name:
         return _resolve_call(model, site, allow_empty)
-    if name in modules:
-        return [ResolvedSite(site.with_(module=name), modules[name])]
-    if name.startswith("@"):
-        tname = name[1:]
-        return _by_type(model, site, lambda m: type(m).__name__ == tname or f"{type(m).__module__}.{type(m).__name__}".endswith(tname), allow_empty)
-    hit = families.lookup(model, name)
+    hit = families.lookup(model, name) if site.port == "output" and site.index is None else None
     if hit is not None:
         canon, base = hit
         merged = base.with_(
@@ -103,6 +99,11 @@ def resolve(model: nn.Module, spec, *, allow_empty: bool = False) -> list[Resolv
             raise SiteError(f"site {canon} maps to module {base.module!r}, which {type(model).__name__} does not have",
                             hint="the model was changed after it was built; rebuild it or name the module directly")
         return [ResolvedSite(merged, modules[base.module])]
+    if name in modules:
+        return [ResolvedSite(site.with_(module=name), modules[name])]
+    if name.startswith("@"):
+        tname = name[1:]
+        return _by_type(model, site, lambda m: type(m).__name__ == tname or f"{type(m).__module__}.{type(m).__name__}".endswith(tname), allow_empty)
     if any(c in name for c in "*?"):
         hits = [n for n in modules if n and fnmatch.fnmatchcase(n, name)]
         if hits or allow_empty:

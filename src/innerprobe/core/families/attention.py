@@ -17,9 +17,16 @@ import torch
 from .residual import causal_mask
 
 
+def unwrap(module):
+    """The Hugging Face module inside TransformerBridge wrappers (``_original_component`` chains)."""
+    while hasattr(module, "_original_component"):
+        module = module._original_component
+    return module
+
+
 def apply_rotary_of(module) -> Callable:
     """The ``apply_rotary_pos_emb`` of the Hugging Face modelling file that defines ``module``."""
-    return sys.modules[type(module).__module__].apply_rotary_pos_emb
+    return sys.modules[type(unwrap(module)).__module__].apply_rotary_pos_emb
 
 
 def rotary_mix(project: Callable, *, rotary_emb, apply_rotary: Callable, scaling: float, window: int | None = None,

@@ -15,7 +15,7 @@ from ...errors import ModelError
 from ..site import Site
 from . import hf_gpt2, llama, neox
 from .base import Family, token_probe
-from .tl import hook_site, tl_sites
+from .tl import tl_sites
 
 INNER = (hf_gpt2.FAMILY, llama.FAMILY, neox.FAMILY)  # the Hugging Face families a bridge can wrap
 
@@ -33,9 +33,21 @@ def where(model: nn.Module) -> dict[str, str]:
     return out
 
 
+def layout(model: nn.Module):
+    """Bridge hooks see Hugging Face tensors: q/z flat [B, T, H*d] (``n_heads``), k/v with the K/V heads,
+    patterns [B, H, Tq, Tk]."""
+    H = model.cfg.n_heads
+    kv = getattr(model.cfg, "n_key_value_heads", None) or H
+    by_name = {"hook_q": {"n_heads": H}, "hook_z": {"n_heads": H}, "hook_k": {"n_heads": kv}, "hook_v": {"n_heads": kv},
+               "hook_pattern": {"head_axis": 1}, "hook_attn_scores": {"head_axis": 1}}
+    return lambda hook: by_name.get(hook.rsplit(".", 1)[-1], {})
+
+
 def sites(model: nn.Module) -> dict[str, Site]:
     w = where(model)
-    out = tl_sites(model, w, split=False)
+    out = tl_sites(model, w, split=False, layout=layout(model))
+    if "rotary_emb" in out.get("pos_embed", Site("")).module:  # rotary: positions live inside attention
+        del out["pos_embed"]
     for l in range(model.cfg.n_layers):
         mlp_in = w.get(f"blocks.{l}.mlp.hook_in")
         if mlp_in:
@@ -45,7 +57,8 @@ def sites(model: nn.Module) -> dict[str, Site]:
 
 def aliases(model: nn.Module) -> dict:
     canon = {s.module: k for k, s in sites(model).items() if s.port == "output" and s.index is None}
-    return {n: canon.get(m, hook_site(n, m)) for n, m in where(model).items()}
+    lay = layout(model)
+    return {n: canon.get(m, Site(m, **lay(n))) for n, m in where(model).items()}
 
 
 def graph(model: nn.Module):

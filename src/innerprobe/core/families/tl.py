@@ -35,24 +35,26 @@ def matches(model: nn.Module) -> bool:
     return type(model).__name__ == "HookedTransformer" and hasattr(model, "cfg") and hasattr(model, "blocks")
 
 
-def hook_site(name: str, module: str | None = None) -> Site:
-    """A TransformerLens hook as a Site, with its head layout where it has heads."""
-    return Site(module or name, head_axis=HEAD_AXIS.get(name.rsplit(".", 1)[-1]))
+def tl_layout(hook: str) -> dict:
+    """HookedTransformer hooks hold heads on an axis: [B, T, H, d] (axis 2) or [B, H, Tq, Tk] (axis 1)."""
+    axis = HEAD_AXIS.get(hook.rsplit(".", 1)[-1])
+    return {} if axis is None else {"head_axis": axis}
 
 
-def tl_sites(model: nn.Module, where: dict[str, str], split: bool) -> dict[str, Site]:
-    """Canonical sites from TransformerLens hook names; ``where`` maps a hook name to the real module name."""
+def tl_sites(model: nn.Module, where: dict[str, str], split: bool, layout=tl_layout) -> dict[str, Site]:
+    """Canonical sites from TransformerLens hook names; ``where`` maps a hook name to the real module
+    name, ``layout(hook)`` gives the Site layout fields of that hook's tensor."""
     cfg = model.cfg
+    out: dict[str, Site] = {}
 
-    def put(canon, hook, port="output", module=None):
+    def put(canon, hook, module=None):
         real = module if module is not None else where.get(hook)
         if real is not None:
-            out[canon] = Site(real, port, head_axis=HEAD_AXIS.get(hook.rsplit(".", 1)[-1])) if port == "output" else Site(real, port)
+            out[canon] = Site(real, **layout(hook))
 
-    out: dict[str, Site] = {}
     put("embed", "hook_embed")
     put("pos_embed", "hook_pos_embed")
-    put("logits", "unembed", module=where.get("unembed.hook_out") or ("unembed" if "unembed" in where.values() else None))
+    put("logits", "unembed", module=where.get("unembed"))
     for l in range(cfg.n_layers):
         b = f"blocks.{l}"
         put(f"L{l}.resid_pre", f"{b}.hook_resid_pre")
@@ -90,7 +92,7 @@ def sites(model: nn.Module) -> dict[str, Site]:
 def aliases(model: nn.Module) -> dict:
     """TransformerLens hook names -> canonical name (where one exists) or a Site with its head layout."""
     canon = {(s.module, s.port, s.index): k for k, s in sites(model).items()}
-    return {n: canon.get((m, "output", None), hook_site(n, m)) for n, m in _where(model).items()}
+    return {n: canon.get((m, "output", None), Site(m, **tl_layout(n))) for n, m in _where(model).items()}
 
 
 REFUSED = {"use_normalization_before_and_after": False, "use_attn_in": False}
