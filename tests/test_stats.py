@@ -93,3 +93,12 @@ def test_nested_bootstrap_two_levels():
     ci = S.nested_bootstrap(d, n_resamples=500)
     assert ci.n == 149 and ci.lo < ci.estimate < ci.hi
     assert ci.estimate == pytest.approx(np.nanmean(d))
+
+
+def test_bootstrap_independent_samples():
+    rng = np.random.default_rng(5)
+    a, b = rng.lognormal(1.0, 0.5, 80), rng.lognormal(0.0, 0.5, 50)
+    ratio = lambda u, v: np.median(u) / np.median(v)  # noqa: E731
+    ci = S.bootstrap(a, ratio, independent=(b,), n_resamples=500)
+    assert ci.lo < ci.estimate < ci.hi and ci.estimate == pytest.approx(np.median(a) / np.median(b))
+    assert ci.lo < np.e < ci.hi  # true ratio of medians e^1 / e^0

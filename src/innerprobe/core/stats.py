@@ -136,10 +136,11 @@ def t_interval(values: Sequence[float], level: float = 0.95, *, nan_policy: str 
 
 
 def bootstrap(values, stat: Callable = np.mean, *, method: str = "percentile", n_resamples: int = 2000,
-              seed: int = 0, level: float = 0.95, paired: Sequence = ()) -> CI:
-    """``stat(values, *paired)`` with a percentile or BCa bootstrap interval over rows.
+              seed: int = 0, level: float = 0.95, paired: Sequence = (), independent: Sequence = ()) -> CI:
+    """``stat(values, *paired)`` (or ``stat(values, *independent)``) with a percentile or BCa bootstrap interval.
 
-    Rows of ``values`` and of each array in ``paired`` are resampled together. A statistic that
+    Rows of ``values`` and of each array in ``paired`` are resampled together; arrays in ``independent``
+    are separate samples, each resampled on its own (e.g. a ratio of two groups' medians). A statistic that
     takes ``axis`` (like ``np.mean``) runs vectorised. Replicates where ``stat`` is undefined (NaN,
     or a ValueError such as one class only) are dropped; ``n`` is the number of rows. BCa needs the
     jackknife: where it is undefined (constant data), the percentile interval is returned and
@@ -148,14 +149,16 @@ def bootstrap(values, stat: Callable = np.mean, *, method: str = "percentile", n
     if method not in ("percentile", "bca"):
         raise DataError(f"bootstrap method must be 'percentile' or 'bca', got {method!r}")
     _check_level(level)
-    arrays = [np.asarray(values)] + [np.asarray(p) for p in paired]
+    if paired and independent:
+        raise DataError("bootstrap takes paired or independent extra samples, not both")
+    arrays = [np.asarray(values)] + [np.asarray(p) for p in (paired or independent)]
     n = len(arrays[0])
-    if any(len(a) != n for a in arrays):
+    if paired and any(len(a) != n for a in arrays):
         raise DataError(f"paired arrays must have the same length, got {[len(a) for a in arrays]}")
     est = _safe_stat(stat, arrays)
-    if est is None or n < 2:
+    if est is None or min(len(a) for a in arrays) < 2:
         return CI(est, None, None, level, f"bootstrap-{method}", n)
-    lo, hi, used = _scipy_boot(arrays, stat, method, n_resamples, seed, level)
+    lo, hi, used = _scipy_boot(arrays, stat, method, n_resamples, seed, level, not independent)
     return CI(est, lo, hi, level, f"bootstrap-{used}", n)
 
 
@@ -167,7 +170,7 @@ def _safe_stat(stat, arrays) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _scipy_boot(arrays, stat, method, n_resamples, seed, level):
+def _scipy_boot(arrays, stat, method, n_resamples, seed, level, paired=True):
     def robust(*xs, axis=-1):
         if vectorised:
             return stat(*xs, axis=axis)
@@ -180,7 +183,7 @@ def _scipy_boot(arrays, stat, method, n_resamples, seed, level):
         vectorised = False
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy's DegenerateDataWarning: handled below by name in ``method``
-        res = _st.bootstrap(tuple(arrays), robust, paired=True, vectorized=vectorised, n_resamples=n_resamples,
+        res = _st.bootstrap(tuple(arrays), robust, paired=paired, vectorized=vectorised, n_resamples=n_resamples,
                             confidence_level=level, method="percentile" if method == "percentile" else "BCa",
                             random_state=np.random.default_rng(seed))
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)

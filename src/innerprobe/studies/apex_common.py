@@ -1,15 +1,17 @@
-"""Shared pieces of the APEX studies: zoo loading, cached APEX runs, confidence intervals, headlines."""
+"""Shared pieces of the APEX studies: zoo loading, cached APEX runs, headline rows (docs/apex.md, docs/results.md)."""
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 
-#: default absolute grid (apex.md §5 pilot: geomspace(0.02, 20, 31)), widened for BatchNorm CNNs
+from ..core.stats import CI, t_interval
+from ..results import Result, provenance, row
+
+#: default absolute grid (the pilot's geomspace(0.02, 20, 31), docs/apex.md), widened for BatchNorm CNNs
 GRID = np.geomspace(0.02, 50, 31)
 GRID_QUICK = np.geomspace(0.02, 50, 16)
 
@@ -81,41 +83,61 @@ def run_apex(name: str, seed: int, x, sigmas, *, samples: int = 32, sites=None, 
     return out
 
 
+class Rows:
+    """Headline records of a study (:func:`innerprobe.results.row`): one per metric, model and condition.
+
+    ``add(metric, per_seed, seeds, ...)`` gives the mean and a t-interval over seeds
+    (:func:`innerprobe.core.stats.t_interval`; one seed: no interval) unless ``ci`` (a
+    :class:`~innerprobe.core.stats.CI`, e.g. a bootstrap over inputs) is passed; the per-seed values
+    are kept in the row's ``per_seed`` field.
+    """
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def add(self, metric: str, per_seed, seeds, *, model: str | None = None, condition: dict | None = None,
+            ci: CI | None = None, **extra) -> dict:
+        vals = [None if v is None or not np.isfinite(v) else float(v) for v in per_seed]
+        value = ci if ci is not None else t_interval(vals, nan_policy="omit")
+        r = row(metric, value, model=model, condition=condition, seeds=list(seeds), per_seed=vals, **extra)
+        self.rows.append(r)
+        return r
+
+
+def finish(out: Path, kind: str, heads, section, *, data: dict | None = None, tables: dict | None = None,
+           arrays: dict | None = None, seeds=None, config: dict | None = None):
+    """Write summary.json (``{"rows": [...]}`` + tables + config) and section.json; return the Result.
+
+    ``heads`` is a :class:`Rows` (or, until apex_backdoor moves to rows, a legacy :class:`Headlines`).
+    """
+    if isinstance(heads, Rows):
+        section.rows = heads.rows
+        section.save(out)
+        res = Result(kind, rows=heads.rows, data={**(data or {}), "seeds": list(seeds or [])}, tables=tables or {},
+                     arrays=arrays or {}, provenance=provenance(seed=None if not seeds else list(seeds)[0], model=kind,
+                                                                config=config or {}))
+        res.save(out / "summary.json")
+        return res
+    section.table("Headline figures (mean over seeds, 95% CI)", ["figure", "mean", "95% CI", "seeds", "per seed"],
+                  heads.table_rows())
+    section.save(out)
+    res = Result(kind, data={**heads.flat(), **(data or {}), "seeds": list(seeds or [])},
+                 tables={"headlines": heads.rows, **(tables or {})}, arrays=arrays or {},
+                 provenance=provenance(seed=None if not seeds else list(seeds)[0], model=kind, config=config or {}))
+    res.save(out / "summary.json")
+    return res
+
+
+# ---------------------------------------------------------------- legacy, for apex_backdoor until it uses Rows
 def t_ci(values) -> tuple[float, float, float]:
-    """Mean and 95% t-interval over seeds (NaN-free values); a single value gives (v, nan, nan)."""
-    v = np.asarray([a for a in values if a is not None and np.isfinite(a)], float)
-    if len(v) == 0:
-        return float("nan"), float("nan"), float("nan")
-    m = float(v.mean())
-    if len(v) < 2:
-        return m, float("nan"), float("nan")
-    from scipy.stats import t
-
-    half = float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return m, m - half, m + half
-
-
-def boot_ci(fn, *arrays, n: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """Statistic ``fn(*arrays)`` and its 95% percentile bootstrap interval over rows."""
-    rng = np.random.default_rng(seed)
-    N = len(arrays[0])
-    stat = float(fn(*arrays))
-    vals = []
-    for _ in range(n):
-        idx = rng.integers(0, N, N)
-        try:
-            v = fn(*(a[idx] for a in arrays))
-        except ValueError:
-            continue
-        if np.isfinite(v):
-            vals.append(v)
-    if not vals:
-        return stat, float("nan"), float("nan")
-    return stat, float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+    """(mean, lo, hi) of :func:`~innerprobe.core.stats.t_interval`, NaN where undefined (legacy shape)."""
+    c = t_interval(values, nan_policy="omit")
+    nan = float("nan")
+    return (nan if c.estimate is None else c.estimate), (nan if c.lo is None else c.lo), (nan if c.hi is None else c.hi)
 
 
 class Headlines:
-    """Collects headline figures: name -> per-seed values, mean and 95% CI."""
+    """Legacy headline collector (prose names): kept only for apex_backdoor; new code uses :class:`Rows`."""
 
     def __init__(self):
         self.rows: list[dict] = []
@@ -136,8 +158,8 @@ class Headlines:
         return out
 
     def table_rows(self):
-        return [[r["figure"], _fmt(r["mean"]), f"[{_fmt(r['ci95_lo'])}, {_fmt(r['ci95_hi'])}]", ", ".join(map(str, r["seeds"])),
-                 ", ".join(_fmt(v) for v in r["per_seed"])] for r in self.rows]
+        return [[r["figure"], _fmt(r["mean"]), f"[{_fmt(r['ci95_lo'])}, {_fmt(r['ci95_hi'])}]",
+                 ", ".join(map(str, r["seeds"])), ", ".join(_fmt(v) for v in r["per_seed"])] for r in self.rows]
 
 
 def _fmt(v) -> str:
@@ -146,18 +168,9 @@ def _fmt(v) -> str:
     return f"{v:.3g}"
 
 
-def finish(out: Path, kind: str, heads: Headlines, section, *, data: dict | None = None, tables: dict | None = None,
-           arrays: dict | None = None, seeds=None, config: dict | None = None):
-    """Write summary.json (headlines + data) and section.json; return the Result."""
-    from ..results import Result, provenance
-
-    section.table("Headline figures (mean over seeds, 95% CI)", ["figure", "mean", "95% CI", "seeds", "per seed"], heads.table_rows())
-    section.save(out)
-    res = Result(kind, data={**heads.flat(), **(data or {}), "seeds": list(seeds or [])},
-                 tables={"headlines": heads.rows, **(tables or {})}, arrays=arrays or {},
-                 provenance=provenance(seed=None if not seeds else list(seeds)[0], model=kind, config=config or {}))
-    res.save(out / "summary.json")
-    return res
+def fmt_ci(c: CI) -> str:
+    """'[lo, hi]' for a section table, or 'no CI' (one value)."""
+    return f"[{c.lo:.3f}, {c.hi:.3f}]" if c.defined else "no CI"
 
 
 def mean_rms(run: dict) -> float:
