@@ -165,7 +165,10 @@ class Engine:
 
     def _resolve_sites(self, sites) -> list[ResolvedSite]:
         """Site specs -> resolved sites; ':input' on token ids becomes the token embedding's output."""
-        specs = preset(self.model, sites, self.x[:1])
+        try:
+            specs = preset(self.model, sites, self.x[:1])  # may run one example forward (functional activations)
+        except ModelError as e:
+            raise _retype(e, self.model, self.x) from e
         if isinstance(specs, (str, Site)):
             specs = [specs]
         check(len(specs) > 0, "no noise sites given", "pass at least one site, or None for every hidden nonlinearity")
@@ -487,8 +490,14 @@ def _call(model: nn.Module, x: torch.Tensor, kwargs: dict | None = None) -> Any:
         if getattr(e, "_innerprobe_from_hook", False) or isinstance(e, torch.OutOfMemoryError):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = "check that the inputs have the shape and dtype the model expects"
-        if x.is_floating_point() and any(isinstance(m, nn.Embedding) for m in model.modules()):
-            hint = (f"this model embeds integer token ids, but the inputs are {x.dtype}: pass them as torch.long "
-                    "(a .pt/.npy of integer ids on the CLI)")
-        raise ModelError(f"the model failed on inputs of shape {tuple(x.shape)} ({x.dtype}): {first[:300]}", hint=hint) from e
+        err = ModelError(f"the model failed on inputs of shape {tuple(x.shape)} ({x.dtype}): {first[:300]}",
+                         hint="check that the inputs have the shape and dtype the model expects")
+        raise _retype(err, model, x) from e
+
+
+def _retype(err: ModelError, model: nn.Module, x: torch.Tensor) -> ModelError:
+    """A forward error on float inputs to a model that embeds token ids: say so, instead of a generic hint."""
+    if x.is_floating_point() and any(isinstance(m, nn.Embedding) for m in model.modules()):
+        return ModelError(err.message, hint=f"this model embeds integer token ids, but the inputs are {x.dtype}: pass them as "
+                                            "torch.long (on the CLI a .pt/.npy file of integer ids)")
+    return err
