@@ -37,8 +37,18 @@ from ..errors import ConfigError
 SPLITS = ("train", "dev", "test")
 PAD, BOS = "<pad>", "<bos>"
 
-# 60 single-token first names; the last 20 are held out (10 dev, 10 test).
-NAMES = ["Mary", "John", "Alice", "Bob", "James", "Linda", "Robert", "Susan", "Michael", "Karen", "William", "Lisa", "David", "Nancy", "Richard", "Betty", "Joseph", "Sandra", "Thomas", "Ashley", "Charles", "Emily", "Daniel", "Donna", "Matthew", "Carol", "Anthony", "Ruth", "Mark", "Sharon", "Paul", "Laura", "Steven", "Amy", "Andrew", "Anna", "Kevin", "Rachel", "Brian", "Helen", "Oliver", "Grace", "Henry", "Chloe", "Jacob", "Nora", "Lucas", "Julia", "Ethan", "Clara", "Victor", "Irene", "Simon", "Paula", "Martin", "Vera", "Hugo", "Leah", "Oscar", "Ingrid"]
+# 100 single-token first names; the last 20 are held out (10 dev, 10 test).
+NAMES = [
+    "Mary", "John", "Alice", "Bob", "James", "Linda", "Robert", "Susan", "Michael", "Karen", "William", "Lisa",
+    "David", "Nancy", "Richard", "Betty", "Joseph", "Sandra", "Thomas", "Ashley", "Charles", "Emily", "Daniel",
+    "Donna", "Matthew", "Carol", "Anthony", "Ruth", "Mark", "Sharon", "Paul", "Laura", "Steven", "Amy", "Andrew",
+    "Anna", "Kevin", "Rachel", "Brian", "Helen", "Oliver", "Grace", "Henry", "Chloe", "Jacob", "Nora", "Lucas",
+    "Julia", "Ethan", "Clara", "Victor", "Irene", "Simon", "George", "Emma", "Peter", "Sophie", "Jack", "Lucy",
+    "Adam", "Ella", "Ryan", "Mia", "Sam", "Zoe", "Luke", "Ivy", "Owen", "Ruby", "Noah", "Hannah", "Leo", "Eva",
+    "Dylan", "Rose", "Max", "Jane", "Felix", "Kate", "Isaac", "Maya", "Tom", "Sara", "Ben", "Alma", "Paula", "Martin",
+    "Vera", "Hugo", "Leah", "Oscar", "Ingrid", "Dennis", "Flora", "Walter", "Agnes", "Bruno", "Greta", "Milo",
+    "Nadia",
+]
 N_DEV_NAMES = N_TEST_NAMES = 10
 PLACES = ["store", "garden", "school", "park", "station", "hospital", "office", "restaurant", "library", "market", "beach", "museum", "river", "church", "farm"]
 OBJECTS = ["drink", "ring", "kiss", "bone", "basketball", "computer", "necklace", "snack", "apple", "book", "letter", "flower", "hat", "ticket", "bag"]
@@ -72,13 +82,19 @@ TEMPLATES = {
     ),
 }
 
-# Background text (trained on with every name, held-out ones included; never an IOI prompt):
-# a name in first position is unpredictable, a later mention of the *only* name is a copy.
+# Background text (trained on with every name, held-out ones included; never an IOI prompt): a first
+# mention of a name is unpredictable; a later mention of the *only* name in the sentence is a copy, so
+# copying a name to "... to" is learned for every name, while choosing between two names (IOI) is
+# learned on train names only.
 BACKGROUND = (
     "{A} went to the {P} with {B} .",
     "The {O} at the {P} was given to {A} .",
-    "Afterwards , {A} found a {O} at the {P} . Then {A} went home .",
-    "{A} had a lot of fun at the {P} . Then , {A} said to the {P}",
+    "{A} said to {B} that the {O} was at the {P} .",
+    "Afterwards , {A} found a {O} at the {P} . Then the {O} was given to {A} .",
+    "When {A} went to the {P} , a {O} was given to {A} .",
+    "Then , {A} had a lot of fun at the {P} . Everyone gave a {O} to {A} .",
+    "While {A} was working at the {P} , the {O} was given to {A} .",
+    "{A} met {B} at the {P} . Later , {A} met {B} again .",
 )
 
 
@@ -97,7 +113,7 @@ NAME_IDS = torch.tensor([TOKEN_ID[n] for n in NAMES])
 
 
 def split_names(split: str) -> list[str]:
-    """The name pool of ``split``: the first 40 names train, the next 10 dev, the last 10 test."""
+    """The name pool of ``split``: the first 80 names train, the next 10 dev, the last 10 test."""
     _check_split(split)
     n_train = len(NAMES) - N_DEV_NAMES - N_TEST_NAMES
     return {"train": NAMES[:n_train], "dev": NAMES[n_train:n_train + N_DEV_NAMES],
