@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) "$(TORCH)" pytest captum transformers "transformer-lens==3.9.0" ruff hypothesis selenium
+	$(PIP) "$(TORCH)" pytest captum transformers "transformer-lens==3.9.0" ruff hypothesis selenium "ray>=2.9"
 	$(PIP) --no-deps zennit   # zennit's torchvision pin breaks imports next to the CPU torch
 	touch $@
 
