@@ -27,6 +27,10 @@ class NoiseKind:
     def draw(self, shape, generator: torch.Generator, dtype, device) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def draw_into(self, out: torch.Tensor, generator: torch.Generator) -> None:
+        """Fill ``out`` with the values :meth:`draw` gives for its shape (the engine's per-input draw)."""
+        out.copy_(self.draw(tuple(out.shape), generator, out.dtype, out.device))
+
     def apply(self, value: torch.Tensor, sigma: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         """``value``, ``sigma`` and ``xi`` broadcast against each other (the engine passes value
         [B, S, K, ...], sigma [B, S, 1, ...], xi [B, 1, K, ...]); returns the noisy value."""
@@ -39,6 +43,9 @@ class Gaussian(NoiseKind):
     def draw(self, shape, generator, dtype, device):
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)
 
+    def draw_into(self, out, generator):
+        torch.randn(out.shape, generator=generator, out=out)
+
     def apply(self, value, sigma, xi):
         return torch.addcmul(value, sigma, xi)  # value + sigma * xi in one fused, broadcasting kernel
 
@@ -48,6 +55,9 @@ class Multiplicative(NoiseKind):
 
     def draw(self, shape, generator, dtype, device):
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+    def draw_into(self, out, generator):
+        torch.randn(out.shape, generator=generator, out=out)
 
     def apply(self, value, sigma, xi):
         return torch.addcmul(value, value * sigma, xi)  # value * (1 + sigma * xi)
