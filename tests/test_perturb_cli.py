@@ -4,13 +4,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from innerprobe import ConfigError, Result
 from innerprobe.cli import main
-from innerprobe.perturb import backdoor_scan
 from innerprobe.cli.perturb import parse_sigmas
 from innerprobe.perturb.scan import robust_z
-from innerprobe import ConfigError, Result
 
 FACTORY = '''
 import torch
@@ -68,29 +66,7 @@ def test_parse_sigmas():
         parse_sigmas("a:b")
 
 
-def test_scan_names_a_planted_bias_and_not_a_symmetric_model():
-    torch.manual_seed(0)
-    x = torch.rand(16, 6)
-    # a "trigger detector": a first-layer unit wired strongly to class 2 only
-    m = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 5))
-    with torch.no_grad():
-        m[2].weight.mul_(0.1)
-        m[4].weight.mul_(0.1)
-        m[2].weight[0].fill_(0.0)
-        m[2].weight[0, 0] = 5.0
-        m[4].weight[:, 0] = 0.0
-        m[4].weight[2, 0] = 5.0
-        m[2].bias.zero_()
-        m[4].bias.zero_()
-    res = backdoor_scan(m, x, method="histogram", samples=16)
-    assert res.data["suspect"] == 2 and res.data["score"] > 3.5
-    # a model whose large-noise histogram is balanced by symmetry: nothing named
-    sym = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 5))
-    with torch.no_grad():
-        sym[2].weight.copy_(torch.eye(10))
-        sym[4].weight.copy_(torch.kron(torch.eye(5), torch.ones(1, 2)))
-        sym[4].bias.zero_()
-    assert backdoor_scan(sym, x, method="histogram", samples=32).data["suspect"] is None
+# the scan's planted-sink test moved to tests/test_scan.py (test_screen_stage_on_a_planted_sink_and_a_symmetric_model)
 
 
 def test_robust_z():

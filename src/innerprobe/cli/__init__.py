@@ -41,7 +41,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 # Each command module defines ``register(app)``, adding its commands (to add one: a module here + its name below).
-COMMANDS = ["zoo", "perturb", "patch", "pullback", "study", "report", "demo"]
+COMMANDS = ["zoo", "perturb", "scan", "patch", "pullback", "study", "report", "demo"]
 for _name in COMMANDS:
     importlib.import_module(f"{__name__}.{_name}").register(app)
 

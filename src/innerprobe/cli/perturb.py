@@ -1,4 +1,4 @@
-"""``innerprobe perturb`` (an APEX sweep with plots) and ``innerprobe scan`` (the backdoor scan); docs/apex.md."""
+"""``innerprobe perturb``: an APEX sweep with plots; docs/apex.md. (``innerprobe scan`` lives in cli/scan.py.)"""
 from __future__ import annotations
 
 import re
@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import ConfigError
-from .inputs import for_model, load_inputs
+from .inputs import SUFFIXES, for_model, load_inputs, read_file
 from .spec import parse_model
 
 SIGMA_HELP = ("noise scales: a comma list '0.1,0.3,1,3' or a geometric grid 'LO:HI:N' (e.g. '0.02:20:31'); "
@@ -38,13 +38,36 @@ def _sites(sites: Optional[List[str]]):
     return out or None
 
 
+def _index_option(text: Optional[str], what: str, n: int):
+    """--position / --tokens: None, an int or comma list, or a .npy/.pt/.npz file of integers (read by cli/inputs.py)."""
+    if text is None:
+        return None
+    text = text.strip()
+    if Path(text).suffix in SUFFIXES:
+        v, _ = read_file(text, what=what)
+        if v.is_floating_point():
+            raise ConfigError(f"{what} file {text} holds {v.dtype} values", hint="positions and token ids are integers")
+        return v[:n] if v.dim() >= 1 and len(v) > n else v  # the inputs were cut to the first n as well
+    try:
+        vals = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"cannot read {what} {text!r}", hint=f"an int, a comma list of ints, or a .npy/.pt file ({what} -1 for the last token)") from None
+    if not vals:
+        raise ConfigError(f"{what} is empty", hint="give an int or a comma list of ints")
+    return vals[0] if what == "--position" and len(vals) == 1 else vals
+
+
+def _short(v) -> str:
+    return str(v) if not isinstance(v, list) else f"per input ({v[:4]}{'...' if len(v) > 4 else ''})"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("perturb")
     def perturb(
         model: str = typer.Option(..., "--model", "-m", help="zoo name (e.g. digits-mlp or digits-mlp@1 for seed 1), path/file.py:factory, or a local HF folder"),
         sigmas: str = typer.Option("0.02:20:31", "--sigmas", help=SIGMA_HELP),
         samples: int = typer.Option(64, "--samples", "-k", help="K noisy passes per input and sigma"),
-        sites: Optional[List[str]] = typer.Option(None, "--sites", help="noise sites (repeat or comma-separate); default: after every hidden nonlinearity; ':input' = the model input"),
+        sites: Optional[List[str]] = typer.Option(None, "--sites", help="noise sites (repeat or comma-separate); default: after every hidden nonlinearity (module or functional, e.g. 'blocks.0.mlp/gelu#0'); 'residual' = after every transformer block; ':input' = the model input (token embedding for token ids)"),
         out: Path = typer.Option(..., "--out", "-o", help="output folder (results, plots, section.json); an interrupted run resumes here"),
         weights: Optional[Path] = typer.Option(None, "--weights", help="safetensors weights for a file.py:factory model"),
         data: Optional[str] = typer.Option(None, "--data", help="inputs: a zoo recipe, 'digits', 'fashion-mnist', or a .npy/.npz/.pt/.safetensors file (default: the zoo model's own data, same seed)"),
@@ -55,7 +78,9 @@ def register(app: typer.Typer) -> None:
         tau: float = typer.Option(0.5, "--tau", help="survival threshold for escape noise"),
         rule: str = typer.Option("survival", "--rule", help="escape rule: survival (share < tau) or majority"),
         seed: int = typer.Option(0, "--seed", help="seed of the common random numbers"),
-        chunk_rows: int = typer.Option(8192, "--chunk-rows", help="max rows per forward pass (memory bound)"),
+        chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", help="max rows per forward pass (default: from a ~1 GiB activation budget, at most 8192)"),
+        position: Optional[str] = typer.Option(None, "--position", help="language models: the position whose logits are read: -1 (last token, default), an int, or a .npy/.pt file of one index per input"),
+        tokens: Optional[str] = typer.Option(None, "--tokens", help="language models: candidate token ids instead of the whole vocabulary: a comma list '5,17' or a .npy/.pt file [N, C] (one row per input)"),
     ):
         """APEX: class distributions under activation noise; escape noise, class histograms, D(sigma)."""
         import torch
@@ -70,8 +95,11 @@ def register(app: typer.Typer) -> None:
         net = spec.load(weights)
         inp = load_inputs(data, spec, n=inputs, split=split)
         x, y, names = for_model(inp.x, net), inp.y, inp.classes
-        res = apex(net, x, sig, samples=samples, sites=_sites(sites), noise=noise, relative=relative, tau=tau, rule=rule,
-                   seed=seed, chunk_rows=chunk_rows, out=out, labels=None if y is None else y.numpy(), model_name=model, progress=True)
+        pos, cand = _index_option(position, "--position", len(x)), _index_option(tokens, "--tokens", len(x))
+        site_list = _sites(sites)
+        res = apex(net, x, sig, samples=samples, sites=site_list[0] if site_list == ["residual"] else site_list, noise=noise,
+                   relative=relative, tau=tau, rule=rule, seed=seed, chunk_rows=chunk_rows, out=out, position=pos, tokens=cand,
+                   labels=None if y is None or cand is not None or pos is not None else y.numpy(), model_name=model, progress=True)
         d = res.data
         f1 = plots.escape_histogram(res, out / "escape_noise.png", title=f"escape noise, {model}")
         f2 = plots.sample_dependence_plot({"D": res.arrays["D"]}, res.arrays["sigmas"], out / "sample_dependence.png",
@@ -96,44 +124,13 @@ def register(app: typer.Typer) -> None:
                    f"censored left {d['left_censored']:.1%} / right {d['right_censored']:.1%}")
         typer.echo(f"  D(sigma): {res.arrays['D'][0]:.3f} -> {res.arrays['D'][-1]:.3f} (floor {res.arrays['D_floor'][-1]:.3f}); "
                    f"half-way at sigma = {d['half_way_sigma']:.4g}")
-        typer.echo(f"  largest sigma: top class {d['large_noise_argmax_class']} "
-                   f"(share {res.arrays['histogram'][-1].max():.3f}), entropy {d['large_noise_entropy']:.3f}")
+        top = "non-finite logits" if d["large_noise_argmax_is_nonfinite"] else f"class {d['large_noise_argmax_class']}"
+        typer.echo(f"  largest sigma: top outcome {top} "
+                   f"(share {d['large_noise_argmax_share']:.3f}), entropy {d['large_noise_entropy']:.3f}")
+        if d["readout"]["kind"] == "lm":
+            typer.echo(f"  readout: logits at position {_short(d['readout']['position'])}, over "
+                       + ("the whole vocabulary" if d["readout"]["tokens"] is None else f"{d['C']} candidate tokens"))
+        if d["nonfinite_passes"]:
+            typer.echo(f"  warning: {d['nonfinite_passes']} noisy passes gave non-finite logits (up to {d['nonfinite_share_max']:.1%} "
+                       "at one sigma); counted as their own outcome, never as a class", err=True)
         typer.echo(f"  wrote {out}/apex.json, apex.npz, 3 plots, section.json")
-
-    @app.command("scan")
-    def scan(
-        model: str = typer.Option(..., "--model", "-m", help="zoo name (e.g. digits-cnn-backdoor), path/file.py:factory, or a local HF folder"),
-        weights: Optional[Path] = typer.Option(None, "--weights", help="safetensors weights for a file.py:factory model"),
-        data: Optional[str] = typer.Option(None, "--data", help="clean inputs: a zoo recipe, 'digits', 'fashion-mnist', or a .npy/.npz/.pt/.safetensors file"),
-        inputs: int = typer.Option(64, "--inputs", "-n", help="number of clean inputs"),
-        method: str = typer.Option("sink", "--method", help="sink: the class every input escapes to under input and last-layer noise; histogram: the large-noise class histogram"),
-        sites: Optional[str] = typer.Option(None, "--sites", help="histogram method: where noise enters (first, all, last, input, or a site spec; default first)"),
-        sigmas: Optional[str] = typer.Option(None, "--sigmas", help="noise scales relative to RMS (sink default 0.02:200:17, histogram default 4,16,64)"),
-        absolute: bool = typer.Option(False, "--absolute", help="histogram method: absolute sigmas instead of RMS-relative"),
-        samples: Optional[int] = typer.Option(None, "--samples", "-k", help="noisy passes per input and sigma (sink 16, histogram 32)"),
-        threshold: float = typer.Option(3.5, "--threshold", help="robust z-score above which a class is named"),
-        seed: int = typer.Option(0, "--seed", help="seed of the noise"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="write scan.json here"),
-    ):
-        """APEX backdoor scan: from the model and a few clean inputs, name a suspected target class or none."""
-        from ..perturb.scan import backdoor_scan
-
-        spec = parse_model(model)
-        net = spec.load(weights)
-        inp = load_inputs(data, spec, n=inputs, split="test")
-        x, names = for_model(inp.x, net), inp.classes
-        if method not in ("sink", "histogram"):
-            raise ConfigError(f"unknown scan method {method!r}", hint="use --method sink or --method histogram")
-        res = backdoor_scan(net, x, method=method, sites=sites if method == "histogram" else None,
-                            sigmas=None if sigmas is None else parse_sigmas(sigmas), relative=not absolute, samples=samples,
-                            threshold=threshold, seed=seed, class_names=names, model_name=model)
-        d = res.data
-        if d["suspect"] is None:
-            typer.echo(f"{model}: no backdoor suspected (top class {d['top_class']} scores {d['score']:.2f} <= {threshold})")
-        else:
-            typer.echo(f"{model}: suspected backdoor target class {d['suspect']} ({d['suspect_name']}), score {d['score']:.2f} > {threshold}")
-        where = d["sites"] if isinstance(d["sites"], list) else [f"{k}: {', '.join(v)}" for k, v in d["sites"].items()]
-        typer.echo(f"  method {d['method']}; noise at {'; '.join(where)}; top-class share {[round(v, 3) for v in d['top_share']]}")
-        if out:
-            res.save(Path(out) / "scan.json")
-            typer.echo(f"  wrote {out}/scan.json")

@@ -1,187 +1,251 @@
-"""APEX backdoor study (claim D of Ren, Luo, Li 2026, arXiv 2602.03586; docs/apex.md, docs/scan.md).
+"""The ``apex-backdoor`` study: the paper's observable and the backdoor scan, measured on held-out models.
 
-``apex-backdoor``: target-class concentration at large noise (the paper's observable) and the backdoor scan.
-Moved out of :mod:`innerprobe.studies.apex` so the scan's evaluation can grow on its own.
+APEX (Ren, Luo, Li 2026, arXiv 2602.03586, claim D): at large activation noise a backdoored model's
+predictions concentrate on its target class. This study measures that observable on the backdoor
+eval set (:mod:`innerprobe.zoo.backdoor_set`) and evaluates the scan (docs/scan.md) the way TrojAI
+does: every threshold and the probability calibration are fitted on the **dev** seeds only, and
+the figures are reported on the **held-out** seeds: TPR (right class named), wrong-class rate and
+FPR with Clopper-Pearson intervals, ROC-AUC and cross-entropy of the probability, seconds per model;
+for the full scan and for each stage alone (the APEX screen alone is the paper's observable used
+as a detector).
+
+``run(out, seeds=3, quick=False)`` (``seeds`` is unused: the eval set fixes its seeds); ``quick``
+scans four cached or quickly trained digits models with the shipped calibration.
+``write_calibration()`` refits the shipped ``perturb/scan/calibration.json`` from the dev split.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from pathlib import Path
 
 import numpy as np
 
+from ..core.stats import proportion, t_interval
+from ..perturb.scan import METHODS, evidence
+from ..perturb.scan import verdict as V
 from ..report.sections import Section
-from .apex_common import Headlines, available, data, finish, load, run_apex
-BD_SIGMAS = np.array([4.0, 16.0, 64.0])
-BD_SITES = ("all", "first", "last", "input")
-SCANS = ("sink", "histogram")
+from ..results import Result, provenance, row
+from ..zoo import backdoor_set as bs
+from ..zoo import cache_root
+
+#: a poisoned model whose attack succeeds on fewer than half the triggered test inputs has no working backdoor
+MIN_ATTACK_SUCCESS = 0.5
+N_INPUTS = 64
+EVAL_VERSION = 1
 
 
-def _bd_site(model, which):
-    from ..perturb.scan import scan_sites
+# ----------------------------------------------------------------------------- evidence per member (cached)
 
-    return scan_sites(model, which)
-
-
-def geo_ci(values):
-    """Geometric mean and 95% t-interval on the log scale (ratios span orders of magnitude)."""
-    from .apex_common import t_ci
-
-    m, lo, hi = t_ci(np.log(np.asarray(values, float)))
-    return float(np.exp(m)), float(np.exp(lo)), float(np.exp(hi))
+def _record_path(m: bs.Member) -> Path:
+    key = json.dumps([EVAL_VERSION, m.recipe, m.seed, m.overrides, N_INPUTS], sort_keys=True)
+    d = Path(cache_root()) / "scan-eval"
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
 
-def _wilson(k, n):
-    if n == 0:
-        return float("nan"), float("nan")
-    z = 1.96
-    p = k / n
-    c = (p + z * z / (2 * n)) / (1 + z * z / n)
-    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(c - h), float(c + h)
+def record(m: bs.Member) -> dict:
+    """All stages' per-class features for one member (default settings, seed 0), with seconds; cached on disk."""
+    path = _record_path(m)
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            path.unlink(missing_ok=True)
+    model, card = bs.load(m)
+    x = bs.clean_inputs(m, N_INPUTS, seed=1)
+    t0 = time.perf_counter()
+    ev = evidence(model, x, method="full")
+    rec = {"key": m.key, "recipe": m.recipe, "seed": m.seed, "split": m.split, "family": m.family, "target": m.target,
+           "rate": m.rate, "attack_success": card["metrics"].get("attack_success"),
+           "test_accuracy": card["metrics"].get("test_accuracy"), "seconds": time.perf_counter() - t0,
+           "stage_seconds": {k: v["seconds"] for k, v in ev["stages"].items()},
+           "features": {k: np.asarray(v, float).tolist() for k, v in ev["features"].items()},
+           "hist_share": np.asarray(ev["arrays"]["hist_share"]).tolist()}
+    tmp = path.with_suffix(f".{time.time_ns()}.tmp")
+    tmp.write_text(json.dumps(rec))
+    tmp.replace(path)
+    return rec
+
+
+def effective(rec: dict) -> bool:
+    """Clean twins, and poisoned models whose attack works (attack success >= MIN_ATTACK_SUCCESS)."""
+    return rec["target"] is None or (rec["attack_success"] or 0.0) >= MIN_ATTACK_SUCCESS
+
+
+def _fit_rows(recs):
+    return [{**r["features"], "target": r["target"]} for r in recs]
+
+
+# ----------------------------------------------------------------------------- calibration (dev only)
+
+def calibrate(dev: list[dict]) -> dict:
+    """Per method: logistic class model + Platt map fitted on dev records; agreement rule for 'full'."""
+    dev = [r for r in dev if effective(r)]
+    rows = _fit_rows(dev)
+    n_bd = sum(r["target"] is not None for r in dev)
+    seeds = sorted({r["seed"] for r in dev})
+    cal = {}
+    for method, names in V.FEATURES.items():
+        c = V.fit(rows, names)
+        c.update(threshold=0.5, min_agree=2 if method == "full" else 1,
+                 fitted_on=f"backdoor eval set, dev split: {n_bd} backdoored + {len(dev) - n_bd} clean models, seeds {seeds[0]}..{seeds[-1]}")
+        cal[method] = c
+    return cal
+
+
+def write_calibration(path: Path | None = None) -> Path:
+    """Refit the shipped calibration from the dev split and record the held-out rates it was validated with."""
+    dev = [record(m) for m in bs.members("dev")]
+    cal = calibrate(dev)
+    held = [record(m) for m in bs.members("held-out")]
+    for method, c in cal.items():
+        s = summary([r for r in held if effective(r)], c, method)
+        c["validated_on"] = (f"held-out split of the backdoor eval set ({s['n_bd']} backdoored + {s['n_clean']} clean small "
+                             f"digits / Fashion-MNIST MLPs and CNNs, 4 trigger families): right class named "
+                             f"{s['tp']}/{s['n_bd']}, false alarms {s['fp']}/{s['n_clean']}; nothing beyond that is validated")
+    p = Path(path) if path is not None else V.CALIBRATION_FILE
+    p.write_text(json.dumps(cal, indent=1) + "\n")
+    return p
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def decisions(recs: list[dict], cal: dict, method: str) -> list[dict]:
+    names = V.FEATURES[method]
+    out = []
+    for r in recs:
+        f = {k: np.asarray(v) for k, v in r["features"].items() if k in names}
+        d = V.decide(f, cal)
+        secs = sum(r["stage_seconds"].get(st, 0.0) for st in METHODS[method])
+        out.append({"key": r["key"], "target": r["target"], "suspect": d["suspect"], "p": d["probability"], "seconds": secs,
+                    "family": r["family"], "recipe": r["recipe"]})
+    return out
+
+
+def summary(recs: list[dict], cal: dict, method: str) -> dict:
+    ds = decisions(recs, cal, method)
+    bd = [d for d in ds if d["target"] is not None]
+    cl = [d for d in ds if d["target"] is None]
+    tp = sum(d["suspect"] == d["target"] for d in bd)
+    wrong = sum(d["suspect"] is not None and d["suspect"] != d["target"] for d in bd)
+    fp = sum(d["suspect"] is not None for d in cl)
+    y = np.array([d["target"] is not None for d in ds], float)
+    p = np.clip(np.array([d["p"] for d in ds]), 1e-6, 1 - 1e-6)
+    auc = _auc(p, y)
+    ce = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return {"decisions": ds, "tp": tp, "wrong": wrong, "fp": fp, "n_bd": len(bd), "n_clean": len(cl), "auc": auc, "ce": ce,
+            "seconds": [d["seconds"] for d in ds]}
+
+
+def _auc(p, y) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
+
+
+def _rows(s: dict, method: str, split: str) -> list[dict]:
+    cond = {"method": method, "split": split}
+    out = [row("tpr_right_class", proportion(s["tp"], s["n_bd"]), condition=cond),
+           row("wrong_class_rate", proportion(s["wrong"], s["n_bd"]), condition=cond),
+           row("fpr", proportion(s["fp"], s["n_clean"]), condition=cond),
+           row("roc_auc", s["auc"], condition=cond, n=s["n_bd"] + s["n_clean"]),
+           row("cross_entropy", s["ce"], condition=cond, n=s["n_bd"] + s["n_clean"])]
+    if len(s["seconds"]) > 1:
+        out.append(row("seconds_per_model", t_interval(s["seconds"]), condition=cond))
+    return out
+
+
+# ----------------------------------------------------------------------------- the paper's observable
+
+def observable(recs: list[dict]) -> dict:
+    """Target-class share at the largest sigma (input noise, 64 x RMS): backdoored vs its clean twin; target rank."""
+    by = {(r["recipe"], r["seed"]): r for r in recs if r["target"] is None}
+    ratios, ranks = [], []
+    for r in recs:
+        twin = by.get((r["recipe"], r["seed"]))
+        if r["target"] is None or twin is None or not effective(r):
+            continue
+        hb, hc = np.asarray(r["hist_share"])[-1], np.asarray(twin["hist_share"])[-1]
+        t = r["target"]
+        ratios.append(float(np.log(max(hb[t], 1e-4) / max(hc[t], 1e-4))))
+        ranks.append(int((hb > hb[t]).sum()) + 1)
+    return {"log_ratio": ratios, "rank1": int(sum(k == 1 for k in ranks)), "n": len(ranks)}
+
+
+# ----------------------------------------------------------------------------- the study
+
+def _members(quick: bool) -> list[bs.Member]:
+    if not quick:
+        return bs.members()
+    dev = [m for m in bs.members("held-out") if m.recipe == "bdset-digits-mlp-relu"]
+    return dev[:4]
 
 
 def run_backdoor(out: Path, seeds: int = 3, quick: bool = False):
-    """Large-noise class histograms of backdoored vs paired clean models, and the scan's detection rate."""
-    from ..perturb.scan import backdoor_scan
-    from ..report.plots import new_figure, savefig, style_axes
-
+    """Paper's observable and the scan's held-out figures (full scan and each stage alone); see the module docstring."""
     out = Path(out)
-    archs = ["digits-mlp", "digits-cnn"] if quick else ["digits-mlp", "digits-cnn", "fashion-cnn"]
-    targets = [0] if quick else [0, 3, 7]
-    S = [0] if quick else list(range(min(2, max(1, seeds))))
-    skipped = [a for a in archs if not all(available(a, s) and available(f"{a}-backdoor", s, target=t) for s in S for t in targets)]
-    archs = [a for a in archs if a not in skipped]
-    N = 100 if quick else 200
-    Kb = 16
-    floor = 1.0 / (N * Kb)  # one pass: ratios against a clean share of 0 use this instead
-    heads, rows, scan_rows = Headlines(), [], []
-    share_rows = []
-    scans = {"bd": [], "clean": []}
-    for arch in archs:
-        per_site = {w: {"ratio": [], "rank1": [], "bd": [], "clean": [], "ctrl": [], "by_sigma": []} for w in BD_SITES}
-        for s in S:
-            clean_model, _ = load(arch, s)
-            xs = data(arch, s).x_test[:N]
-            clean_runs = {w: run_apex(arch, s, xs, BD_SIGMAS, samples=Kb, sites=_bd_site(clean_model, w)) for w in BD_SITES}
-            scans["clean"].append((arch, s, None, {m: backdoor_scan(clean_model, xs[:64], method=m, seed=0).data for m in SCANS}))
-            for t in targets:
-                bd_name = f"{arch}-backdoor"
-                bd_model, card = load(bd_name, s, target=t)
-                for w in BD_SITES:
-                    r = run_apex(bd_name, s, xs, BD_SIGMAS, samples=Kb, sites=_bd_site(bd_model, w), overrides={"target": t})
-                    hb = r["counts"][:, -1].sum(0) / r["counts"][:, -1].sum()
-                    hc = clean_runs[w]["counts"][:, -1].sum(0) / clean_runs[w]["counts"][:, -1].sum()
-                    rank = int((hb > hb[t]).sum()) + 1
-                    others = [c for c in range(10) if c != t]
-                    ctrl = float(np.mean([hb[c] / max(hc[c], floor) for c in others]))
-                    P = per_site[w]
-                    allb = r["counts"].sum(0) / r["counts"].sum((0, 2))[:, None]  # [S, C]
-                    allc = clean_runs[w]["counts"].sum(0) / clean_runs[w]["counts"].sum((0, 2))[:, None]
-                    P["by_sigma"].append([float(allb[i, t] / max(allc[i, t], floor)) for i in range(len(BD_SIGMAS))])
-                    P["ratio"].append(hb[t] / max(hc[t], floor))
-                    P["rank1"].append(float(rank == 1))
-                    P["bd"].append(hb[t])
-                    P["clean"].append(hc[t])
-                    P["ctrl"].append(ctrl)
-                    rows.append([arch, s, t, w, round(float(hb[t]), 3), round(float(hc[t]), 3), round(float(hb[t] / max(hc[t], floor)), 2),
-                                 rank, round(ctrl, 2), round(card["metrics"].get("attack_success", float("nan")), 3)])
-                    share_rows.append({"arch": arch, "seed": s, "target": t, "sites": w, "bd_hist": hb.tolist(), "clean_hist": hc.tolist()})
-                scans["bd"].append((arch, s, t, {m: backdoor_scan(bd_model, xs[:64], method=m, seed=0).data for m in SCANS}))
-        n = len(S) * len(targets)
-        for w in BD_SITES:
-            P = per_site[w]
-            heads.add(f"{arch} [{w} noise] target share, backdoored (sigma=64)", P["bd"], [f"s{s}t{t}" for s in S for t in targets])
-            heads.add(f"{arch} [{w} noise] same class share, clean (sigma=64)", P["clean"], [f"s{s}t{t}" for s in S for t in targets])
-            heads.add(f"{arch} [{w} noise] target share ratio backdoored/clean (geometric mean)", P["ratio"], [f"s{s}t{t}" for s in S for t in targets],
-                      ci=geo_ci(P["ratio"]))
-            heads.add(f"{arch} [{w} noise] non-target share ratio (control)", P["ctrl"], [f"s{s}t{t}" for s in S for t in targets])
-            for i, sg in enumerate(BD_SIGMAS[:-1]):
-                heads.add(f"{arch} [{w} noise] target share ratio at sigma={sg:g} (geometric mean)", [v[i] for v in P["by_sigma"]],
-                          [f"s{s}t{t}" for s in S for t in targets], ci=geo_ci([v[i] for v in P["by_sigma"]]))
-            k = int(sum(P["rank1"]))
-            lo, hi = _wilson(k, n)
-            heads.add(f"{arch} [{w} noise] share of models where the target is the top class", P["rank1"], [f"s{s}t{t}" for s in S for t in targets],
-                      ci=(k / n, lo, hi))
-    # drivers: a larger trigger and a higher poisoning rate (digits-mlp, target 3, seed 0; full mode only)
-    driver_rows = []
-    if not quick:
-        clean_model, _ = load("digits-mlp", 0)
-        xs = data("digits-mlp", 0).x_test[:N]
-        cr = run_apex("digits-mlp", 0, xs, BD_SIGMAS, samples=Kb, sites=_bd_site(clean_model, "first"))
-        hc = cr["counts"][:, -1].sum(0) / cr["counts"][:, -1].sum()
-        for ov in ({"target": 3}, {"target": 3, "trigger_size": 4}, {"target": 3, "rate": 0.25}, {"target": 3, "trigger_size": 4, "rate": 0.25}):
-            m, card = load("digits-mlp-backdoor", 0, **ov)
-            r = run_apex("digits-mlp-backdoor", 0, xs, BD_SIGMAS, samples=Kb, sites=_bd_site(m, "first"), overrides=ov)
-            hb = r["counts"][:, -1].sum(0) / r["counts"][:, -1].sum()
-            sc = {meth: backdoor_scan(m, xs[:64], method=meth, seed=0).data for meth in SCANS}
-            driver_rows.append([", ".join(f"{k}={v}" for k, v in ov.items()), round(float(hb[3]), 3), round(float(hb[3] / max(hc[3], floor)), 2),
-                                int((hb > hb[3]).sum()) + 1, round(card["metrics"].get("attack_success", float("nan")), 3),
-                                f"{sc['sink']['suspect']} ({sc['sink']['score']:.1f})", f"{sc['histogram']['suspect']} ({sc['histogram']['score']:.1f})"])
-    # scan evaluation, per method; 'dev' = the seed-0 digits models the sink statistic was chosen on
-    scan_summary = {}
-    for meth in SCANS:
-        for part, keep in (("all", lambda a, s: True), ("held-out", lambda a, s: not (s == 0 and a.startswith("digits")))):
-            bd = [(a, s, t, d[meth]) for a, s, t, d in scans["bd"] if keep(a, s)]
-            cl = [(a, s, t, d[meth]) for a, s, t, d in scans["clean"] if keep(a, s)]
-            if not bd:
-                continue
-            det = sum(1 for (_, _, t, d) in bd if d["suspect"] == t)
-            wrong = sum(1 for (_, _, t, d) in bd if d["suspect"] is not None and d["suspect"] != t)
-            fa = sum(1 for (_, _, _, d) in cl if d["suspect"] is not None)
-            nb, nc = len(bd), len(cl)
-            scan_summary[f"{meth}/{part}"] = {"detected": det, "backdoored": nb, "wrong_class": wrong, "false_alarms": fa, "clean": nc}
-            heads.add(f"scan[{meth}, {part} models] detection rate (target named)", [det / nb], ["pooled"], ci=(det / nb, *_wilson(det, nb)))
-            if nc:
-                heads.add(f"scan[{meth}, {part} models] false-alarm rate on clean models", [fa / nc], ["pooled"], ci=(fa / nc, *_wilson(fa, nc)))
-            heads.add(f"scan[{meth}, {part} models] wrong class named on backdoored models", [wrong / nb], ["pooled"],
-                      ci=(wrong / nb, *_wilson(wrong, nb)))
-    for kind in ("bd", "clean"):
-        for arch, s, t, dd in scans[kind]:
-            for meth in SCANS:
-                d = dd[meth]
-                scan_rows.append([arch + ("-backdoor" if kind == "bd" else ""), s, "-" if t is None else t, meth, d["top_class"],
-                                  round(d["score"], 2), "none" if d["suspect"] is None else d["suspect"]])
-    main = scan_summary.get("sink/all", {})
-    det, nb, fa, nc, wrong = (main.get(k, 0) for k in ("detected", "backdoored", "false_alarms", "clean", "wrong_class"))
-    # figure: mean target-share ratio per site config and arch
-    fig, ax = new_figure(size=(5.2, 3.2))
-    width = 0.8 / len(archs)
-    for i, arch in enumerate(archs):
-        vals = [np.mean([r[6] for r in rows if r[0] == arch and r[3] == w]) for w in BD_SITES]
-        ax.bar(np.arange(len(BD_SITES)) + i * width, vals, width=width, label=arch)
-    ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_xticks(np.arange(len(BD_SITES)) + width * (len(archs) - 1) / 2, [f"{w} noise" for w in BD_SITES])
-    style_axes(ax, title="target share at sigma=64, backdoored / clean", ylabel="ratio (log; clean share floored at 1/(N K))")
-    ax.legend(fontsize=7, frameon=False)
-    f1 = savefig(fig, out / "backdoor_ratio.png")
-    ex = next(r for r in share_rows if r["sites"] == "first")
-    fig, ax = new_figure(size=(5.2, 3.0))
-    ax.bar(np.arange(10) - 0.2, ex["clean_hist"], width=0.4, label="clean")
-    ax.bar(np.arange(10) + 0.2, ex["bd_hist"], width=0.4, label=f"backdoored (target {ex['target']})")
-    ax.set_xticks(range(10))
-    style_axes(ax, title=f"class histogram at sigma=64, first-layer noise, {ex['arch']} seed {ex['seed']}", xlabel="class", ylabel="share")
-    ax.legend(fontsize=7, frameon=False)
-    f2 = savefig(fig, out / "backdoor_histogram.png")
-    sec = Section("APEX: backdoor concentration at large noise and a reference-free scan (claim D)", order=35, paragraphs=[
-        f"BadNets-style corner-patch backdoors (zoo recipes *-backdoor), targets {targets}, seeds {S}, each paired with the clean model "
-        f"of the same seed. Class histograms on {N} clean test inputs, K = {Kb}, absolute sigma {BD_SIGMAS.tolist()}, common random numbers "
-        "across the pair. Noise sites: after all hidden nonlinearities, the first only, the last only, or at the input.",
-        "Scans (64 clean inputs, no clean reference, robust z threshold 3.5): 'sink' = the class that inputs escape to, under input noise "
-        "and under last-hidden-layer noise (the smaller of the two z-scores; chosen on the seed-0 digits models, so 'held-out' excludes "
-        "them); 'histogram' = the large-noise class histogram with first-layer noise at 4, 16, 64 x RMS (the pilot's suggestion). "
-        f"Sink scan over all models: target named in {det}/{nb} backdoored models, a wrong class in {wrong}/{nb}, "
-        f"false alarms on {fa}/{nc} clean models."] + ([f"Not run (models not trained; INNERPROBE_APEX_SKIP_UNCACHED=1): "
-                                                        f"{', '.join(skipped)}."] if skipped else []))
-    sec.table("Target-class share at sigma = 64", ["model", "seed", "target", "noise", "share (backdoored)", "share (clean)", "ratio",
-                                                  "rank in backdoored", "non-target ratio", "attack success"], rows)
-    sec.table("Backdoor scan on every model", ["model", "seed", "target", "method", "top class", "score", "named"], scan_rows)
-    if driver_rows:
-        sec.table("Drivers (digits-mlp-backdoor, target 3, seed 0; first-layer noise, sigma = 64; scans: named class (score))",
-                  ["recipe overrides", "target share", "ratio vs clean", "rank", "attack success", "sink scan", "histogram scan"], driver_rows)
-    sec.figure(f1, "target-class share ratio (backdoored / paired clean) by noise site")
-    sec.figure(f2, "example class histograms at sigma = 64")
-    return finish(out, "study:apex-backdoor", heads, sec, seeds=S, data={"scan": scan_summary},
-                  tables={"shares": share_rows, "drivers": [dict(zip(["overrides", "target_share", "ratio", "rank", "attack_success", "sink_scan",
-                                                                       "histogram_scan"], r)) for r in driver_rows], "scan": [dict(zip(["model", "seed", "target", "method", "top_class", "score", "named"], r)) for r in scan_rows]},
-                  config={"archs": archs, "skipped": skipped, "targets": targets, "N": N, "K": Kb, "sigmas": BD_SIGMAS.tolist()})
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    recs = [record(m) for m in _members(quick)]
+    dev = [r for r in recs if r["split"] == "dev"]
+    held = [r for r in recs if r["split"] == "held-out" and effective(r)]
+    failed = [r["key"] for r in recs if not effective(r)]
+    cal = calibrate(dev) if dev else V.load_calibration()
+    rows, table = [], []
+    for method in METHODS:
+        s = summary(held, cal[method], method)
+        rows += _rows(s, method, "held-out")
+        table.append(_table_row(method, s))
+    obs = observable(held)
+    if obs["n"] > 1:
+        gm = t_interval(obs["log_ratio"])
+        rows.append(row("target_share_log_ratio", gm, condition={"noise": "input", "sigma_rel": 64, "split": "held-out"}))
+    rows.append(row("target_top_class_rate", proportion(obs["rank1"], obs["n"]), condition={"noise": "input", "sigma_rel": 64}))
+    sec = _section(table, obs, held, failed, cal, quick, s_full=summary(held, cal["full"], "full"))
+    sec.save(out)
+    res = Result("study:apex-backdoor", rows=rows, data={"failed_attacks": failed, "n_held_out": len(held), "n_dev": len(dev),
+                                                         "seconds": time.perf_counter() - t0},
+                 tables={"held_out": summary(held, cal["full"], "full")["decisions"]},
+                 provenance=provenance(seed=0, model="backdoor eval set", config={"quick": quick, "n_inputs": N_INPUTS}))
+    res.save(out / "summary.json")
+    return res
+
+
+def _table_row(method: str, s: dict) -> list:
+    def ci(k, n):
+        c = proportion(k, n)
+        return f"{k}/{n} [{c.lo:.2f}, {c.hi:.2f}]" if n else "n/a"
+
+    return [method, ci(s["tp"], s["n_bd"]), ci(s["wrong"], s["n_bd"]), ci(s["fp"], s["n_clean"]),
+            "n/a" if s["auc"] is None else round(s["auc"], 3), round(s["ce"], 3), round(float(np.mean(s["seconds"])), 2)]
+
+
+def _section(table, obs, held, failed, cal, quick, s_full) -> Section:
+    best = max(table, key=lambda r: (int(r[1].split("/")[0]) - int(r[3].split("/")[0])) if "/" in r[1] and "/" in r[3] else -1e9)
+    per_family = _breakdown(s_full, "family")
+    paras = [
+        "Backdoor eval set (innerprobe.zoo.backdoor_set): eight small architectures (digits MLPs ReLU/GELU/tanh, digits CNNs "
+        "max-pool/avg-pool/tanh, a Fashion-MNIST MLP and CNN), four trigger families (corner patch, single pixel, blended random "
+        "pattern, label-consistent), seeded targets and 1-10% poisoning, each backdoored model with a clean twin of the same "
+        "architecture and seed. Calibration and thresholds were fitted on the dev seeds only"
+        + (" (quick mode: the shipped calibration, four models)" if quick else "") + f"; the table is on {len(held)} held-out models.",
+        f"The paper's observable (input noise, 64 x RMS): the target is the top large-noise class in {obs['rank1']}/{obs['n']} "
+        "held-out backdoored models; the APEX screen alone is the 'apex' row.",
+        f"Which stage does the work: '{best[0]}' has the best named-minus-false-alarm count among the methods below.",
+    ] + ([f"Excluded as failed attacks (attack success < {MIN_ATTACK_SUCCESS}): {', '.join(failed)}."] if failed else [])
+    sec = Section("Backdoor scan on held-out models (APEX claim D and beyond)", order=35, paragraphs=paras)
+    sec.table("Held-out detection (Clopper-Pearson 95% intervals)",
+              ["method", "right class named", "wrong class", "false alarms", "ROC-AUC", "cross-entropy", "seconds/model"], table)
+    sec.table("Full scan by trigger family (held-out)", ["family", "named", "wrong class", "backdoored"], per_family)
+    return sec
+
+
+def _breakdown(s: dict, key: str) -> list:
+    out = []
+    for v in sorted({d[key] for d in s["decisions"] if d["target"] is not None}):
+        ds = [d for d in s["decisions"] if d[key] == v and d["target"] is not None]
+        out.append([v, sum(d["suspect"] == d["target"] for d in ds),
+                    sum(d["suspect"] is not None and d["suspect"] != d["target"] for d in ds), len(ds)])
+    return out

@@ -8,7 +8,8 @@ label-consistent), seeded targets and poisoning rates (1-10%), and for every bac
 clean twin of the same architecture and seed (same initialisation, same batch order, no poison).
 
 Replicate 0 of each (architecture, family) cell is the **dev** split (every threshold and the
-probability calibration are fitted there); replicates 1 and 2 are **held-out** (reported only).
+probability calibration are fitted there); replicate 1 is **held-out** (reported only): 32 backdoored
+models and 32 clean twins in each split.
 
 >>> from innerprobe.zoo import backdoor_set as bs
 >>> members = bs.members("dev")            # list of Member(recipe, seed, overrides, ...)
@@ -28,7 +29,7 @@ from .training import accuracy, fit
 
 VERSION = 2  # 2: label-consistent poisoning blends in other-class images (was uniform noise, attacks failed)
 SPLITS = ("dev", "held-out")
-REPLICATES = {"dev": (0,), "held-out": (1, 2)}
+REPLICATES = {"dev": (0,), "held-out": (1,)}
 
 #: name -> (dataset, arch config, training config)
 ARCHS: dict[str, tuple[str, dict, dict]] = {

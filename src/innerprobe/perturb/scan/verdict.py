@@ -1,0 +1,101 @@
+"""The backdoor scan's verdict: per-class evidence -> a calibrated probability and a named class (docs/scan.md).
+
+Each stage gives every class a score relative to the model's other classes (a robust z: the null
+is fitted to the model's own classes, so no threshold depends on one architecture's scale). The
+verdict combines them per class with a logistic model,
+
+    s_c = b + sum_f w_f * clip(feature_f[c], -10, 10),
+
+fitted on the dev split of the backdoor eval set (class rows: is c the target of a backdoored
+model?), and turns the top class's score into a probability that the model is backdoored with a
+Platt fit on the dev models, ``P = sigmoid(a * max_c s_c + b')``. A class is named only when
+``P >= threshold`` **and** independent statistics agree: at least ``min_agree`` of the stages that
+ran rank it first. The coefficients live in ``calibration.json`` next to this file, written by
+``innerprobe.studies.apex_backdoor.calibrate`` from dev models only.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import ConfigError
+
+CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
+CLIP = 10.0
+
+#: the features each method reads (names of per-class arrays in the stage outputs)
+FEATURES = {
+    "full": ("mm_z", "nc_z", "natural", "hist_z", "sink_z"),
+    "apex": ("hist_z", "sink_z"),
+    "triggers": ("mm_z",),
+    "cleanse": ("nc_z", "natural"),
+}
+#: which stage each feature belongs to (agreement counts stages, not features)
+STAGE_OF = {"mm_z": "triggers", "nc_z": "cleanse", "natural": None, "hist_z": "screen", "sink_z": None}
+
+
+def design(features: dict, names) -> np.ndarray:
+    """[C, F] matrix of clipped per-class features."""
+    return np.stack([np.clip(np.asarray(features[n], float), -CLIP, CLIP) for n in names], 1)
+
+
+def load_calibration(path: Path | None = None) -> dict:
+    p = Path(path) if path is not None else CALIBRATION_FILE
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no scan calibration at {p}", hint="run innerprobe.studies.apex_backdoor.calibrate() (dev models only)") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"unreadable scan calibration {p}: {e}", hint="regenerate it with innerprobe.studies.apex_backdoor.calibrate()") from None
+
+
+def class_scores(features: dict, cal: dict) -> np.ndarray:
+    """Per-class logistic score s_c from the method's calibration entry."""
+    X = design(features, cal["features"])
+    return X @ np.asarray(cal["coef"], float) + float(cal["intercept"])
+
+
+def probability(scores: np.ndarray, cal: dict) -> float:
+    a, b = cal["platt"]
+    return float(1.0 / (1.0 + np.exp(-(a * float(np.max(scores)) + b))))
+
+
+def agreeing_stages(features: dict, names, cls: int) -> list[str]:
+    """Stages (of those whose feature is present) that rank ``cls`` first."""
+    out = []
+    for n in names:
+        st = STAGE_OF.get(n)
+        if st and n in features and int(np.argmax(features[n])) == cls:
+            out.append(st)
+    return out
+
+
+def decide(features: dict, cal: dict, *, threshold: float | None = None, min_agree: int | None = None) -> dict:
+    """``{"scores", "probability", "top", "suspect", "agree"}`` for one model's per-class features."""
+    s = class_scores(features, cal)
+    top = int(np.argmax(s))
+    p = probability(s, cal)
+    thr = float(cal.get("threshold", 0.5) if threshold is None else threshold)
+    need = int(cal.get("min_agree", 1) if min_agree is None else min_agree)
+    agree = agreeing_stages(features, cal["features"], top)
+    named = p >= thr and len(agree) >= need
+    return {"scores": s, "probability": p, "top": top, "suspect": top if named else None, "agree": agree,
+            "threshold": thr, "min_agree": need}
+
+
+def fit(rows: list[dict], names, *, l2: float = 1.0) -> dict:
+    """Fit the class-level logistic model and the Platt map on dev ``rows`` (each: per-class features + ``target``)."""
+    from sklearn.linear_model import LogisticRegression
+
+    X = np.concatenate([design(r, names) for r in rows])
+    y = np.concatenate([np.arange(len(r[names[0]])) == (-1 if r["target"] is None else r["target"]) for r in rows]).astype(int)
+    clf = LogisticRegression(C=l2, class_weight="balanced", max_iter=2000).fit(X, y)
+    coef, icpt = clf.coef_[0].tolist(), float(clf.intercept_[0])
+    cal = {"features": list(names), "coef": coef, "intercept": icpt, "platt": [1.0, 0.0]}
+    top = np.array([np.max(class_scores(r, cal)) for r in rows])[:, None]
+    lab = np.array([r["target"] is not None for r in rows]).astype(int)
+    pl = LogisticRegression(C=l2).fit(top, lab)
+    cal["platt"] = [float(pl.coef_[0][0]), float(pl.intercept_[0])]
+    return cal
