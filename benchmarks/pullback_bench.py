@@ -1,6 +1,6 @@
 """Pullback cost vs a plain gradient, zennit's BetaSmooth composite and captum's GuidedBackprop.
 
-    .venv/bin/python benchmarks/pullback_bench.py [--reps 15] [--batch 256]
+    .venv/bin/python benchmarks/pullback_bench.py [--reps 15] [--batch 256] [--json PATH] [--only resnet_stem]
 
 Same model, same batch, same target logit; methods are timed interleaved (round-robin) and the
 median of ``--reps`` repetitions is reported, one thread. Rows:
@@ -13,15 +13,23 @@ median of ``--reps`` repetitions is reported, one thread. Rows:
   so compare it with the hard max-pool row).
 * ``captum GuidedBackprop``.
 
+Models: ``digits_cnn`` (the zoo's digits-cnn), ``deep_cnn`` (8 conv-BN-ReLU, MaxPool2d(2)) and
+``resnet_stem`` (Conv 7x7 s2 + BN + ReLU + MaxPool2d(3, 2, 1) + two basic blocks, each with one
+in-place ReLU module called twice, on 3x64x64): the overlapping, padded soft max-pool.
+``--json PATH`` writes ``{model: {"pullback_vs_grad": R, "relu_only_vs_grad": R2,
+"pullback_detached_pool_vs_grad": R3, "api_vs_grad": R4, "grad_ms": ms}}``.
+
 Target: pullback <= 1.3x autograd.grad. Ratios are printed whichever way they point.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
 import types
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -43,6 +51,34 @@ def deep_cnn(blocks: int = 8, width: int = 32, classes: int = 10) -> nn.Module:
     with torch.no_grad():  # non-trivial BN statistics
         model.train()
         model(torch.rand(64, 3, 32, 32))
+    return model.eval()
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block; one in-place ReLU module called twice (as torchvision's)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += x
+        return self.relu(out)
+
+
+def resnet_stem(width: int = 16, classes: int = 10) -> nn.Module:
+    """Conv 7x7 s2 + BN + ReLU + MaxPool2d(3, 2, 1) + 2 basic blocks + global average pool + linear."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                          nn.MaxPool2d(3, 2, 1), BasicBlock(width), BasicBlock(width), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(width, classes))
+    with torch.no_grad():
+        model.train()
+        model(torch.rand(32, 3, 64, 64))
     return model.eval()
 
 
@@ -95,13 +131,17 @@ def bench(name: str, model: nn.Module, x: torch.Tensor, reps: int) -> list[dict]
         return ep.attribute(x, target)
 
     hard_pool = pullback_rules(0.3, pool="hard")
+    detached = pullback_rules(0.3, pool_detach=True)
 
-    def mech_hard():
-        xi = x.detach().clone().requires_grad_(True)
-        with apply_rules(model, hard_pool):
-            return torch.autograd.grad(model(xi)[:, target].sum(), xi)[0]
+    def with_rules(r):
+        def f():
+            xi = x.detach().clone().requires_grad_(True)
+            with apply_rules(model, r):
+                return torch.autograd.grad(model(xi)[:, target].sum(), xi)[0]
+        return f
 
-    fns = {"autograd.grad": plain, "pullback (rules)": mech, "ExcitationPullback": api, "pullback, hard max-pool": mech_hard}
+    fns = {"autograd.grad": plain, "pullback (rules)": mech, "ExcitationPullback": api,
+           "pullback, hard max-pool": with_rules(hard_pool), "pullback, detached pool": with_rules(detached)}
     zennit = import_zennit()
     if zennit is not None:
         comp = zennit.composites.BetaSmooth(beta_smooth=1 / 0.3)
@@ -143,33 +183,58 @@ def bench(name: str, model: nn.Module, x: torch.Tensor, reps: int) -> list[dict]
     return rows
 
 
+def summary(rows: list[dict]) -> dict:
+    """{model key: ratios} for --json (ratios of medians, measured in the same interleaved run)."""
+    out = {}
+    for key in dict.fromkeys(r["key"] for r in rows):
+        by = {r["method"]: r for r in rows if r["key"] == key}
+        out[key] = {"pullback_vs_grad": by["pullback (rules)"]["ratio_vs_grad"],
+                    "relu_only_vs_grad": by["pullback, hard max-pool"]["ratio_vs_grad"],
+                    "pullback_detached_pool_vs_grad": by["pullback, detached pool"]["ratio_vs_grad"],
+                    "api_vs_grad": by["ExcitationPullback"]["ratio_vs_grad"],
+                    "grad_ms": by["autograd.grad"]["median_ms"], "model": by["autograd.grad"]["model"]}
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--batch", type=int, default=256, help="digits batch size (the deep CNN uses batch/4 images of 3x32x32)")
+    ap.add_argument("--batch", type=int, default=256, help="digits batch size (the CNNs use batch/4 (deep) and batch/8 (stem) images)")
+    ap.add_argument("--json", type=Path, default=None, help="write the ratios per model to this JSON file")
+    ap.add_argument("--only", choices=("digits_cnn", "deep_cnn", "resnet_stem"), default=None)
     args = ap.parse_args(argv)
-    from innerprobe import zoo
+    rows = []
+    if args.only in (None, "digits_cnn"):
+        from innerprobe import zoo
 
-    digits_model, _ = zoo.load("digits-cnn", seed=0)
-    x = zoo.recipe_data("digits-cnn").x_test[: args.batch].float()
-    rows = bench(f"digits-cnn (batch {len(x)})", digits_model, x, args.reps)
+        digits_model, _ = zoo.load("digits-cnn", seed=0)
+        x = zoo.recipe_data("digits-cnn").x_test[: args.batch].float()
+        rows += [{**r, "key": "digits_cnn"} for r in bench(f"digits-cnn (batch {len(x)})", digits_model, x, args.reps)]
     torch.manual_seed(1)
-    xd = torch.rand(max(1, args.batch // 4), 3, 32, 32)
-    rows += bench(f"deep synthetic CNN, 8 conv-BN-ReLU (batch {len(xd)})", deep_cnn(), xd, args.reps)
+    if args.only in (None, "deep_cnn"):
+        xd = torch.rand(max(1, args.batch // 4), 3, 32, 32)
+        rows += [{**r, "key": "deep_cnn"} for r in bench(f"deep synthetic CNN, 8 conv-BN-ReLU (batch {len(xd)})", deep_cnn(), xd, args.reps)]
+    if args.only in (None, "resnet_stem"):
+        xs = torch.rand(max(1, args.batch // 8), 3, 64, 64)
+        rows += [{**r, "key": "resnet_stem"} for r in bench(f"ResNet stem 3x64x64, MaxPool2d(3,2,1) (batch {len(xs)})", resnet_stem(), xs, args.reps)]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, reps {args.reps} (median, interleaved)")
-    print(f"{'model':<48} {'method':<24} {'median ms':>10} {'x autograd.grad':>16}")
+    print(f"{'model':<56} {'method':<24} {'median ms':>10} {'x autograd.grad':>16}")
     for r in rows:
-        print(f"{r['model']:<48} {r['method']:<24} {r['median_ms']:>10.2f} {r['ratio_vs_grad']:>16.2f}")
+        print(f"{r['model']:<56} {r['method']:<24} {r['median_ms']:>10.2f} {r['ratio_vs_grad']:>16.2f}")
     for m in dict.fromkeys(r["model"] for r in rows):
         by = {r["method"]: r for r in rows if r["model"] == m}
         line = f"{m}: pullback/grad = {by['pullback (rules)']['ratio_vs_grad']:.2f}x (mechanism), {by['ExcitationPullback']['ratio_vs_grad']:.2f}x (API); target <= 1.3x"
-        line += f"; ReLU gates only {by['pullback, hard max-pool']['ratio_vs_grad']:.2f}x"
+        line += f"; ReLU gates only {by['pullback, hard max-pool']['ratio_vs_grad']:.2f}x; detached pool {by['pullback, detached pool']['ratio_vs_grad']:.2f}x"
         if "zennit BetaSmooth" in by:
             line += f"; pullback/zennit = {by['ExcitationPullback']['median_ms'] / by['zennit BetaSmooth']['median_ms']:.2f}x"
             line += f" (ReLU-gates-only pullback/zennit = {by['pullback, hard max-pool']['median_ms'] / by['zennit BetaSmooth']['median_ms']:.2f}x)"
         if "captum GuidedBackprop" in by:
             line += f"; pullback/captum GB = {by['ExcitationPullback']['median_ms'] / by['captum GuidedBackprop']['median_ms']:.2f}x"
         print(line)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary(rows), indent=2))
+        print(f"wrote {args.json}")
     return rows
 
 

@@ -45,7 +45,7 @@ from .apply import (
     warn_if_ungated,
 )
 from .layers import LayerTap, default_layer, resolve_layer
-from .targets import LogitDiff, Target, TokenTarget, resolve_target
+from .targets import LogitDiff, Target, TokenTarget, resolve_target, slice_target
 
 REDUCE = (None, "sum", "dot", "norm")
 
@@ -174,7 +174,9 @@ class Attribution:
     def _rules_for(self, x: torch.Tensor) -> Rules | None:
         return self.rules
 
-    def _grad(self, x, t: Target, args=(), transform=None):
+    single_pass = False  # one forward on the inputs themselves: the target can be read from that pass's logits
+
+    def _grad(self, x, t, args=(), transform=None):
         return target_gradient(self.model, x, t, self._rules_for(x), self.coverage, tap=self._tap, transform=transform,
                                forward_args=args)[0]
 
@@ -219,20 +221,37 @@ class Attribution:
         size = _check_chunk(internal_batch_size, "internal_batch_size") or self.chunk_size or x.shape[0]
         self.coverage = Coverage() if self.rules is not None else None
         with _grad_env(self.model, warn=True):
-            logits, values = self._clean(x, args, size)
-            t = resolve_target(target, logits)  # the predicted class is fixed once for every sample / step
-            self.layer_values = values
-            outs = []
-            for lo in range(0, x.shape[0], size):
-                sl = slice(lo, lo + size)
-                outs.append(self._one(x[sl], t.take(sl), _take_args(args, sl, x.shape[0]),
-                                      None if values is None else values[sl]))
+            outs = self._single(x, target, args, size) if self.single_pass else self._multi(x, target, args, size)
+        values = self.layer_values
         warn_if_ungated(self.coverage, self.rules)
         out = torch.cat(outs).detach()
         if self._tap is not None:
             m = self._tap.mask(out)
             out = out if m is None else out * m
         return reduce_map(out, values if values is not None else x, reduce)
+
+    def _multi(self, x, target, args, size) -> list[torch.Tensor]:
+        """Methods that run the model on other points (paths, noise): the target is fixed once on a clean pass."""
+        logits, values = self._clean(x, args, size)
+        t = resolve_target(target, logits)  # the predicted class is fixed once for every sample / step
+        self.layer_values = values
+        outs = []
+        for lo in range(0, x.shape[0], size):
+            sl = slice(lo, lo + size)
+            outs.append(self._one(x[sl], t.take(sl), _take_args(args, sl, x.shape[0]), None if values is None else values[sl]))
+        return outs
+
+    def _single(self, x, target, args, size) -> list[torch.Tensor]:
+        """Gradient-type methods: the attributed forward is bit-identical to the clean one (the rules change
+        only the backward), so the target is resolved from its own logits and no extra forward runs."""
+        outs, values, n = [], [], x.shape[0]
+        for lo in range(0, n, size):
+            sl = slice(lo, lo + size)
+            outs.append(self._one(x[sl], slice_target(target, sl, n), _take_args(args, sl, n), None))
+            if self._tap is not None:
+                values.append(self._tap.value)
+        self.layer_values = torch.cat(values) if values else None
+        return outs
 
     def _pop_kwargs(self, kwargs: dict) -> None:
         """Method-specific captum keywords are read here (subclasses)."""
@@ -268,6 +287,7 @@ class Gradient(Attribution):
     """The plain gradient of the target logit (signed; captum's ``Saliency(abs=False)``; ``abs=True`` gives |grad|)."""
 
     name = "gradient"
+    single_pass = True
 
     def _pop_kwargs(self, kwargs):
         self._abs = bool(kwargs.pop("abs", False))
@@ -281,9 +301,11 @@ class InputXGradient(Attribution):
     """x * gradient (Shrikumar et al. 2016); at a layer, value * gradient (captum's LayerGradientXActivation)."""
 
     name = "input_x_gradient"
+    single_pass = True
 
     def _one(self, x, t, args, values):
-        return (x if values is None else values) * self._grad(x, t, args)
+        g = self._grad(x, t, args)
+        return (x if self._tap is None else self._tap.value) * g
 
 
 class GuidedBackprop(Gradient):

@@ -152,7 +152,7 @@ def module_kind(module: nn.Module) -> str | None:
     name = type(module).__name__
     if "Attention" in name:
         return "attention"
-    leaf = next(iter(module.children()), None) is None
+    leaf = all(type(c).__name__ == "HookPoint" for c in module.children())  # TransformerLens hook points are identities
     if leaf and _NORM.search(name) and "Batch" not in name and "Group" not in name:
         return "norm"
     if leaf and _ACT_GELU.search(name):

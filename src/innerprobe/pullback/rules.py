@@ -92,6 +92,7 @@ class _SoftMaxPoolFn(torch.autograd.Function):
         out = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode=ceil_mode)
         ctx.save_for_backward(x, out)
         ctx.cfg = (kernel, stride, padding, dilation, T, detach_weights, pad)
+        ctx.ceil_mode = ceil_mode
         return out
 
     @staticmethod
@@ -102,8 +103,58 @@ class _SoftMaxPoolFn(torch.autograd.Function):
                 and out.shape[-2] * kernel[0] <= x.shape[-2] and out.shape[-1] * kernel[1] <= x.shape[-1]):
             gx = _tiled_backward(x, out, grad, kernel, T, detach)
         else:
-            gx = _offset_backward(x, out, grad, kernel, stride, padding, dilation, T, detach, pad)
+            gx = None
+            if detach and tuple(dilation) == (1, 1):  # measured faster for detached weights; the full variant is faster per offset
+                gx = _shifted_backward(x, out, grad, kernel, stride, padding, ctx.ceil_mode, T, detach, pad)
+            if gx is None:  # dilated windows, or values so spread that a per-channel shift would underflow
+                gx = _offset_backward(x, out, grad, kernel, stride, padding, dilation, T, detach, pad)
         return gx, None, None, None, None, None, None, None, None
+
+
+def _sumpool(t, kernel, stride, padding, ceil):
+    return F.avg_pool2d(t, kernel, stride, padding, ceil_mode=ceil, count_include_pad=True, divisor_override=1)
+
+
+def _sumpool_adjoint(g, like, kernel, stride, padding, ceil):
+    """Adjoint of :func:`_sumpool`: every window's value added to each of its input elements."""
+    return torch.ops.aten.avg_pool2d_backward(g, like, list(kernel), list(stride), list(padding), ceil, True, 1)
+
+
+def _shifted_backward(x, out, grad, kernel, stride, padding, ceil, T, detach, pad):
+    """Fast path (no dilation): one exp per input element, shifted by the channel's max instead of each
+    window's (the softmax is shift-invariant), so window sums and their adjoints are C sum-pools::
+
+        w_iw = e_i / s_w,  e = exp((x - M) / T),  s = sumpool(e)  (+ the zero padding's share)
+        detached:  gx = e * adj(g / s)
+        full:      gx = e * ((1 + x / T) * adj(g / s) - adj(g p / s) / T),  p = sumpool(x e) / s
+
+    Returns None when a window sum would underflow (then the exact per-window path runs).
+    """
+    padded = tuple(padding) != (0, 0)
+    M = x.amax(dim=(-2, -1), keepdim=True)
+    zero_pad = pad == 0.0 and padded
+    if zero_pad:
+        M = M.clamp(min=0)
+    e = (x - M).mul_(1.0 / T).exp_()
+    s = _sumpool(e, kernel, stride, padding, ceil)
+    if s.shape[-2:] != out.shape[-2:]:
+        return None
+    if zero_pad:  # the authors' zero-padded windows: each padded cell adds exp((0 - M) / T)
+        ones = torch.ones((1, 1, *x.shape[-2:]), dtype=x.dtype, device=x.device)
+        real = _sumpool(ones, kernel, stride, padding, ceil)
+        inside = _sumpool(F.pad(ones, (padding[1], padding[1], padding[0], padding[0]), value=1.0), kernel, stride, (0, 0), ceil)
+        if inside.shape != real.shape:
+            return None
+        s = s + (inside - real) * (-M).mul(1.0 / T).exp()
+    if not bool((s > torch.finfo(x.dtype).tiny * 2.0 ** 24).all()):
+        return None
+    a = grad / s
+    if detach:
+        return e.mul_(_sumpool_adjoint(a, e, kernel, stride, padding, ceil))
+    p = _sumpool(x * e, kernel, stride, padding, ceil) / s
+    A = _sumpool_adjoint(a, e, kernel, stride, padding, ceil)
+    B = _sumpool_adjoint(a * p, e, kernel, stride, padding, ceil)
+    return e * ((1 + x * (1.0 / T)) * A - B * (1.0 / T))
 
 
 def _window_views(xp, kernel, stride, dilation, ho, wo):
@@ -122,25 +173,29 @@ def _offset_backward(x, out, grad, kernel, stride, padding, dilation, T, detach,
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, stride, dilation, padding
     hp = max(h + 2 * ph, sh * (ho - 1) + dh * (kh - 1) + 1)  # ceil_mode windows may run past the padding
     wp = max(w + 2 * pw, sw * (wo - 1) + dw * (kw - 1) + 1)
-    xp = x.new_full((n, c, hp, wp), -math.inf)
+    # outside the input: a finite stand-in for -inf, low enough that exp((v - max) / T) is exactly 0
+    low = float(x.min()) - 1000.0 * T
+    xp = x.new_full((n, c, hp, wp), low)
     if pad != -math.inf:
         xp[..., :h + 2 * ph, :w + 2 * pw] = pad
     xp[..., ph:ph + h, pw:pw + w] = x
     # the window max: the hard output, or the padding value where it is larger (zero padding)
     m = out if pad == -math.inf else F.max_pool2d(xp, kernel, stride, 0, dilation)
+    m = m[..., :ho, :wo]
     views = list(_window_views(xp, kernel, stride, dilation, ho, wo))
-    es = [(v - m).mul_(1.0 / T).exp_() for _, v in views]
+    neg_m = m * (-1.0 / T)
+    es = [torch.add(neg_m, v, alpha=1.0 / T).exp_() for _, v in views]  # exp((v - m) / T), one pass + exp
     s = es[0].clone()
     for e in es[1:]:
         s += e
     g = grad / s
     if not detach:  # d/dx_i of sum_j w_j x_j: w_i (1 + (x_i - p) / T), p the soft pool value
-        p = sum(e * torch.nan_to_num(v, neginf=0.0) for e, (_, v) in zip(es, views)) / s
+        p = sum(e * v for e, (_, v) in zip(es, views)) / s  # e is 0 outside the input
     gxp = torch.zeros_like(xp)
     for e, ((y0, x0), v) in zip(es, views):
         gk = e.mul_(g)
         if not detach:
-            gk = gk * (1 + (torch.nan_to_num(v, neginf=0.0) - p) * (1.0 / T))
+            gk = gk * (1 + (v - p) * (1.0 / T))
         gxp[..., y0:y0 + sh * (ho - 1) + 1:sh, x0:x0 + sw * (wo - 1) + 1:sw] += gk
     return gxp[..., ph:ph + h, pw:pw + w]
 

@@ -144,4 +144,35 @@ def resolve_target(target, logits: torch.Tensor) -> Target:
     return t
 
 
-__all__ = ["LogitDiff", "Target", "TokenTarget", "resolve_target"]
+def _rows(value, sl: slice, n: int, what: str):
+    if value is None or isinstance(value, (int, tuple)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+        return value
+    if isinstance(value, torch.Tensor):
+        flat = value.reshape(-1)
+        if flat.numel() != n:
+            raise ConfigError(f"{what} has {flat.numel()} entries for {n} inputs", hint="pass one value, or one per input")
+        return flat[sl]
+    if isinstance(value, (list, range)):
+        if len(value) == 1:
+            return value
+        if len(value) != n:
+            raise ConfigError(f"{what} has {len(value)} entries for {n} inputs", hint="pass one value, or one per input")
+        return list(value)[sl]
+    return value
+
+
+def slice_target(target, sl: slice, n: int):
+    """The rows ``sl`` of a target as given by the user (before it is resolved against logits)."""
+    if isinstance(target, Target):
+        return target.take(sl)
+    if isinstance(target, TokenTarget):
+        return TokenTarget(_rows(target.token, sl, n, "target token"), _rows(target.position, sl, n, "target position"))
+    if isinstance(target, LogitDiff):
+        return LogitDiff(_rows(target.a, sl, n, "LogitDiff.a"), _rows(target.b, sl, n, "LogitDiff.b"),
+                         _rows(target.position, sl, n, "LogitDiff.position"))
+    if callable(target):
+        return target
+    return _rows(target, sl, n, "target")
+
+
+__all__ = ["LogitDiff", "Target", "TokenTarget", "resolve_target", "slice_target"]
