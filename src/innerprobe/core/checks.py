@@ -106,7 +106,7 @@ def call_model(model: nn.Module, *args, **kwargs) -> Any:
         return model(*args, **kwargs)
     except InnerprobeError:
         raise
-    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+    except (RuntimeError, TypeError, ValueError, IndexError, AttributeError) as e:
         if isinstance(e, torch.OutOfMemoryError) or getattr(e, "_innerprobe_from_hook", False):
             raise  # out of memory, or raised by a hook's own function (HookSession.edit): not a bad input
         shapes = ", ".join(describe_tensor(a) for a in args if isinstance(a, torch.Tensor)) or "no tensor inputs"

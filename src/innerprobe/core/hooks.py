@@ -276,9 +276,13 @@ def count_hooks(model: nn.Module) -> int:
     return total
 
 
-def run_with_cache(model: nn.Module, sites, *args, **kwargs) -> tuple[Any, dict[str, torch.Tensor]]:
-    """Run ``model(*args)`` and return (output, {site string: last value}) for the given sites."""
-    with HookSession(model) as hs:
+def run_with_cache(model: nn.Module, sites, *args, eval: bool | None = True, **kwargs) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Run ``model(*args)`` and return (output, {site string: last value}) for the given sites.
+
+    Runs in eval mode by default, so a train-mode model's BatchNorm statistics are left as they
+    were; ``eval=None`` keeps the model's own modes (and then its train-mode forward updates them).
+    """
+    with HookSession(model, eval=eval) as hs:
         caps = hs.capture(sites)
         out = hs.run(*args, **kwargs)
     return out, {str(c.site): c.value for c in caps}

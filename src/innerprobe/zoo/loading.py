@@ -43,7 +43,10 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> nn.M
         return _from_file(m["file"], m["factory"], weights)
     if spec.endswith(".py"):
         raise ModelError(f"{spec!r} names a Python file but no factory", hint=f"write {spec}:make_model, where make_model() returns an nn.Module")
-    path = Path(spec).expanduser()
+    try:
+        path = Path(spec).expanduser()
+    except (RuntimeError, ValueError):  # "~user" for a user that does not exist, NUL bytes
+        path = Path(spec)
     if _is(path.is_dir):
         if weights is not None:
             raise ModelError("--weights is for file.py:factory models; a Hugging Face folder carries its own weights")
@@ -53,16 +56,16 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> nn.M
 
     name, at, seed_text = spec.partition("@")
     if at and name in RECIPES and not m:
-        raise ConfigError(f"bad seed {seed_text!r} in model spec {spec!r}: a seed is a non-negative integer",
+        raise ConfigError(f"bad seed {_shown(seed_text)} in model spec {_shown(spec)}: a seed is a non-negative integer",
                           hint=f"e.g. {name}@0 or {name}@2")
     if m and m["name"] in RECIPES:
         if weights is not None:
             raise ModelError("--weights is for file.py:factory models; zoo models come from the zoo cache")
         from . import load
 
-        model, _ = load(m["name"], seed=check_seed(m["seed"] or "0", f"seed in model spec {spec!r}"))
+        model, _ = load(m["name"], seed=check_seed(m["seed"] or "0", f"seed in model spec {_shown(spec)}"))
         return model
-    shown = repr(spec) if len(spec) <= 80 else repr(spec[:60] + "...")
+    shown = _shown(spec)
     if _is(path.exists):
         raise ModelError(f"{shown} is a file, not a model spec", hint=_HINT)
     near = did_you_mean(name, RECIPES)
@@ -72,11 +75,16 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> nn.M
 SPEC_MAX = 1024  # longer than any path the file systems innerprobe runs on accept
 
 
+def _shown(text: str) -> str:
+    """``repr(text)``, cut to about 60 characters so that an error message stays one readable line."""
+    return repr(text) if len(text) <= 80 else repr(text[:60] + "...")
+
+
 def _is(test) -> bool:
     """``path.is_dir()`` / ``path.exists()`` that answers False for names the OS refuses (too long, bad bytes)."""
     try:
         return test()
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):
         return False
 
 
