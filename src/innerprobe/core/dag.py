@@ -66,6 +66,7 @@ class Group:
     nodes: tuple[str, ...]
     fn: Callable
     subsets: bool = False  # fn(slots, nodes=[...]) computes just those members
+    total: Callable | None = None  # total(slots): the sum of every member's output (patch.fast, issue 12)
 
 
 Path = tuple  # tuple[Edge, ...] from an input node to "out"

@@ -129,6 +129,13 @@ class _Tables:
                 self.slots[(n, s)] = v
         return v
 
+    def group_sum(self, grp) -> torch.Tensor:
+        """Sum of the clean outputs of a group's members (cached)."""
+        v = self.slots.get(grp.name)
+        if v is None:
+            v = self.slots[grp.name] = torch.stack([self.runs.clean[n] for n in grp.nodes]).sum(0)
+        return v
+
     def table(self, src: str):
         if not self._built:
             self._build()
@@ -260,7 +267,9 @@ class _Chunk:
 
     def _group(self, gi: int, grp) -> None:
         need = {n: b for n in grp.nodes if (b := self._node_bits(n))}
-        if need:
+        if self._summed(gi, grp, need):
+            self._compute_total(grp)
+        elif need:
             if grp.subsets:
                 by_rows: dict = {}
                 for n, b in need.items():
@@ -275,10 +284,24 @@ class _Chunk:
                 self._compute(grp, nodes, b, need)
         self._after_group(gi, grp, need)
 
+    def _summed(self, gi: int, grp, need: dict) -> bool:
+        """Whether only the sum of the group's outputs is needed: every member changed on every row,
+        read by every later slot (so only R carries it) and the source of no patched edge."""
+        info = self.info
+        return (getattr(grp, "total", None) is not None and gi < len(self.g.groups) - 1 and len(need) == len(grp.nodes)
+                and all(b == self.full and info.full_reader[n] and n not in self.edge_srcs for n, b in need.items()))
+
+    def _compute_total(self, grp) -> None:
+        clean = self.tabs.group_sum(grp)
+        out = grp.total(self._slots(grp.nodes, None, self.K)).reshape(self.K, *clean.shape)
+        key = _shape_key(clean)
+        self.R[key] = out - clean if key not in self.R else self.R[key] + (out - clean)
+        self.active.setdefault(key, set()).update(grp.nodes)
+        for n in grp.nodes:
+            self.bits[n] = self.full
+
     # -------------------------------------------------------------- one call of a group function
-    def _compute(self, grp, nodes: list, b: int, need: dict) -> None:
-        rows = None if b == self.full else torch.tensor(_row_list(b), device=self.m.device)
-        k = self.K if rows is None else int(rows.numel())
+    def _slots(self, nodes, rows, k: int) -> dict:
         shared: dict = {}
         slots = {}
         for n in nodes:
@@ -292,7 +315,16 @@ class _Chunk:
                 slots[(n, s)] = v
                 if plain:
                     shared[key] = v
+        return slots
+
+    def _compute(self, grp, nodes: list, b: int, need: dict) -> None:
+        rows = None if b == self.full else torch.tensor(_row_list(b), device=self.m.device)
+        k = self.K if rows is None else int(rows.numel())
+        slots = self._slots(nodes, rows, k)
         outs = self.g.run_group(grp, slots, nodes)
+        self._store(nodes, outs, rows, k, b, need)
+
+    def _store(self, nodes, outs, rows, k: int, b: int, need: dict) -> None:
         for n, o in zip(nodes, outs):
             if n not in need:
                 continue
@@ -363,7 +395,7 @@ class _Chunk:
         if gi == last:
             return
         for n in need:
-            if self.info.last_reader[n] <= gi:
+            if self.info.last_reader[n] <= gi or n not in self.d:  # not in d: summed straight into R
                 continue
             d = self.d[n]
             key = _shape_key(d[0])

@@ -32,22 +32,37 @@ from .base import head_site
 
 
 def heads_group(name: str, layer: int, H: int, mix: Callable, head_out: Callable, *, subsets: bool = False,
-                extra: Sequence[str] = ()) -> Group:
-    """Group fn for one attention layer: per-head slot values ``[B, T, d]`` -> per-head writes."""
+                extra: Sequence[str] = (), head_sum: Callable | None = None) -> Group:
+    """Group fn for one attention layer: per-head slot values ``[B, T, d]`` -> per-head writes.
+
+    When every q/k/v slot holds the *same tensor* (a residual stream nobody patched at this
+    layer), ``mix`` gets one stride-0 view ``[B, T, h, d]`` of it for q, k and v (no copies), so a
+    family may normalise once (TransformerLens does). ``Group.total`` returns the sum of the
+    heads' writes (``head_sum(z)`` if given, else the per-head writes summed), which is all the
+    fast evaluator (patch.fast) needs downstream of a patched edge."""
     nodes = tuple(f"a{layer}.{h}" for h in range(H))
+
+    def z_of(slots, sub, heads):
+        first = slots[(sub[0], "q")]
+        if all(slots[(n, s)] is first for n in sub for s in "qkv"):
+            q = k = v = first.unsqueeze(2).expand(*first.shape[:2], len(sub), first.shape[-1])
+        else:
+            q, k, v = (torch.stack([slots[(n, s)] for n in sub], 2) for s in "qkv")
+        more = {s: slots[(sub[0], s)] for s in extra}  # extra slots (shortformer pos) are equal for every head
+        return mix(q, k, v, **more) if heads is None else mix(q, k, v, heads=heads, **more)
 
     def fn(slots, members=None):
         sub = list(nodes) if members is None else list(members)
-        q, k, v = (torch.stack([slots[(n, s)] for n in sub], 2) for s in "qkv")
-        more = {s: slots[(sub[0], s)] for s in extra}  # extra slots (shortformer pos) are equal for every head
-        if members is None:
-            out = head_out(mix(q, k, v, **more))
-        else:
-            heads = [nodes.index(n) for n in sub]
-            out = head_out(mix(q, k, v, heads=heads, **more), heads=heads)
+        heads = None if members is None else [nodes.index(n) for n in sub]
+        z = z_of(slots, sub, heads)
+        out = head_out(z) if heads is None else head_out(z, heads=heads)
         return [out[:, :, i] for i in range(len(sub))]
 
-    return Group(name, "component", nodes, fn, subsets)
+    def total(slots):
+        z = z_of(slots, list(nodes), None)
+        return head_sum(z) if head_sum is not None else head_out(z).sum(2)
+
+    return Group(name, "component", nodes, fn, subsets, total)
 
 
 def normed(norm: Callable, fn: Callable) -> Callable:
@@ -64,7 +79,7 @@ def residual_graph(name: str, *, n_layers: int, H: int, inputs: Sequence[tuple[s
                    mix: Sequence[Callable], head_out: Sequence[Callable], mlp_fn: Sequence[Callable | None],
                    out_fn: Callable, b_O: Sequence, model, n_kv: int | None = None, parallel: bool = False,
                    qk_inputs: Sequence[str] = (), pos_slot: str | None = None, subsets: bool = False,
-                   notes: Sequence[str] = ()) -> Graph:
+                   notes: Sequence[str] = (), head_sum: Sequence[Callable] | None = None) -> Graph:
     """Build the residual graph. ``inputs`` = [(node, site)] computed by ``input_fn(x)`` (a list);
     ``qk_inputs`` feed only q/k slots (zoo shortformer); ``pos_slot`` names an input node that
     feeds an extra ``pos`` slot of every head (TransformerLens shortformer); ``b_O[l]`` is layer
@@ -90,7 +105,8 @@ def residual_graph(name: str, *, n_layers: int, H: int, inputs: Sequence[tuple[s
                     const[(n, s)] = bias
             if pos_slot:
                 edges.append(Edge(pos_slot, n, "pos"))
-        groups.append(heads_group(f"attn{l}", l, H, mix[l], head_out[l], subsets=subsets, extra=("pos",) if pos_slot else ()))
+        groups.append(heads_group(f"attn{l}", l, H, mix[l], head_out[l], subsets=subsets, extra=("pos",) if pos_slot else (),
+                                  head_sum=None if head_sum is None else head_sum[l]))
         heads = [f"a{l}.{h}" for h in range(H)]
         writers = writers + heads
         bias = b_O[l] if bias is None else bias + b_O[l]

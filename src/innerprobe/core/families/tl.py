@@ -112,9 +112,9 @@ def refusals(cfg) -> list[str]:
 
 
 @contextlib.contextmanager
-def _split_inputs(cfg):
+def _split_inputs(cfg, on: bool = True):
     old = cfg.use_split_qkv_input
-    cfg.use_split_qkv_input = True
+    cfg.use_split_qkv_input = on
     try:
         yield
     finally:
@@ -135,6 +135,10 @@ def graph(model: nn.Module):
         ln1 = getattr(b, "ln1", ident)
 
         def mix(q, k, v, pos=None):
+            if pos is None and q is k and k is v and q.stride(2) == 0:  # one residual for every head: normalise once
+                x = ln1(q[:, :, 0])
+                with _split_inputs(cfg, False):
+                    return grab_output(b.attn.hook_z, lambda: b.attn(x, x, x))
             extra = 0.0 if pos is None else pos.unsqueeze(2)
             with _split_inputs(cfg):
                 return grab_output(b.attn.hook_z, lambda: b.attn(ln1(q) + extra, ln1(k) + extra, ln1(v)))
@@ -154,6 +158,7 @@ def graph(model: nn.Module):
         f"HookedTransformer({cfg.n_layers}L x {cfg.n_heads}H" + (", parallel" if cfg.parallel_attn_mlp else "") + ")",
         n_layers=cfg.n_layers, H=cfg.n_heads, model=model, inputs=inputs, input_fn=input_fn,
         mix=[mix_fn(b) for b in blocks], head_out=[head_out_fn(b) for b in blocks],
+        head_sum=[(lambda b: lambda z: torch.einsum("bthe,hed->btd", z, b.attn.W_O))(b) for b in blocks],
         mlp_fn=[None if cfg.attn_only else normed(getattr(b, "ln2", ident), b.mlp) for b in blocks],
         out_fn=lambda r: model.unembed(ln_final(r)), b_O=[b.attn.b_O.detach() for b in blocks],
         parallel=bool(cfg.parallel_attn_mlp), pos_slot="pos" if short else None,
