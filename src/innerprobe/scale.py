@@ -213,16 +213,20 @@ def _edge_setup(model, graph, metric, data, model_obj, x_r, x_c, mask):
 
 
 # ----------------------------------------------------------------------------- studies
-def studies(names: list[str], out, *, seeds: int = 3, quick: bool = False, executor: str = "local",
-            workers: int | None = None, address: str | None = None, progress: bool | None = None) -> list[dict]:
-    """Run studies as tasks, each into ``out/NAME``; returns each study's summary rows (results.row records)."""
+def studies(names: list[str], out, *, seeds: int = 3, quick: bool = False, nested: bool = True,
+            executor: str = "local", workers: int | None = None, address: str | None = None,
+            progress: bool | None = None) -> list[dict]:
+    """Run studies as tasks, each into ``out/NAME`` (into ``out`` itself for one study with ``nested=False``);
+    returns each study's summary rows (results.row records) as JSON text."""
     from .studies import get_study
 
     for n in names:
         get_study(n)  # unknown names refused before any work
+    if not nested and len(names) != 1:
+        raise ConfigError("nested=False writes one study into the folder itself: give exactly one study")
     out = Path(out)
-    tasks = [Task("innerprobe.scale:study_task", {"name": n, "out": str(out / n), "seeds": seeds, "quick": quick})
-             for n in names]
+    tasks = [Task("innerprobe.scale:study_task", {"name": n, "out": str(out / n if nested else out), "seeds": seeds,
+                                                   "quick": quick}) for n in names]
     return run_tasks(tasks, executor=executor, workers=workers, address=address, progress=progress, label="studies")
 
 
