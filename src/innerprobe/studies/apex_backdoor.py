@@ -205,7 +205,8 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False):
     rows.append(row("target_top_class_rate", proportion(obs["rank1"], obs["n"]), condition={"noise": "input", "sigma_rel": 64}))
     sec = _section(table, obs, held, failed, cal, quick, s_full=summary(held, cal["full"], "full"))
     sec.save(out)
-    res = Result("study:apex-backdoor", rows=rows, data={"failed_attacks": failed, "n_held_out": len(held), "n_dev": len(dev),
+    res = Result("study:apex-backdoor", rows=rows, data={"failed_attacks": failed, "n_held_out": len(held),
+                                                         "n_dev": sum(effective(r) for r in dev),
                                                          "seconds": time.perf_counter() - t0},
                  tables={"held_out": summary(held, cal["full"], "full")["decisions"]},
                  provenance=provenance(seed=0, model="backdoor eval set", config={"quick": quick, "n_inputs": N_INPUTS}))
@@ -223,7 +224,9 @@ def _table_row(method: str, s: dict) -> list:
 
 
 def _section(table, obs, held, failed, cal, quick, s_full) -> Section:
-    best = max(table, key=lambda r: (int(r[1].split("/")[0]) - int(r[3].split("/")[0])) if "/" in r[1] and "/" in r[3] else -1e9)
+    stage_rows = [r for r in table if r[0] != "full" and r[4] != "n/a"]
+    best = max(stage_rows, key=lambda r: r[4]) if stage_rows else None
+    full = next(r for r in table if r[0] == "full")
     per_family = _breakdown(s_full, "family")
     paras = [
         "Backdoor eval set (innerprobe.zoo.backdoor_set): eight small architectures (digits MLPs ReLU/GELU/tanh, digits CNNs "
@@ -232,8 +235,11 @@ def _section(table, obs, held, failed, cal, quick, s_full) -> Section:
         "architecture and seed. Calibration and thresholds were fitted on the dev seeds only"
         + (" (quick mode: the shipped calibration, four models)" if quick else "") + f"; the table is on {len(held)} held-out models.",
         f"The paper's observable (input noise, 64 x RMS): the target is the top large-noise class in {obs['rank1']}/{obs['n']} "
-        "held-out backdoored models; the APEX screen alone is the 'apex' row.",
-        f"Which stage does the work: '{best[0]}' has the best named-minus-false-alarm count among the methods below.",
+        "held-out backdoored models"
+        + (f", and its share is exp({np.mean(obs['log_ratio']):.2f}) = {np.exp(np.mean(obs['log_ratio'])):.1f} times the clean "
+           "twin's (geometric mean)" if obs["n"] else "") + "; used as a detector on its own it is the 'apex' row.",
+        ("Which stage does the work: " + (f"alone, '{best[0]}' separates backdoored from clean models best (ROC-AUC {best[4]}); "
+                                          if best else "") + f"the full scan names {full[1]} with false alarms {full[3]}."),
     ] + ([f"Excluded as failed attacks (attack success < {MIN_ATTACK_SUCCESS}): {', '.join(failed)}."] if failed else [])
     sec = Section("Backdoor scan on held-out models (APEX claim D and beyond)", order=35, paragraphs=paras)
     sec.table("Held-out detection (Clopper-Pearson 95% intervals)",
