@@ -108,3 +108,45 @@ def test_card_records_floors_cpu_time_and_reloads_without_download(tmp_path, mon
     with torch.no_grad():
         assert torch.equal(M.logits_of(model, x), M.logits_of(again, x))
     assert type(again).__name__ == "LlamaForCausalLM" and card2["weights_sha256"] == card["weights_sha256"]
+
+
+def test_study_pieces_on_a_random_tiny_model(tiny, tmp_path):
+    from innerprobe.report.sections import Section
+    from innerprobe.results import Result
+    from innerprobe.studies import path_ioi as P
+
+    b = ioi.sample(8, 0, "test")
+    r = _runs(tiny, b, b.abc(1))
+    r.z_mean = {layer: IH.template_mean(z, r.x_c) for layer, z in r.cf["z"].items()}
+    p = P.analyse_runs(r, 0, n_boot=30, acdc_n=4, ig_steps=2, quick=True)
+    keys = [t["key"] for t in p["table"]]
+    assert keys[:3] == ["all", "none", "circuit"] and "circuit_resample" in keys
+    by = {t["key"]: t["proportion"].estimate for t in p["table"]}
+    assert by["all"] == pytest.approx(1.0) and by["none"] == pytest.approx(0.0)
+    for c, heads in p["classes"].items():  # a head gets a class only if its attention score beats chance by the margin
+        score = P.CLASSES[c][1]
+        assert all(p["att"]["scores"][score][h] >= p["att"]["chance"][score] + P.ATT_MARGIN for h in heads)
+    assert p["discovery"]["available"] and "eap_ig_topk" in p["discovery"]["methods"]
+    P.circuit_figure(p, tmp_path / "circuit.png", r.shape)
+    summary = P._summary([p])
+    P._bars(summary, tmp_path / "hypotheses.png", 1)
+    card = {"seed": 0, "config": M.model_config(TINY), "metrics": {"test_logit_diff_positive": 0.5, "test_io_top1": 0.1}}
+    P._section(tmp_path, [p], summary, [card], n=8, n_boot=30, quick=True)
+    sec = Section.load(tmp_path / "section.json")
+    assert sec.tables and (tmp_path / "circuit.png").stat().st_size > 0
+    rows = P._rows(summary, [p], [0])
+    assert all(r_["lo"] is None or r_["lo"] <= r_["hi"] for r_ in rows)
+    Result(kind="study:path-ioi", rows=rows).save(tmp_path / "summary.json")
+
+
+@pytest.mark.slow
+def test_path_ioi_quick_study_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("INNERPROBE_CACHE", str(tmp_path / "cache"))
+    from innerprobe.studies import path_ioi as P
+
+    res = P.run(tmp_path / "out", seeds=3, quick=True)
+    rows = {r["condition"].get("hypothesis"): r for r in res.rows if r["metric"] == "proportion_ld_explained"}
+    assert rows["all"]["value"] == pytest.approx(1.0) and rows["none"]["value"] == pytest.approx(0.0)
+    assert res.data["seeds"] == 1 and (tmp_path / "out" / "section.json").exists()
+    card = json.loads((zoo.card_path("ioi-llama", 0) / "card.json").read_text())
+    assert card["all_floors_met"]

@@ -21,6 +21,8 @@ STUDIES: dict[str, str] = {
     "apex-backdoor": "innerprobe.studies.apex_backdoor:run_backdoor",
     "pullback-digits": "innerprobe.studies.pullback_digits:run",
     "path-induction": "innerprobe.studies.path_induction:run",
+    "path-ioi": "innerprobe.studies.path_ioi:run",
+    "lm-probes": "innerprobe.studies.lm_probes:run",
 }
 
 

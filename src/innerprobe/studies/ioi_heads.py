@@ -133,6 +133,7 @@ class IOIRuns:
         self.cf = forward(model, x_c.tokens, capture_z=True)
         self.ld_clean = self.ld(self.clean["logits"])
         self.ld_cf = self.ld(self.cf["logits"])
+        self.z_mean = {layer: template_mean(z, x_c) for layer, z in self.cf["z"].items()}
         self.scale = float(self.ld_clean.mean() - self.ld_cf.mean())
         if not self.scale > 0:
             raise ModelError(f"the model's logit difference is not larger on x_r than on x_c ({self.scale:.3f})",
@@ -153,6 +154,16 @@ class IOIRuns:
             m = out.setdefault(layer, torch.zeros(N, T, self.shape.n_heads, dtype=torch.bool))
             m[:, :, head] |= pm
         return out
+
+
+def template_mean(z: torch.Tensor, batch: ioi.IOIBatch) -> torch.Tensor:
+    """[N, T, ...]: for each prompt, the mean of ``z`` over the prompts of its template (same words at the
+    same positions), position by position -- Wang et al.'s mean ablation over the ABC distribution."""
+    out = torch.empty_like(z)
+    for t in batch.template.unique():
+        sel = batch.template == t
+        out[sel] = z[sel].mean(0, keepdim=True)
+    return out
 
 
 # ---------------------------------------------------------------------------- attention and DLA
@@ -268,9 +279,11 @@ def path_patch_all(runs: IOIRuns, receivers=None, kind: str = "q", where: str | 
     return out
 
 
-def circuit_ld(runs: IOIRuns, keep: dict, drop: dict | None = None) -> torch.Tensor:
-    """Per-prompt LD with every head output resampled from x_c except the (head, position) nodes in
-    ``keep`` ({position name: [(layer, head)]}; position None = every position) and not in ``drop``."""
+def circuit_ld(runs: IOIRuns, keep: dict, drop: dict | None = None, ablation: str = "mean") -> torch.Tensor:
+    """Per-prompt LD with every head output ablated except the (head, position) nodes in ``keep``
+    ({position name: [(layer, head)]}; position None = every position) and not in ``drop``.
+    ``ablation="mean"``: replaced by its mean over the ABC prompts of the same template (Wang et al.
+    §3); ``"resample"``: by its value on the paired ABC prompt (which injects other names)."""
     sh = runs.shape
     N, T = runs.x_r.tokens.shape
     kept = {layer: torch.zeros(N, T, sh.n_heads, dtype=torch.bool) for layer in range(sh.n_layers)}
@@ -281,4 +294,7 @@ def circuit_ld(runs: IOIRuns, keep: dict, drop: dict | None = None) -> torch.Ten
         for layer, m in runs.head_mask(heads, where).items():
             kept[layer] &= ~m
     masks = {layer: ~m for layer, m in kept.items()}
-    return runs.ld(forward(runs.model, runs.x_r.tokens, z_edit=replace_heads(runs.cf["z"], masks))["logits"])
+    if ablation not in ("mean", "resample"):
+        raise ModelError(f"ablation must be 'mean' or 'resample', got {ablation!r}")
+    src = runs.z_mean if ablation == "mean" else runs.cf["z"]
+    return runs.ld(forward(runs.model, runs.x_r.tokens, z_edit=replace_heads(src, masks))["logits"])
