@@ -17,7 +17,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP) $(TORCH)
-	$(PIP) -e . "$(TORCH)"
+	$(PIP) -e ".[hf]" "$(TORCH)"   # transformers: the IOI Llama (zoo ioi-llama, studies path-ioi, lm-probes)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
