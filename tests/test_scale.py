@@ -62,6 +62,17 @@ def test_sharded_apex_equals_one_process_whatever_the_sharding():
     same_result(scale.apex(model, x, SIGMAS, shard=4, relative=True, **OPTS), rel)
 
 
+def test_per_input_positions_and_candidates_are_sliced_per_shard():
+    model, x, _ = tf_pair()
+    x = torch.randint(0, 11, (12, 8), generator=torch.Generator().manual_seed(5))
+    pos = torch.randint(0, 8, (12,), generator=torch.Generator().manual_seed(6))
+    cand = torch.randint(0, 11, (12, 3), generator=torch.Generator().manual_seed(7))
+    ref = apex(model, x, SIGMAS, position=pos, tokens=cand, **OPTS)
+    same_result(scale.apex(model, x, SIGMAS, shard=5, position=pos, tokens=cand, **OPTS), ref)
+    with pytest.raises(ConfigError, match="per-input position"):
+        scale.apex(model, x, SIGMAS, position=pos[:5], **OPTS)
+
+
 def test_sharded_edges_equal_single_edge_effects():
     model, x_r, x_c = tf_pair()
     names, eff = scale.edge_effects(model, x_r, x_c, shard=7)

@@ -20,13 +20,14 @@ order in which tasks finish; with ``store`` a rerun skips finished tasks.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .core.tasks import Shared, Task, array_hash, module_hash, run_tasks
+from .core.tasks import Shared, Store, Task, array_hash, module_hash, run_tasks
 from .errors import ConfigError
 
 #: Options of :func:`innerprobe.perturb.apex` a shard task passes on (JSON-able ones only).
@@ -92,29 +93,62 @@ def apex(model, x, sigmas, *, weights=None, executor: str = "local", workers: in
         raise ConfigError(f"ids has {len(ids)} entries for {len(x)} inputs")
     ref, shared = _model_ref(model, weights)
     shared["x"] = x
+    options, per_input = _split_per_input(options, len(x))
+    shared.update(per_input)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
-    base = {"model": ref, "data": array_hash(x), "sigmas": sig, "config": config}
-    tasks = [Task("innerprobe.scale:apex_shard", {**base, "ids": ids[a:b], "rows": [a, b]},
-                  {"model_obj": Shared("model"), "x": Shared("x")}) for a, b in _shards(len(x), shard, workers)]
+    base = {"model": ref, "data": array_hash(x, *per_input.values()), "per_input": sorted(per_input),
+            "sigmas": sig, "config": config}
+    payload = {"model_obj": Shared("model"), "x": Shared("x")} | {k: Shared(k) for k in per_input}
+    tasks = [Task("innerprobe.scale:apex_shard", {**base, "ids": ids[a:b], "rows": [a, b]}, payload)
+             for a, b in _shards(len(x), shard, workers)]
+    resumed = sum(Store(store).path(t).exists() for t in tasks) if store is not None else 0
+    t0 = time.perf_counter()
     parts = run_tasks(tasks, executor=executor, workers=workers, address=address, store=store, shared=shared,
                       progress=progress, label="APEX shards")
-    return merge_apex(parts, sig, options, labels=labels, model_name=model_name)
+    res = merge_apex(parts, sig, options, labels=labels, model_name=model_name)
+    res.data.update(seconds=time.perf_counter() - t0, resumed_chunks=resumed, chunks=len(tasks),
+                    executor=executor, workers=workers)
+    return res
 
 
-def apex_shard(model: dict, data: str, sigmas: list, config: dict, ids: list, rows: list, model_obj=None,
-               x=None) -> dict:
+def _split_per_input(options: dict, n: int) -> tuple[dict, dict]:
+    """Per-input ``position`` ([N]) and ``tokens`` ([N, C]) arrays go to the shards sliced; the rest is config."""
+    options, per_input = dict(options), {}
+    for k, ndim in (("position", 1), ("tokens", 2)):
+        v = options.get(k)
+        if v is None or isinstance(v, int) or (isinstance(v, (list, tuple)) and np.ndim(v) < ndim):
+            continue
+        t = torch.as_tensor(v)
+        if t.dim() != ndim or len(t) != n:
+            raise ConfigError(f"{k} has shape {tuple(t.shape)}; per-input {k} needs {n} rows",
+                              hint="one row per input, or a single value for all")
+        options.pop(k)
+        per_input[k] = t
+    for k, v in options.items():
+        if isinstance(v, (torch.Tensor, np.ndarray)):
+            options[k] = v.tolist()
+    return options, per_input
+
+
+def apex_shard(model: dict, data: str, sigmas: list, config: dict, ids: list, rows: list, per_input=(),
+               model_obj=None, x=None, position=None, tokens=None) -> dict:
     """One APEX task: inputs ``x[rows[0]:rows[1]]`` seeded by their global ``ids``; calibration on all of ``x``."""
     from .perturb.sweep import apex as run_apex
 
     net = _model(model, model_obj)
     a, b = rows
-    cal = x if config.get("relative") else None
-    res = run_apex(net, x[a:b], sigmas, ids=ids, calibration=cal, **config)
+    sliced = {k: v[a:b] for k, v in (("position", position), ("tokens", tokens)) if v is not None}
+    res = run_apex(net, x[a:b], sigmas, ids=ids, calibration=x, **config, **sliced)  # RMS of the whole batch
     out = {k: res.arrays[k] for k in ("counts", "classes", "y0_class") if k in res.arrays}
     if "clean_logits" in res.arrays:
         out["clean_logits"] = res.arrays["clean_logits"]
     out["n_classes"] = int(res.data["C"])
+    out.update({k: res.data[k] for k in _SHARD_DATA if k in res.data})
     return out
+
+
+#: Run descriptions every shard reports alike (the whole batch calibrates the site RMS); the merge keeps shard 0's.
+_SHARD_DATA = ("K", "noise", "relative", "seed", "readout", "sites", "site_rms", "prefix_reuse", "chunk_rows")
 
 
 def merge_apex(parts: list[dict], sigmas, options: dict, *, labels=None, model_name=None):
@@ -133,7 +167,8 @@ def merge_apex(parts: list[dict], sigmas, options: dict, *, labels=None, model_n
     logits = np.concatenate([p["clean_logits"] for p in parts]) if all("clean_logits" in p for p in parts) else None
     res = summarize(counts, sigmas, y0, logits, tau=options.get("tau", 0.5), rule=options.get("rule", "survival"),
                     labels=labels, classes=cls, n_classes=int(parts[0]["n_classes"]), y0_class=y0_class)
-    res.data.update({"shards": len(parts), "K": options.get("samples", 64), "seed": options.get("seed", 0)})
+    res.data.update({k: parts[0][k] for k in _SHARD_DATA if k in parts[0]})
+    res.data["shards"] = len(parts)
     res.provenance = provenance(seed=options.get("seed", 0), model=model_name, config={**options, "shards": len(parts)})
     return res
 

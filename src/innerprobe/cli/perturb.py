@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import ConfigError
+from .executor import address_option, executor_kwargs, executor_option, workers_option
 from .inputs import SUFFIXES, for_model, load_inputs, read_file
 from .spec import parse_model
 
@@ -51,7 +52,8 @@ def _index_option(text: Optional[str], what: str, n: int):
     try:
         vals = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise ConfigError(f"cannot read {what} {text!r}", hint=f"an int, a comma list of ints, or a .npy/.pt file ({what} -1 for the last token)") from None
+        extra = " (-1 is the last token)" if what == "--position" else " of token ids"
+        raise ConfigError(f"cannot read {what} {text!r}", hint=f"an int, a comma list of ints, or a .npy/.pt file{extra}") from None
     if not vals:
         raise ConfigError(f"{what} is empty", hint="give an int or a comma list of ints")
     return vals[0] if what == "--position" and len(vals) == 1 else vals
@@ -81,6 +83,9 @@ def register(app: typer.Typer) -> None:
         chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", help="max rows per forward pass (default: from a ~1 GiB activation budget, at most 8192)"),
         position: Optional[str] = typer.Option(None, "--position", help="language models: the position whose logits are read: -1 (last token, default), an int, or a .npy/.pt file of one index per input"),
         tokens: Optional[str] = typer.Option(None, "--tokens", help="language models: candidate token ids instead of the whole vocabulary: a comma list '5,17' or a .npy/.pt file [N, C] (one row per input)"),
+        executor: str = executor_option(),
+        workers: Optional[int] = workers_option(),
+        address: Optional[str] = address_option(),
     ):
         """APEX: class distributions under activation noise; escape noise, class histograms, D(sigma)."""
         import torch
@@ -97,9 +102,18 @@ def register(app: typer.Typer) -> None:
         x, y, names = for_model(inp.x, net), inp.y, inp.classes
         pos, cand = _index_option(position, "--position", len(x)), _index_option(tokens, "--tokens", len(x))
         site_list = _sites(sites)
-        res = apex(net, x, sig, samples=samples, sites=site_list[0] if site_list == ["residual"] else site_list, noise=noise,
-                   relative=relative, tau=tau, rule=rule, seed=seed, chunk_rows=chunk_rows, out=out, position=pos, tokens=cand,
-                   labels=None if y is None or cand is not None or pos is not None else y.numpy(), model_name=model, progress=True)
+        remote = executor_kwargs(executor, workers, address)
+        opts = dict(samples=samples, sites=site_list[0] if site_list == ["residual"] else site_list, noise=noise,
+                    relative=relative, tau=tau, rule=rule, seed=seed, chunk_rows=chunk_rows, position=pos, tokens=cand)
+        labels = None if y is None or cand is not None or pos is not None else y.numpy()
+        if remote is None:
+            res = apex(net, x, sig, out=out, labels=labels, model_name=model, progress=True, **opts)
+        else:  # shards of inputs as tasks (docs/scale.md); out/tasks makes the run resumable
+            from .. import scale
+
+            res = scale.apex(net, x, sig, store=out / "tasks", labels=labels, model_name=model, progress=True,
+                             **remote, **opts)
+            res.save(out / "apex.json")
         d = res.data
         f1 = plots.escape_histogram(res, out / "escape_noise.png", title=f"escape noise, {model}")
         f2 = plots.sample_dependence_plot({"D": res.arrays["D"]}, res.arrays["sigmas"], out / "sample_dependence.png",
