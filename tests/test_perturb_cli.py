@@ -72,3 +72,43 @@ def test_parse_sigmas():
 def test_robust_z():
     z = robust_z(np.array([0.1] * 9 + [0.5]))
     assert z[-1] > 10 and np.allclose(z[:-1], 0)
+
+
+@pytest.fixture(scope="module")
+def lm_folders(tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    d = tmp_path_factory.mktemp("lm")
+    torch.manual_seed(0)
+    small = dict(vocab_size=97, bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_positions=32, n_embd=32, n_layer=2, n_head=2, **small)).save_pretrained(d / "gpt2")
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                                           num_key_value_heads=1, max_position_embeddings=32, **small)).save_pretrained(d / "llama")
+    torch.save(torch.randint(0, 97, (6, 8), generator=torch.Generator().manual_seed(0)), d / "tokens.pt")
+    torch.save(torch.randn(6, 8), d / "floats.pt")
+    np.save(d / "pos.npy", np.array([3, 7, 2, 5, 1, 6]))
+    return d
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_perturb_runs_on_a_local_hf_language_model_with_token_ids(lm_folders, arch, capsys):
+    out = lm_folders / f"out_{arch}"
+    rc = main(["perturb", "--model", str(lm_folders / arch), "--data", str(lm_folders / "tokens.pt"), "--sigmas", "0.1:10:4",
+               "--samples", "8", "--out", str(out), "--position", str(lm_folders / "pos.npy"), "--tokens", "5,17"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "2 candidate tokens" in text
+    res = Result.load(out / "apex.json")
+    assert res.data["readout"]["position"] == [3, 7, 2, 5, 1, 6] and res.arrays["counts"].shape == (6, 4, 2)
+    assert main(["perturb", "--model", str(lm_folders / arch), "--data", str(lm_folders / "tokens.pt"), "--sigmas", "0.1:10:3",
+                 "--samples", "4", "--out", str(lm_folders / f"vocab_{arch}")]) == 0
+    assert "whole vocabulary" in capsys.readouterr().out
+
+
+def test_perturb_on_a_language_model_refuses_wrong_input_kinds_in_one_line(lm_folders, capsys):
+    base = ["perturb", "--model", str(lm_folders / "gpt2"), "--sigmas", "0.1:10:3", "--samples", "4", "--out", str(lm_folders / "bad")]
+    for extra, words in ([["--data", str(lm_folders / "floats.pt")], "integer token ids"],
+                         [["--data", str(lm_folders / "tokens.pt"), "--position", "40"], "out of range"],
+                         [["--data", str(lm_folders / "tokens.pt"), "--tokens", "5,x"], "cannot read --tokens"]):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.strip().splitlines() if "Loading weights" not in ln]  # transformers' own progress bar
+        assert words in err and "Traceback" not in err and len(lines) <= 2
