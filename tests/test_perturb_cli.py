@@ -89,7 +89,7 @@ def lm_folders(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", pytest.param("llama", marks=pytest.mark.slow)])
 def test_perturb_runs_on_a_local_hf_language_model_with_token_ids(lm_folders, arch, capsys):
     out = lm_folders / f"out_{arch}"
     rc = main(["perturb", "--model", str(lm_folders / arch), "--data", str(lm_folders / "tokens.pt"), "--sigmas", "0.1:10:4",
