@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from innerprobe.studies.pullback_data import STAMPS, canvases, mosaics, planted
+from innerprobe.zoo.localisation import STAMPS, canvases, mosaics, planted
 from innerprobe.studies.pullback_plots import image_grid
 
 

@@ -62,6 +62,10 @@ def _inputs(spec: ModelSpec, net, data: Optional[str], counterfactual: str, n: i
     return x_r, x_c, loss, None, f"{len(x_r)} pairs, counterfactual: {counterfactual}"
 
 
+def _ci(lo, hi) -> str:
+    return "[no CI]" if lo is None else f"[{lo:.3f}, {hi:.3f}]"
+
+
 def _tensor(path: str, what: str):
     if Path(path).suffix not in SUFFIXES:
         raise DataError(f"{what} {path!r} is not an input file",
@@ -94,10 +98,11 @@ def register(app: typer.Typer) -> None:
         from ..core.graph import build_graph
         from ..patch import plots
         from ..patch.hypothesis import Hypothesis
-        from ..patch.metrics import bootstrap_proportion, kl_div
+        from ..patch.metrics import kl_div
         from ..patch.path import edge_mask, evaluate, evaluate_edges, prepare
+        from ..patch.workflow import edge_report, proportion_ci
         from ..report.sections import Section
-        from ..results import Result, provenance
+        from ..results import Result, provenance, row
 
         spec = parse_model(model)
         net = spec.load(weights)
@@ -127,15 +132,18 @@ def register(app: typer.Typer) -> None:
         sec = Section(f"Path patching: {model}", order=45)
         sec.paragraphs.append(f"{graph.summary().splitlines()[0]}. Data: {desc}. delta = {delta_name}; baseline H0 = {h0.name}. "
                               f"Command: innerprobe patch --model {model} ...")
-        rows, tables = [], {}
+        rows, tables, heads_rows = [], {}, []
         for h in hyps:
             o = evaluate(graph, runs, h)
             ue = delta(o).numpy()
-            est, lo, hi = bootstrap_proportion(ue, ue0, seed=seed)
+            ci = proportion_ci(ue, ue0, seed=seed)
+            est, lo, hi = ci.estimate, ci.lo, ci.hi
+            heads_rows.append(row("proportion_explained", ci, model=model, condition={"hypothesis": h.name, "baseline": h0.name,
+                                                                                      "counterfactual": counterfactual}, seeds=[seed]))
             r = h.resolve(graph)
-            rows.append({"hypothesis": h.name, "edge_set": r.edges is not None, "proportion": est, "ci_low": lo, "ci_high": hi,
+            rows.append({"hypothesis": h.name, "edge_set": r.edges is not None, "proportion": est, "lo": lo, "hi": hi,
                          "aue": float(ue.mean()), "kl": float(kl(clean, o).mean())})
-            typer.echo(f"{h.name}: proportion explained {est:.3f} [{lo:.3f}, {hi:.3f}]  (AUE {ue.mean():.4f}, baseline AUE {ue0.mean():.4f})")
+            typer.echo(f"{h.name}: proportion explained {est:.3f} {_ci(lo, hi)}  (AUE {ue.mean():.4f}, baseline AUE {ue0.mean():.4f})")
             if r.edges is not None and r.edges:
                 fname = f"hypothesis_{len(rows)}.png"
                 plots.draw_circuit(graph, set(r.edges), out / fname, title=h.name[:80])
@@ -143,17 +151,15 @@ def register(app: typer.Typer) -> None:
         if rows:
             tables["hypotheses"] = rows
             sec.table("Proportion explained (ratio of means, 95% bootstrap CI over pairs)", ["hypothesis", "proportion [CI]", "AUE", "KL"],
-                      [[r["hypothesis"], f"{r['proportion']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]", f"{r['aue']:.4f}", f"{r['kl']:.4f}"] for r in rows])
+                      [[r["hypothesis"], f"{r['proportion']:.3f} {_ci(r['lo'], r['hi'])}", f"{r['aue']:.4f}", f"{r['kl']:.4f}"] for r in rows])
         if edges:
-            from ..patch import discovery as disc
-            from ..patch.eap import eap_scores
-
             metric = loss if loss is not None else (lambda o: kl(clean, o))  # noqa: E731
-            exact = disc.single_edge_effects(graph, runs, metric, progress=True)
-            eap = eap_scores(graph, runs, metric) if loss is not None else torch.full_like(exact, float("nan"))
-            eapig = eap_scores(graph, runs, metric, ig_steps=ig_steps) if loss is not None else torch.full_like(exact, float("nan"))
-            tables["edges"] = [{"edge": str(e), "exact": float(a), "eap": float(b), "eap_ig": float(c)} for e, a, b, c in zip(graph.edges, exact, eap, eapig)]
-            order = torch.argsort(exact.abs(), descending=True)
+            rep = edge_report(graph, runs, metric, ig_steps=ig_steps, estimates=loss is not None, progress=True)
+            exact = rep.exact
+            nan = torch.full_like(exact, float("nan"))
+            eap, eapig = (rep.eap, rep.eap_ig) if loss is not None else (nan, nan)
+            tables["edges"] = rep.table()
+            order = rep.order()
             topk = {graph.edges[int(i)]: float(exact[i]) for i in order[:top]}
             plots.draw_circuit(graph, topk, out / "edges_circuit.png", title=f"top {top} edges by exact effect ({delta_name})")
             sec.figure("edges_circuit.png", f"The {top} edges with the largest exact single-edge effect; width ~ effect.")
@@ -178,18 +184,16 @@ def register(app: typer.Typer) -> None:
                 plots.head_heatmaps(panels, out / "heads.png", title=f"{model}: per-head effects ({delta_name})")
                 sec.figure("heads.png", "Per head: node-patching effect and the summed exact effects of edges into its Q, K and V.")
             if loss is not None:
-                from scipy.stats import spearmanr
-
-                rho = float(spearmanr(exact, eap)[0])
-                rho_ig = float(spearmanr(exact, eapig)[0])
+                corr = rep.correlations()
+                rho, rho_ig = corr[0]["eap"], corr[0]["eap_ig"]
                 typer.echo(f"Spearman(exact, EAP) = {rho:.3f}; Spearman(exact, EAP-IG {ig_steps}) = {rho_ig:.3f}")
                 plots.scatter(exact.numpy(), eap.numpy(), out / "eap_vs_exact.png", xlabel="exact effect", ylabel="EAP", title=f"Spearman {rho:.2f}")
                 sec.figure("eap_vs_exact.png", "EAP estimates vs exact single-edge effects.")
-                tables["rank_correlation"] = [{"method": "EAP", "spearman": rho}, {"method": f"EAP-IG ({ig_steps})", "spearman": rho_ig}]
+                tables["rank_correlation"] = corr
             for i in order[:10]:
                 typer.echo(f"  {str(graph.edges[int(i)]):<22} exact {float(exact[i]):+.4f}  EAP {float(eap[i]):+.4f}  EAP-IG {float(eapig[i]):+.4f}")
         sec.save(out)
-        Result("patch", data={"model": model, "graph": graph.summary(), "delta": delta_name, "baseline": h0.name, "data": desc,
+        Result("patch", rows=heads_rows, data={"model": model, "graph": graph.summary(), "delta": delta_name, "baseline": h0.name, "data": desc,
                               "baseline_aue": float(ue0.mean())},
                tables=tables, provenance=provenance(seed=seed, model=model, config={"pairs": pairs, "counterfactual": counterfactual})).save(out / "summary.json")
         typer.echo(f"wrote {out}/summary.json and section.json")

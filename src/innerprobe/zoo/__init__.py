@@ -16,11 +16,14 @@ import platform
 import warnings
 
 from ..errors import CacheError
-from . import backdoor_set, data, models, training  # backdoor_set registers the eval set's recipes
+from . import backdoor_set, data, localisation, models, training  # backdoor_set, localisation register recipes
 from .cache import cache_root, entry_dir, fingerprint
 from .data import DataSplit, apply_trigger
+from .ioi_model import ioi_recipes
 from .loading import load_model
 from .recipes import RECIPES, Recipe, get_recipe
+
+RECIPES.update({r.name: r for r in ioi_recipes()})  # IOI recipes (issue 10), registered here: no recipes<->ioi cycle
 
 __all__ = ["DataSplit", "RECIPES", "Recipe", "apply_trigger", "cache_root", "card_path", "data", "get_recipe", "load",
            "load_model", "models", "recipe_data", "status", "training"]

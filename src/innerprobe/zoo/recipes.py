@@ -345,9 +345,3 @@ def get_recipe(name: str) -> Recipe:
         raise ConfigError(f"unknown zoo recipe {name!r}", hint=f"{did_you_mean(str(name), RECIPES)} (recipes: {', '.join(RECIPES)})")
     return RECIPES[name]
 
-
-# ---------------------------------------------------------------------------- IOI (issue 10)
-# innerprobe.zoo.ioi_model subclasses Recipe (defined above), so it is imported last.
-from .ioi_model import ioi_recipes  # noqa: E402
-
-RECIPES.update({r.name: r for r in ioi_recipes()})
