@@ -208,7 +208,7 @@ class Engine:
                         c.clear()
                     out = _call(model, xb, self.call_kwargs)
                     raw = logits_of(out)
-                    if self.readout.kind is None:
+                    if start == 0 and keep:  # (re)bind the readout to this model and these inputs
                         self.readout.bind(out, len(x), seq_len=x.shape[1] if x.dim() > 1 else None, kept=self._kept)
                         self._row_bytes = raw[:1].numel() * raw.element_size()
                     if keep:
