@@ -1,19 +1,11 @@
 """APEX study helpers (fast) and the quick studies end to end (slow: they train / load zoo models)."""
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from innerprobe.results import ROW_FIELDS
-
-from innerprobe.studies.apex_common import Headlines, Rows, t_ci
-
-
-def test_legacy_t_ci_is_core_stats():
-    m, lo, hi = t_ci([1.0, 2.0, 3.0])
-    assert m == 2.0 and lo < 2.0 < hi and np.isclose(hi - 2.0, 4.302653 * 1 / np.sqrt(3), rtol=1e-4)
-    assert np.isnan(t_ci([1.0])[1])
+from innerprobe.studies.apex_common import Rows
 
 
 def test_rows_are_result_rows_with_per_seed_values():
@@ -23,13 +15,6 @@ def test_rows_are_result_rows_with_per_seed_values():
     assert r["per_seed"] == [1.0, 3.0, None] and r["condition"] == {"noise": "all"}
     one = h.add("half_way_sigma", [1.5], [0], model="digits-mlp")
     assert one["lo"] is None and one["n"] == 1
-
-
-def test_headlines_flatten():
-    h = Headlines()
-    h.add("x", [1.0, 3.0], [0, 1])
-    flat = h.flat()
-    assert flat["x"] == 2.0 and len(flat["x_ci95"]) == 2 and h.rows[0]["seeds"] == [0, 1]
 
 
 def test_hugging_face_sequence_classifier():
@@ -57,12 +42,9 @@ def test_quick_study_writes_summary_and_section(name, tmp_path):
 
     res = get_study(name)(tmp_path, seeds=1, quick=True)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    if name == "apex-backdoor" and "rows" not in summary:  # legacy headlines until apex_backdoor moves to rows
-        assert summary["tables"]["headlines"] and all("ci95_lo" in r for r in summary["tables"]["headlines"])
-    else:
-        assert summary["rows"] and all(set(ROW_FIELDS) <= set(r) for r in summary["rows"])
-        assert all(" " not in r["metric"] and "=" not in r["metric"] for r in summary["rows"])
-        assert all(isinstance(s, int) for r in summary["rows"] for s in r["seeds"])
+    assert summary["rows"] and all(set(ROW_FIELDS) <= set(r) for r in summary["rows"])
+    assert all(" " not in r["metric"] and "=" not in r["metric"] for r in summary["rows"])
+    assert all(isinstance(s, int) for r in summary["rows"] for s in r["seeds"])
     section = json.loads((tmp_path / "section.json").read_text())
     for f in section["figures"]:
         assert (tmp_path / f["file"]).exists()

@@ -104,73 +104,16 @@ class Rows:
         return r
 
 
-def finish(out: Path, kind: str, heads, section, *, data: dict | None = None, tables: dict | None = None,
+def finish(out: Path, kind: str, heads: Rows, section, *, data: dict | None = None, tables: dict | None = None,
            arrays: dict | None = None, seeds=None, config: dict | None = None):
-    """Write summary.json (``{"rows": [...]}`` + tables + config) and section.json; return the Result.
-
-    ``heads`` is a :class:`Rows` (or, until apex_backdoor moves to rows, a legacy :class:`Headlines`).
-    """
-    if isinstance(heads, Rows):
-        section.rows = heads.rows
-        section.save(out)
-        res = Result(kind, rows=heads.rows, data={**(data or {}), "seeds": list(seeds or [])}, tables=tables or {},
-                     arrays=arrays or {}, provenance=provenance(seed=None if not seeds else list(seeds)[0], model=kind,
-                                                                config=config or {}))
-        res.save(out / "summary.json")
-        return res
-    section.table("Headline figures (mean over seeds, 95% CI)", ["figure", "mean", "95% CI", "seeds", "per seed"],
-                  heads.table_rows())
+    """Write summary.json (``{"rows": [...]}`` + tables + config) and section.json; return the Result."""
+    section.rows = heads.rows
     section.save(out)
-    res = Result(kind, data={**heads.flat(), **(data or {}), "seeds": list(seeds or [])},
-                 tables={"headlines": heads.rows, **(tables or {})}, arrays=arrays or {},
-                 provenance=provenance(seed=None if not seeds else list(seeds)[0], model=kind, config=config or {}))
+    res = Result(kind, rows=heads.rows, data={**(data or {}), "seeds": list(seeds or [])}, tables=tables or {},
+                 arrays=arrays or {}, provenance=provenance(seed=None if not seeds else list(seeds)[0], model=kind,
+                                                            config=config or {}))
     res.save(out / "summary.json")
     return res
-
-
-# ---------------------------------------------------------------- legacy, for apex_backdoor until it uses Rows
-def t_ci(values) -> tuple[float, float, float]:
-    """(mean, lo, hi) of :func:`~innerprobe.core.stats.t_interval`, NaN where undefined (legacy shape)."""
-    c = t_interval(values, nan_policy="omit")
-    nan = float("nan")
-    return (nan if c.estimate is None else c.estimate), (nan if c.lo is None else c.lo), (nan if c.hi is None else c.hi)
-
-
-class Headlines:
-    """Legacy headline collector (prose names): kept only for apex_backdoor; new code uses :class:`Rows`."""
-
-    def __init__(self):
-        self.rows: list[dict] = []
-
-    def add(self, name: str, per_seed, seeds, *, ci: tuple | None = None, note: str = "") -> dict:
-        per_seed = [None if v is None or not np.isfinite(v) else float(v) for v in per_seed]
-        m, lo, hi = t_ci(per_seed) if ci is None else ci
-        row = {"figure": name, "mean": m, "ci95_lo": lo, "ci95_hi": hi, "seeds": list(seeds), "per_seed": per_seed,
-               "ci_method": "bootstrap over inputs" if ci is not None else "t-interval over seeds", "note": note}
-        self.rows.append(row)
-        return row
-
-    def flat(self) -> dict:
-        out = {}
-        for r in self.rows:
-            out[r["figure"]] = r["mean"]
-            out[r["figure"] + "_ci95"] = [r["ci95_lo"], r["ci95_hi"]]
-        return out
-
-    def table_rows(self):
-        return [[r["figure"], _fmt(r["mean"]), f"[{_fmt(r['ci95_lo'])}, {_fmt(r['ci95_hi'])}]",
-                 ", ".join(map(str, r["seeds"])), ", ".join(_fmt(v) for v in r["per_seed"])] for r in self.rows]
-
-
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "n/a"
-    return f"{v:.3g}"
-
-
-def fmt_ci(c: CI) -> str:
-    """'[lo, hi]' for a section table, or 'no CI' (one value)."""
-    return f"[{c.lo:.3f}, {c.hi:.3f}]" if c.defined else "no CI"
 
 
 def mean_rms(run: dict) -> float:

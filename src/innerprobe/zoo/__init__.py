@@ -26,7 +26,7 @@ from .recipes import RECIPES, Recipe, get_recipe
 RECIPES.update({r.name: r for r in ioi_recipes()})  # IOI recipes (issue 10), registered here: no recipes<->ioi cycle
 
 __all__ = ["DataSplit", "RECIPES", "Recipe", "apply_trigger", "cache_root", "card_path", "data", "get_recipe", "load",
-           "load_model", "models", "recipe_data", "status", "training"]
+           "load_model", "models", "recipe_data", "status", "training", "backdoor_set", "localisation"]
 
 
 class CacheWarning(UserWarning):
