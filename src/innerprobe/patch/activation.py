@@ -61,6 +61,40 @@ def sweep(model: nn.Module, sites: Sequence, base, source, metric: Callable[[tor
     return rows
 
 
+@torch.no_grad()
+def ablate_run(model: nn.Module, site, x, *, kind: str = "mean", reference=None, per_position: bool = True):
+    """Model output on ``x`` with the value at ``site`` (selectors respected: ``L1.z[heads=0]`` ablates
+    one head) replaced by its mean over ``reference`` (per position unless ``per_position=False``)
+    or by zero. The graph counterpart is ``prepare(..., ablation=kind)`` + ``avoid_node`` (tested
+    equal; docs/patching.md, "Counterfactuals")."""
+    if kind not in ("mean", "zero"):
+        raise ConfigError(f"unknown ablation {kind!r}", hint="'mean' or 'zero'")
+    rs = resolve(model, site)
+    if len(rs) != 1:
+        raise ConfigError(f"site {site} resolves to {len(rs)} places; ablate one at a time")
+    mean = None
+    if kind == "mean":
+        if reference is None:
+            raise ConfigError("mean ablation needs reference inputs", hint="ablate_run(..., reference=x_ref)")
+        with HookSession(model, eval=True) as hs:
+            cap = hs.capture(_without_selectors(rs[0].site))[0]
+            hs.run(reference)
+        v = cap.value
+        mean = v.mean(0, keepdim=True) if per_position or v.dim() < 3 else v.mean((0, 1), keepdim=True)
+
+    def put(value, _rs):
+        if mean is None:
+            return torch.zeros_like(value)
+        if per_position and mean.shape[1:] != value.shape[1:]:
+            raise ConfigError(f"site {rs[0]}: reference has shape {tuple(mean.shape[1:])} per example, input {tuple(value.shape[1:])}",
+                              hint="per-position means need inputs of the reference's length (or per_position=False)")
+        return mean.expand_as(value)
+
+    with HookSession(model, eval=True) as hs:
+        hs.edit(rs[0], put)
+        return hs.run(x)
+
+
 def _without_selectors(spec):
     s = Site.parse(spec) if not isinstance(spec, Site) else spec
     return s.with_(heads=None, positions=None, units=None)

@@ -11,7 +11,23 @@ other leaf fed x_c (§1.4 of the method notes).
   copy of node v is keyed by its *signature*, the set of input -> v prefixes q with q.s in P.
   Copies with equal (v, signature) are computed once.
 * :func:`evaluate_tree` - brute-force treeification (exponential; a test reference only).
-* :func:`evaluate` - dispatch on a :class:`Hypothesis`.
+* :func:`evaluate` - dispatch on a :class:`Hypothesis`: edge sets to the two-version algorithm,
+  everything else (path patterns, complements, positions) to the compiled evaluator
+  (:mod:`.compiled`), which never lists paths.
+
+**Counterfactuals** (:func:`prepare`): an input x_c, or ``ablation="mean"`` (each node's mean value
+over a reference set, per position by default) or ``ablation="zero"``. With an ablation the cache
+A_c(v) is not a consistent run of the graph, so the meaning is fixed by the path semantics: a
+treeified copy on no path of P takes A_c(v). For an edge set, :func:`evaluate` first drops the
+edges whose sender no edge path from an input reaches (their copies are off P), which makes the
+two-version result equal the path semantics (tested); :func:`evaluate_edges` applies a mask
+literally. docs/patching.md, "Counterfactuals".
+
+**Position-aware edge masks**: ``[K, B, T, E]`` (K hypotheses, B examples, T token positions, E
+edges, in ``graph.edges`` order). Entry [k, b, t, e] is the weight of edge e = u -> v:s *at
+position t* of example b: 1 = slot s of v reads a^H(u)[b, t], 0 = it reads the counterfactual
+A_c(u)[b, t]. Residual edges are position-wise, so this restricts sender and receiver together.
+:func:`position_edge_mask` builds one from a hypothesis; the reference two-version loop accepts it.
 """
 from __future__ import annotations
 
@@ -21,14 +37,19 @@ import torch
 
 from ..core.graph import Graph
 from ..core.hooks import preserved_state
+from ..core.trees import logits_of
 from ..errors import ConfigError, ModelError
 from . import fast
-from .hypothesis import Hypothesis
+from .compiled import evaluate_compiled, position_mask
+from .hypothesis import Hypothesis, _edges_with_positions
+
+ABLATIONS = ("input", "mean", "zero")
 
 
 @dataclass
 class Runs:
-    """Cached plain runs of the graph on x_r (clean) and x_c (counterfactual)."""
+    """Cached plain run of the graph on x_r (clean) and the counterfactual cache A_c (``cf``): the
+    run on x_c (``kind="input"``), or the mean / zero ablation values (``kind="mean" | "zero"``)."""
 
     x_r: object
     x_c: object
@@ -38,22 +59,74 @@ class Runs:
     inputs_c: dict
     clean_slots: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
+    kind: str = "input"
 
 
 @torch.no_grad()
-def prepare(graph: Graph, x_r, x_c) -> Runs:
-    """Run the graph once on x_r and once on x_c and cache every node's value."""
-    _check_pair(x_r, x_c)
+def prepare(graph: Graph, x_r, x_c=None, *, ablation: str = "input", reference=None, per_position: bool = True,
+            check: bool = True) -> Runs:
+    """Run the graph on x_r and build the counterfactual cache (module docstring, "Counterfactuals").
+
+    ``ablation="input"`` (default): A_c = the run on ``x_c``. ``"mean"``: A_c(v) = mean of v over the
+    ``reference`` inputs (default ``x_c`` if given, else ``x_r``), per position when ``per_position``
+    (the reference then has x_r's length) else over examples and positions. ``"zero"``: A_c = 0.
+    With ``check`` the graph's output on x_r must equal the model's own (1e-4), else ModelError.
+    """
+    if ablation not in ABLATIONS:
+        raise ConfigError(f"unknown ablation {ablation!r}", hint=f"one of {', '.join(ABLATIONS)}")
+    if ablation == "input":
+        if x_c is None:
+            raise ConfigError("prepare needs x_c, or ablation='mean' / 'zero'")
+        _check_pair(x_r, x_c)
     slots: dict = {}
     with _model_state(graph):
-        try:
-            out_r, clean = graph.forward(x_r, return_acts=True, slots_out=slots)
-            out_c, cf = graph.forward(x_c, return_acts=True)
-        except (RuntimeError, TypeError, ValueError, IndexError) as e:  # torch's own shape/dtype errors
-            what = f"a {x_r.dtype} tensor of shape {tuple(x_r.shape)}" if isinstance(x_r, torch.Tensor) else type(x_r).__name__
-            raise ModelError(f"the model failed on {what}: {str(e).splitlines()[0]}",
-                             hint="pass the inputs the model takes (token ids as a long tensor [batch, pos] for transformers)") from e
-    return Runs(x_r, x_c, clean, cf, {n: clean[n] for n in graph.inputs}, {n: cf[n] for n in graph.inputs}, slots)
+        out_r, clean = _run(graph, x_r, slots)
+        if check and graph.model is not None:
+            _check_model(graph, x_r, out_r)
+        if ablation == "input":
+            cf = _run(graph, x_c)[1]
+        elif ablation == "zero":
+            cf = {n: torch.zeros_like(v) for n, v in clean.items()}
+        else:
+            cf = _means(graph, clean, reference if reference is not None else (x_c if x_c is not None else x_r), per_position)
+    return Runs(x_r, x_c, clean, cf, {n: clean[n] for n in graph.inputs}, {n: cf[n] for n in graph.inputs}, slots,
+                kind=ablation)
+
+
+def _run(graph: Graph, x, slots: dict | None = None):
+    try:
+        return graph.forward(x, return_acts=True, slots_out=slots)
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:  # torch's own shape/dtype errors
+        what = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ModelError(f"the model failed on {what}: {str(e).splitlines()[0]}",
+                         hint="pass the inputs the model takes (token ids as a long tensor [batch, pos] for transformers)") from e
+
+
+def _check_model(graph: Graph, x, out: torch.Tensor) -> None:
+    if out.device.type == "meta":  # shape-only runs (benchmarks): nothing to compare
+        return
+    ref = logits_of(graph.model(x))
+    if not isinstance(ref, torch.Tensor) or ref.shape != out.shape:
+        return
+    diff = float((out.float() - ref.float()).abs().max())
+    if not diff <= 1e-4 * max(1.0, float(ref.float().abs().max())):
+        raise ModelError(f"graph {graph.name} differs from its model by {diff:.3g} on these inputs",
+                         hint="the graph does not model this input (padding? a longer context than the sliding window?); "
+                              "rebuild it or pass check=False knowingly")
+
+
+def _means(graph: Graph, clean: dict, reference, per_position: bool) -> dict:
+    _, acts = _run(graph, reference)
+    out = {}
+    for n, v in clean.items():
+        a = acts[n]
+        per_pos = per_position and a.dim() >= 3
+        if per_pos and a.shape[1] != v.shape[1]:
+            raise ConfigError(f"per-position mean ablation needs reference inputs of length {v.shape[1]}, got {a.shape[1]}",
+                              hint="pass per_position=False to average over positions too")
+        m = a.mean(0) if (per_pos or a.dim() < 3) else a.mean((0, 1))
+        out[n] = m.unsqueeze(0).expand_as(v) if m.dim() == v.dim() - 1 else m.view(1, 1, *m.shape).expand_as(v)
+    return out
 
 
 def _check_pair(x_r, x_c):
@@ -115,12 +188,12 @@ def evaluate_edges(graph: Graph, runs: Runs, masks: torch.Tensor, *, chunk: int 
     if masks.shape[-1] != E:
         raise ConfigError(f"edge mask has {masks.shape[-1]} columns, graph {graph.name} has {E} edges")
     B = next(iter(runs.clean.values())).shape[0]
-    if masks.dim() == 3 and masks.shape[1] != B:
+    if masks.dim() >= 3 and masks.shape[1] != B:
         raise ConfigError(f"per-example mask has {masks.shape[1]} rows for a batch of {B}")
     if method not in ("fast", "reference"):
         raise ConfigError(f"unknown evaluator {method!r}", hint="method='fast' or 'reference'")
     with _model_state(graph):
-        if method == "fast" and fast.supports(graph) is None:
+        if method == "fast" and masks.dim() < 4 and fast.supports(graph) is None:
             return fast.fast_evaluate(graph, runs, masks, chunk=chunk, memory_budget=memory_budget)
         masks = masks.to(torch.float32)
         K = masks.shape[0]
@@ -131,7 +204,6 @@ def evaluate_edges(graph: Graph, runs: Runs, masks: torch.Tensor, *, chunk: int 
 
 def _two_version(graph: Graph, runs: Runs, masks: torch.Tensor, B: int) -> torch.Tensor:
     K = masks.shape[0]
-    per_example = masks.dim() == 3
     aH: dict = {}
     dirty: dict = {}
 
@@ -170,12 +242,12 @@ def _two_version(graph: Graph, runs: Runs, masks: torch.Tensor, B: int) -> torch
                     if dirty[src]:
                         val = val + (aH[src] - expand(runs.clean[src]))
                 for i in graph.incoming[(n, s)]:
-                    w = masks[:, :, i] if per_example else masks[:, i]
+                    w = masks[..., i]  # [K], [K, B] or [K, B, T] (position-aware masks, module docstring)
                     if bool((w == 1).all()):
                         continue
                     src = graph.edges[i].src
                     cf = runs.cf[src]
-                    w = w.reshape(K, B, *([1] * (cf.dim() - 1))) if per_example else w.reshape(K, *([1] * cf.dim()))
+                    w = w.reshape(*w.shape, *([1] * (cf.dim() + 1 - w.dim())))
                     val = val + (1 - w) * (cf - aH[src])
                 slots[(n, s)] = val.reshape(K * B, *val.shape[2:])
         outs = graph.run_group(g, slots, compute)
@@ -227,14 +299,18 @@ def evaluate_paths(graph: Graph, runs: Runs, paths) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_tree(graph: Graph, runs: Runs, paths) -> torch.Tensor:
-    """Brute-force treeification: every tree copy computed separately. Exponential; tests only."""
+    """Brute-force treeification: every tree copy on P computed separately, every copy off P takes
+    A_c. Exponential; the semantic reference of the tests."""
     P = frozenset(paths)
     count = [0]
+    on_p = {p[i:] for p in P for i in range(len(p) + 1)}  # suffixes of paths in P (a copy with none is off P)
 
     def value(node: str, suffix: tuple):
         nd = graph.nodes[node]
         if nd.kind == "input":
             return runs.inputs_r[node] if suffix in P else runs.inputs_c[node]
+        if suffix not in on_p:
+            return runs.cf[node]  # every leaf counterfactual: A_c(node) (= the x_c run for input counterfactuals)
         count[0] += 1
         slot_vals = {}
         for s in nd.slots:
@@ -248,13 +324,46 @@ def evaluate_tree(graph: Graph, runs: Runs, paths) -> torch.Tensor:
     return out
 
 
-def evaluate(graph: Graph, runs: Runs, hypothesis: Hypothesis) -> torch.Tensor:
-    """G_H for one hypothesis: the two-version algorithm when P is an edge set, else memoised
-    treeification."""
+def evaluate(graph: Graph, runs: Runs, hypothesis: Hypothesis, *, positions: dict | None = None) -> torch.Tensor:
+    """G_H for one hypothesis: the two-version algorithm when P is an edge set (after dropping edges
+    no input reaches, under an ablation), else the compiled evaluator. ``positions`` binds named
+    positions (``{"END": end_index}``, one index per example)."""
     r = hypothesis.resolve(graph)
     if r.edges is not None:
-        return evaluate_edges(graph, runs, edge_mask(graph, [r.edges]))[0]
-    return evaluate_paths(graph, runs, r.paths)
+        E = r.edges if runs.kind == "input" else reachable_edges(graph, r.edges)
+        if runs.kind != "input" and not any(e.dst == "out" for e in E):
+            return runs.cf["out"]  # no path of P reaches the output: the root copy is off P
+        return evaluate_edges(graph, runs, edge_mask(graph, [E]))[0]
+    with _model_state(graph):
+        return evaluate_compiled(graph, runs, r.compiled, positions=positions)
+
+
+def reachable_edges(graph: Graph, edges) -> frozenset:
+    """The edges of ``edges`` whose sender is an input or is reached from one along ``edges``."""
+    edges = frozenset(edges)
+    reached = set(graph.inputs)
+    for n in graph.order:
+        if any(graph.edges[i] in edges and graph.edges[i].src in reached
+               for s in graph.nodes[n].slots for i in graph.incoming[(n, s)]):
+            reached.add(n)
+    return frozenset(e for e in edges if e.src in reached)
+
+
+def position_edge_mask(graph: Graph, hypothesis: Hypothesis, B: int, T: int, *, positions: dict | None = None) -> torch.Tensor:
+    """The ``[1, B, T, E]`` position-aware mask (module docstring) of a hypothesis made of ``all`` /
+    ``edge`` / ``except edge`` lines, with or without positions."""
+    kinds = {it[0] for it in hypothesis.items}
+    if not kinds <= {"all", "none", "edge", "xedge"}:
+        raise ConfigError(f"hypothesis {hypothesis.name!r} is not an edge set", hint="evaluate it with evaluate()")
+    every = "all" in kinds or not kinds & {"none", "edge"}
+    mask = torch.full((B, T, len(graph.edges)), 1.0 if every else 0.0)
+    for it in [i for i in hypothesis.items if i[0] == "edge"] + [i for i in hypothesis.items if i[0] == "xedge"]:
+        if it[0] in ("edge", "xedge"):  # includes first, then exclusions: P = I minus X
+            for e, pos in _edges_with_positions(graph, it).items():
+                where = torch.ones(B, T, dtype=torch.bool) if pos is None else position_mask(pos, B, T, positions)
+                col = mask[:, :, graph.edge_index[e]]
+                mask[:, :, graph.edge_index[e]] = torch.where(where, torch.tensor(float(it[0] == "edge")), col)
+    return mask[None]
 
 
 def avoid_node(graph: Graph, node: str) -> Hypothesis:
