@@ -447,7 +447,9 @@ class IntegratedGradients(Attribution):
         return out
 
     def _baseline_rows(self, x: torch.Tensor, lo: int) -> torch.Tensor:
-        b = torch.as_tensor(self._base, device=x.device)
+        b = self._base
+        b = b.to(x.device) if isinstance(b, torch.Tensor) else torch.as_tensor(b, device=x.device,
+                                                                               dtype=x.dtype if x.is_floating_point() else None)
         if not x.is_floating_point() and b.is_floating_point() and bool((b == b.round()).all()):
             b = b.long()  # the default baseline 0.0 is token id 0 for token inputs (as in captum)
         b = b.to(x.dtype) if (x.is_floating_point() or not b.is_floating_point()) else b
