@@ -1,4 +1,5 @@
 """IOI data (innerprobe.zoo.ioi): reproducibility, position indices, splits, counterfactuals."""
+
 import pytest
 import torch
 
@@ -41,7 +42,11 @@ def test_splits_hold_out_names_and_templates():
     sets = {s: set(ioi.split_names(s)) for s in ioi.SPLITS}
     assert not (sets["train"] & sets["dev"]) and not (sets["train"] & sets["test"]) and not (sets["dev"] & sets["test"])
     temps = {s: set(ioi.TEMPLATES[s]) for s in ioi.SPLITS}
-    assert not (temps["train"] & temps["test"]) and not (temps["train"] & temps["dev"]) and not (temps["dev"] & temps["test"])
+    assert (
+        not (temps["train"] & temps["test"])
+        and not (temps["train"] & temps["dev"])
+        and not (temps["dev"] & temps["test"])
+    )
     b = ioi.sample(300, 0, "test")
     assert set(b.template.tolist()) == {0, 1, 2}
 

@@ -1,4 +1,5 @@
 """The IOI Llama (zoo.ioi_model) and the head machinery of the path-ioi study (studies.ioi_heads)."""
+
 import json
 
 import pytest
@@ -26,6 +27,7 @@ def _runs(model, b, c):
     r.clean = IH.forward(model, b.tokens, capture_z=True, attentions=True, capture_final=True)
     r.cf = IH.forward(model, c.tokens, capture_z=True)
     r.ld_clean, r.ld_cf = r.ld(r.clean["logits"]), r.ld(r.cf["logits"])
+    r.z_mean = {layer: IH.template_mean(z, c) for layer, z in r.cf["z"].items()}
     r.scale = 1.0
     return r
 
@@ -46,8 +48,16 @@ def test_head_slices_rebuild_o_proj_and_dla_sums_to_the_attention_output(tiny):
 def test_identical_counterfactual_means_no_effect_anywhere(tiny):
     b = ioi.sample(6, 3, "test")
     r = _runs(tiny, b, b)
-    assert torch.allclose(IH.circuit_ld(r, {}), r.ld_clean, atol=1e-5)
+    assert torch.allclose(IH.circuit_ld(r, {}, ablation="resample"), r.ld_clean, atol=1e-5)
     assert abs(IH.path_patch(r, [(0, 1)], [(1, 2)], "q", "end")) < 1e-5
+
+
+def test_template_mean_is_the_mean_over_prompts_of_the_same_template():
+    b = ioi.sample(30, 0, "test")
+    z = torch.randn(30, b.tokens.shape[1], 3)
+    m = IH.template_mean(z, b)
+    for i in range(30):
+        assert torch.allclose(m[i], z[b.template == b.template[i]].mean(0), atol=1e-6)
 
 
 def test_keeping_every_head_reproduces_the_clean_run(tiny):
@@ -102,7 +112,10 @@ def test_card_records_floors_cpu_time_and_reloads_without_download(tmp_path, mon
     assert {f["metric"] for f in card["floors"]} == {"test_logit_diff_positive", "test_io_top1"}
     assert all(f["threshold"] in (0.9, 0.8) for f in card["floors"])
     assert card["config"]["llama"]["num_key_value_heads"] == 2 and card["data"]["floors_split"].startswith("test")
-    assert json.loads((zoo.card_path("ioi-llama", 0, **over) / "card.json").read_text())["fingerprint"] == card["fingerprint"]
+    assert (
+        json.loads((zoo.card_path("ioi-llama", 0, **over) / "card.json").read_text())["fingerprint"]
+        == card["fingerprint"]
+    )
     again, card2 = zoo.load("ioi-llama", seed=0, train_if_missing=False, **over)
     x = ioi.sample(4, 0, "test").tokens
     with torch.no_grad():
@@ -117,7 +130,6 @@ def test_study_pieces_on_a_random_tiny_model(tiny, tmp_path):
 
     b = ioi.sample(8, 0, "test")
     r = _runs(tiny, b, b.abc(1))
-    r.z_mean = {layer: IH.template_mean(z, r.x_c) for layer, z in r.cf["z"].items()}
     p = P.analyse_runs(r, 0, n_boot=30, acdc_n=4, ig_steps=2, quick=True)
     keys = [t["key"] for t in p["table"]]
     assert keys[:3] == ["all", "none", "circuit"] and "circuit_resample" in keys
@@ -130,7 +142,11 @@ def test_study_pieces_on_a_random_tiny_model(tiny, tmp_path):
     P.circuit_figure(p, tmp_path / "circuit.png", r.shape)
     summary = P._summary([p])
     P._bars(summary, tmp_path / "hypotheses.png", 1)
-    card = {"seed": 0, "config": M.model_config(TINY), "metrics": {"test_logit_diff_positive": 0.5, "test_io_top1": 0.1}}
+    card = {
+        "seed": 0,
+        "config": M.model_config(TINY),
+        "metrics": {"test_logit_diff_positive": 0.5, "test_io_top1": 0.1},
+    }
     P._section(tmp_path, [p], summary, [card], n=8, n_boot=30, quick=True)
     sec = Section.load(tmp_path / "section.json")
     assert sec.tables and (tmp_path / "circuit.png").stat().st_size > 0

@@ -17,6 +17,7 @@ The machinery of the ``path-ioi`` study (docs/ioi.md), on the HF modules through
   effect: ``(mean LD_patched - mean LD_clean) / (mean LD_clean - mean LD_abc)`` (-1: as damaging as
   replacing every name).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,8 +48,10 @@ def shape_of(model) -> Shape:
     """Layers, query heads, key/value heads and head size of a ``LlamaForCausalLM`` (ModelError otherwise)."""
     cfg = getattr(model, "config", None)
     if cfg is None or not hasattr(getattr(model, "model", None), "layers") or getattr(cfg, "model_type", "") != "llama":
-        raise ModelError(f"the IOI analysis needs a Hugging Face LlamaForCausalLM, got {type(model).__name__}",
-                         hint="use innerprobe.zoo.load('ioi-llama')")
+        raise ModelError(
+            f"the IOI analysis needs a Hugging Face LlamaForCausalLM, got {type(model).__name__}",
+            hint="use innerprobe.zoo.load('ioi-llama')",
+        )
     d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     return Shape(cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, d_head)
 
@@ -58,8 +61,17 @@ def _attn(model, layer: int):
 
 
 @torch.no_grad()
-def forward(model, tokens, *, z_edit=None, proj_edit=None, capture_z=False, capture_proj=(), attentions=False,
-            capture_final=False) -> dict:
+def forward(
+    model,
+    tokens,
+    *,
+    z_edit=None,
+    proj_edit=None,
+    capture_z=False,
+    capture_proj=(),
+    attentions=False,
+    capture_final=False,
+) -> dict:
     """One forward pass with optional edits; returns ``{"logits", "z", "proj", "attn", "final"}``.
 
     ``z_edit[layer](z [N,T,H,dh]) -> z`` edits head outputs before ``o_proj``; ``proj_edit[(layer, kind)](out)``
@@ -71,17 +83,24 @@ def forward(model, tokens, *, z_edit=None, proj_edit=None, capture_z=False, capt
     got = {"z": {}, "proj": {}, "final": None}
     with HookSession(model, eval=True) as hs:
         for layer in range(sh.n_layers):
-            hs.pre_hook(_attn(model, layer).o_proj, _z_hook(layer, sh, z_edit.get(layer), got["z"] if capture_z else None))
+            hs.pre_hook(
+                _attn(model, layer).o_proj, _z_hook(layer, sh, z_edit.get(layer), got["z"] if capture_z else None)
+            )
             for kind in KINDS:
                 fn, cap = proj_edit.get((layer, kind)), (layer, kind) in capture_proj
                 if fn is not None or cap:
-                    hs.forward_hook(getattr(_attn(model, layer), f"{kind}_proj"), _proj_hook((layer, kind), fn, got["proj"] if cap else None))
+                    hs.forward_hook(
+                        getattr(_attn(model, layer), f"{kind}_proj"),
+                        _proj_hook((layer, kind), fn, got["proj"] if cap else None),
+                    )
         if capture_final:
             hs.pre_hook(model.model.norm, lambda m, args: got.__setitem__("final", args[0].detach().clone()))
         out = model(input_ids=tokens, output_attentions=attentions, use_cache=False)
     logits = out.logits
     if not torch.isfinite(logits).all():
-        raise ModelError("the IOI model produced non-finite logits", hint="the cached weights may be corrupt: retrain with --force")
+        raise ModelError(
+            "the IOI model produced non-finite logits", hint="the cached weights may be corrupt: retrain with --force"
+        )
     return {"logits": logits, "attn": out.attentions if attentions else None, **got}
 
 
@@ -94,6 +113,7 @@ def _z_hook(layer, sh: Shape, fn, store):
         if fn is None:
             return None
         return (fn(z).reshape(x.shape), *args[1:])
+
     return hook
 
 
@@ -102,6 +122,7 @@ def _proj_hook(key, fn, store):
         if store is not None:
             store[key] = output.detach().clone()
         return None if fn is None else fn(output)
+
     return hook
 
 
@@ -117,8 +138,10 @@ def pos_mask(batch: ioi.IOIBatch, where: str | None) -> torch.Tensor:
 
 def replace_heads(z_src: dict, masks: dict):
     """``z_edit`` that puts ``z_src[layer]`` where ``masks[layer]`` [N, T, H] is True."""
+
     def make(layer):
         return lambda z: torch.where(masks[layer][..., None], z_src[layer], z)
+
     return {layer: make(layer) for layer in masks}
 
 
@@ -126,8 +149,13 @@ class IOIRuns:
     """Clean (x_r) and counterfactual (x_c) runs of one model on one prompt set, and the LD metric."""
 
     def __init__(self, model, x_r: ioi.IOIBatch, x_c: ioi.IOIBatch):
-        if x_r.tokens.shape != x_c.tokens.shape or any(not torch.equal(x_r.positions[k], x_c.positions[k]) for k in x_r.positions):
-            raise ModelError("x_r and x_c must be aligned prompt by prompt (same shapes and positions)", hint="use batch.abc(seed) or batch.swap()")
+        if x_r.tokens.shape != x_c.tokens.shape or any(
+            not torch.equal(x_r.positions[k], x_c.positions[k]) for k in x_r.positions
+        ):
+            raise ModelError(
+                "x_r and x_c must be aligned prompt by prompt (same shapes and positions)",
+                hint="use batch.abc(seed) or batch.swap()",
+            )
         self.model, self.x_r, self.x_c, self.shape = model, x_r, x_c, shape_of(model)
         self.clean = forward(model, x_r.tokens, capture_z=True, attentions=True, capture_final=True)
         self.cf = forward(model, x_c.tokens, capture_z=True)
@@ -136,8 +164,10 @@ class IOIRuns:
         self.z_mean = {layer: template_mean(z, x_c) for layer, z in self.cf["z"].items()}
         self.scale = float(self.ld_clean.mean() - self.ld_cf.mean())
         if not self.scale > 0:
-            raise ModelError(f"the model's logit difference is not larger on x_r than on x_c ({self.scale:.3f})",
-                             hint="the model has not learned IOI; check its card's floors")
+            raise ModelError(
+                f"the model's logit difference is not larger on x_r than on x_c ({self.scale:.3f})",
+                hint="the model has not learned IOI; check its card's floors",
+            )
 
     def ld(self, logits) -> torch.Tensor:
         return ioi.logit_diff(logits, self.x_r)
@@ -169,8 +199,12 @@ def template_mean(z: torch.Tensor, batch: ioi.IOIBatch) -> torch.Tensor:
 # ---------------------------------------------------------------------------- attention and DLA
 
 SCORES = {  # name: (query position, key position) -- Wang et al. §3 head classes
-    "end_to_io": ("end", "io"), "end_to_s2": ("end", "s2"), "end_to_s1": ("end", "s1"),
-    "s2_to_s1": ("s2", "s1"), "s2_to_s1p1": ("s2", "s1p1"), "s1p1_to_s1": ("s1p1", "s1"),
+    "end_to_io": ("end", "io"),
+    "end_to_s2": ("end", "s2"),
+    "end_to_s1": ("end", "s1"),
+    "s2_to_s1": ("s2", "s1"),
+    "s2_to_s1p1": ("s2", "s1p1"),
+    "s1p1_to_s1": ("s1p1", "s1"),
 }
 
 
@@ -208,6 +242,7 @@ def direct_logit_attribution(runs: IOIRuns) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- node and path patching
 
+
 def node_patching(runs: IOIRuns, positions=("end", "s2", "s1p1", None)) -> dict:
     """Normalised LD effect [L, H] of patching one head's output from x_c at one position (None: all)."""
     sh = runs.shape
@@ -216,7 +251,11 @@ def node_patching(runs: IOIRuns, positions=("end", "s2", "s1p1", None)) -> dict:
         eff = np.zeros((sh.n_layers, sh.n_heads))
         for layer in range(sh.n_layers):
             for head in range(sh.n_heads):
-                res = forward(runs.model, runs.x_r.tokens, z_edit=replace_heads(runs.cf["z"], runs.head_mask([(layer, head)], where)))
+                res = forward(
+                    runs.model,
+                    runs.x_r.tokens,
+                    z_edit=replace_heads(runs.cf["z"], runs.head_mask([(layer, head)], where)),
+                )
                 eff[layer, head] = runs.effect(res["logits"])
         out[where or "all"] = eff
     return out
@@ -250,8 +289,12 @@ def path_patch(runs: IOIRuns, senders, receivers=None, kind: str = "q", where: s
     """Normalised LD effect of the paths senders -> receivers (their ``kind`` input at position ``where``);
     ``receivers=None``: senders -> logits (direct and through MLPs, other heads frozen)."""
     senders = list(senders)
-    step2 = forward(runs.model, runs.x_r.tokens, z_edit=_frozen_senders(runs, senders),
-                    capture_proj=[] if receivers is None else [(layer, kind) for layer, _ in receivers])
+    step2 = forward(
+        runs.model,
+        runs.x_r.tokens,
+        z_edit=_frozen_senders(runs, senders),
+        capture_proj=[] if receivers is None else [(layer, kind) for layer, _ in receivers],
+    )
     if receivers is None:
         return runs.effect(step2["logits"])
     pm = pos_mask(runs.x_r, where)[..., None]
@@ -263,6 +306,7 @@ def path_patch(runs: IOIRuns, senders, receivers=None, kind: str = "q", where: s
             colmask = torch.zeros(out.shape[-1], dtype=torch.bool)
             colmask[cols] = True
             return torch.where(pm & colmask, new, out)
+
         edits[(layer, kind)] = edit
     return runs.effect(forward(runs.model, runs.x_r.tokens, proj_edit=edits)["logits"])
 

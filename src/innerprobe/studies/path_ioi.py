@@ -19,6 +19,7 @@ templates) with the ABC counterfactual (three fresh names):
 5. automatic discovery (ACDC-style pruning, EAP-IG) with :mod:`innerprobe.patch` where the family
    graph supports the model (see :func:`discovery`), compared with the hand-written circuit.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,10 +32,13 @@ RECIPE = "ioi-llama"
 EFFECT_MIN = 0.02  # |normalised path effect| a head needs for a class (2% of the ABC effect)
 ATT_MARGIN = 0.2  # its class's attention score must exceed the chance level by this much (absolute)
 CLASSES = {  # class: (position its output is kept at, attention score naming it, sign of its path effect)
-    "name_mover": ("end", "end_to_io", -1), "negative_name_mover": ("end", "end_to_io", +1),
+    "name_mover": ("end", "end_to_io", -1),
+    "negative_name_mover": ("end", "end_to_io", +1),
     "s_suppressor": ("end", "end_to_s2", -1),  # not in Wang et al.: reads S2 at END and lowers S directly
-    "s_inhibition": ("end", "end_to_s2", -1), "induction": ("s2", "s2_to_s1p1", -1),
-    "duplicate_token": ("s2", "s2_to_s1", -1), "previous_token": ("s1p1", "s1p1_to_s1", -1),
+    "s_inhibition": ("end", "end_to_s2", -1),
+    "induction": ("s2", "s2_to_s1p1", -1),
+    "duplicate_token": ("s2", "s2_to_s1", -1),
+    "previous_token": ("s1p1", "s1p1_to_s1", -1),
 }
 
 
@@ -93,16 +97,28 @@ def hypotheses(classes: dict, node_all: np.ndarray, shape) -> list[tuple[str, st
     circuit = keep_of(classes)
     n_c = len({h for hs in circuit.values() for h in hs})
     order = np.argsort(np.nan_to_num(node_all, nan=0.0), axis=None)  # most negative (most important) first
-    top = [(int(i // shape.n_heads), int(i % shape.n_heads)) for i in order[:max(n_c, 1)]]
+    top = [(int(i // shape.n_heads), int(i % shape.n_heads)) for i in order[: max(n_c, 1)]]
     present = [c for c in CLASSES if classes.get(c)]
-    rows = [("all", "all heads (clean model)", {None: every}, {}), ("none", "no head (every head output mean-ablated)", {}, {}),
-            ("circuit", "circuit: every class at its position", circuit, {})]
+    rows = [
+        ("all", "all heads (clean model)", {None: every}, {}),
+        ("none", "no head (every head output mean-ablated)", {}, {}),
+        ("circuit", "circuit: every class at its position", circuit, {}),
+    ]
     rows += [(f"minus_{c}", f"circuit minus {c.replace('_', ' ')}", keep_of(classes, drop=(c,)), {}) for c in present]
-    rows += [("name_movers_only", "name movers only (at END)", keep_of({"name_mover": classes.get("name_mover", [])}), {}),
-             ("circuit_all_positions", "circuit heads at every position", keep_of(classes, all_positions=True), {}),
-             ("top_node_heads", f"top-{len(top)} heads by node patching (all positions)", {None: top}, {})]
-    rows += [(f"knockout_{c}", f"full model, {c.replace('_', ' ')} mean-ablated at {CLASSES[c][0]}", {None: every},
-              {CLASSES[c][0]: classes[c]}) for c in present]
+    rows += [
+        ("name_movers_only", "name movers only (at END)", keep_of({"name_mover": classes.get("name_mover", [])}), {}),
+        ("circuit_all_positions", "circuit heads at every position", keep_of(classes, all_positions=True), {}),
+        ("top_node_heads", f"top-{len(top)} heads by node patching (all positions)", {None: top}, {}),
+    ]
+    rows += [
+        (
+            f"knockout_{c}",
+            f"full model, {c.replace('_', ' ')} mean-ablated at {CLASSES[c][0]}",
+            {None: every},
+            {CLASSES[c][0]: classes[c]},
+        )
+        for c in present
+    ]
     return rows
 
 
@@ -119,29 +135,64 @@ def score_hypotheses(runs, rows, *, n_boot: int, seed: int) -> list[dict]:
     out = []
     for key, label, keep, _ in rows:
         ci = bootstrap(lds[key], _ratio, paired=(lds["none"], lds["all"]), n_resamples=n_boot, seed=seed)
-        out.append({"key": key, "hypothesis": label, "n_heads": len({h for hs in keep.values() for h in hs}),
-                    "mean_ld": float(lds[key].mean()), "proportion": ci})
+        out.append(
+            {
+                "key": key,
+                "hypothesis": label,
+                "n_heads": len({h for hs in keep.values() for h in hs}),
+                "mean_ld": float(lds[key].mean()),
+                "proportion": ci,
+            }
+        )
     circuit = next(keep for key, _, keep, _ in rows if key == "circuit")  # the same circuit, resample ablation
-    res = {k: IH.circuit_ld(runs, keep, ablation="resample").numpy() for k, keep in (("circuit", circuit), ("none", {}))}
+    res = {
+        k: IH.circuit_ld(runs, keep, ablation="resample").numpy() for k, keep in (("circuit", circuit), ("none", {}))
+    }
     ci = bootstrap(res["circuit"], _ratio, paired=(res["none"], lds["all"]), n_resamples=n_boot, seed=seed)
-    out.append({"key": "circuit_resample", "hypothesis": "circuit, resample ablation (paired ABC prompt) instead of mean",
-                "n_heads": out[2]["n_heads"], "mean_ld": float(res["circuit"].mean()), "proportion": ci})
+    out.append(
+        {
+            "key": "circuit_resample",
+            "hypothesis": "circuit, resample ablation (paired ABC prompt) instead of mean",
+            "n_heads": out[2]["n_heads"],
+            "mean_ld": float(res["circuit"].mean()),
+            "proportion": ci,
+        }
+    )
     return out
 
 
-def analyse(model, seed: int, *, n: int, n_boot: int, do_discovery: bool = True, acdc_n: int | None = None,
-            ig_steps: int = 10, quick: bool = False) -> dict:
+def analyse(
+    model,
+    seed: int,
+    *,
+    n: int,
+    n_boot: int,
+    do_discovery: bool = True,
+    acdc_n: int | None = None,
+    ig_steps: int = 10,
+    quick: bool = False,
+) -> dict:
     """Everything for one trained model (see the module docstring)."""
     from ..zoo import ioi
     from . import ioi_heads as IH
 
     x_r = ioi.sample(n, 80_000 + seed, "test")
     runs = IH.IOIRuns(model, x_r, x_r.abc(90_000 + seed))
-    return analyse_runs(runs, seed, n_boot=n_boot, do_discovery=do_discovery, acdc_n=acdc_n, ig_steps=ig_steps, quick=quick)
+    return analyse_runs(
+        runs, seed, n_boot=n_boot, do_discovery=do_discovery, acdc_n=acdc_n, ig_steps=ig_steps, quick=quick
+    )
 
 
-def analyse_runs(runs, seed: int, *, n_boot: int, do_discovery: bool = True, acdc_n: int | None = None,
-                 ig_steps: int = 10, quick: bool = False) -> dict:
+def analyse_runs(
+    runs,
+    seed: int,
+    *,
+    n_boot: int,
+    do_discovery: bool = True,
+    acdc_n: int | None = None,
+    ig_steps: int = 10,
+    quick: bool = False,
+) -> dict:
     """:func:`analyse` on prepared :class:`~innerprobe.studies.ioi_heads.IOIRuns`."""
     from . import ioi_heads as IH
 
@@ -149,18 +200,43 @@ def analyse_runs(runs, seed: int, *, n_boot: int, do_discovery: bool = True, acd
     found = find_circuit(runs)
     nodes = IH.node_patching(runs, positions=("end", None) if quick else ("end", "s2", "s1p1", None))
     rows = hypotheses(found["classes"], nodes["all"], runs.shape)
-    res = {"seed": seed, "n": n, "ld_clean": float(runs.ld_clean.mean()), "ld_abc": float(runs.ld_cf.mean()),
-           "ld_swap": float(runs.ld(IH.forward(model, x_r.swap().tokens)["logits"]).mean()),
-           "dla": IH.direct_logit_attribution(runs), "nodes": nodes, **found,
-           "table": score_hypotheses(runs, rows, n_boot=n_boot, seed=seed)}
+    res = {
+        "seed": seed,
+        "n": n,
+        "ld_clean": float(runs.ld_clean.mean()),
+        "ld_abc": float(runs.ld_cf.mean()),
+        "ld_swap": float(runs.ld(IH.forward(model, x_r.swap().tokens)["logits"]).mean()),
+        "dla": IH.direct_logit_attribution(runs),
+        "nodes": nodes,
+        **found,
+        "table": score_hypotheses(runs, rows, n_boot=n_boot, seed=seed),
+    }
     if do_discovery:
-        res["discovery"] = discovery(model, runs, found["classes"], n_boot=n_boot, seed=seed, acdc_n=acdc_n, ig_steps=ig_steps,
-                                     run_acdc=not quick)
+        res["discovery"] = discovery(
+            model,
+            runs,
+            found["classes"],
+            n_boot=n_boot,
+            seed=seed,
+            acdc_n=acdc_n,
+            ig_steps=ig_steps,
+            run_acdc=not quick,
+        )
     return res
 
 
-def discovery(model, runs, classes: dict, *, n_boot: int, seed: int, ig_steps: int = 10, acdc_n: int | None = None,
-              run_acdc: bool = True, top_k: int = 60) -> dict:
+def discovery(
+    model,
+    runs,
+    classes: dict,
+    *,
+    n_boot: int,
+    seed: int,
+    ig_steps: int = 10,
+    acdc_n: int | None = None,
+    run_acdc: bool = True,
+    top_k: int = 60,
+) -> dict:
     """ACDC-style greedy pruning and EAP-IG top-k (:mod:`innerprobe.patch`, Conmy et al. 2023; Hanna et al.
     2024) on the model's family graph (edges between embed, heads' q/k/v, MLPs and the logits; every
     edge resampled from the paired ABC prompt at all positions), told nothing about the classes.
@@ -193,21 +269,36 @@ def discovery(model, runs, classes: dict, *, n_boot: int, seed: int, ig_steps: i
         circuits["acdc"], _ = disc.acdc(graph, gr, metric, tau)
     k = len(circuits["acdc"]) if run_acdc else top_k
     circuits["eap_ig_topk"] = disc.prune_dangling(graph, disc.top_k(graph, scores, max(k, 1)))
-    hand = {f"a{l}.{h}" for hs in classes.values() for l, h in hs}
+    hand = {name(h) for hs in classes.values() for h in hs}
     methods = {}
     for name_, es in circuits.items():
         ld = -metric(evaluate_edges(graph, gr, edge_mask(graph, [es]))[0]).numpy()
         ci = bootstrap(ld, _ratio, paired=(ld_c, ld_r), n_resamples=n_boot, seed=seed)
         heads = {n for e in es for n in (e.src, e.dst) if n.startswith("a")}
         tp = len(heads & hand)
-        methods[name_] = {"n_edges": len(es), "n_heads": len(heads), "heads": sorted(heads), "proportion": ci,
-                          "precision": tp / len(heads) if heads else float("nan"), "recall": tp / len(hand) if hand else float("nan"),
-                          "missed": sorted(hand - heads), "edges": sorted(str(e) for e in es)}
-    return {"available": True, "graph": graph.summary().splitlines()[0], "n_graph_edges": len(graph.edges), "tau": tau,
-            "n_prompts": len(b), "ig_steps": ig_steps, "methods": methods}
+        methods[name_] = {
+            "n_edges": len(es),
+            "n_heads": len(heads),
+            "heads": sorted(heads),
+            "proportion": ci,
+            "precision": tp / len(heads) if heads else float("nan"),
+            "recall": tp / len(hand) if hand else float("nan"),
+            "missed": sorted(hand - heads),
+            "edges": sorted(str(e) for e in es),
+        }
+    return {
+        "available": True,
+        "graph": graph.summary().splitlines()[0],
+        "n_graph_edges": len(graph.edges),
+        "tau": tau,
+        "n_prompts": len(b),
+        "ig_steps": ig_steps,
+        "methods": methods,
+    }
 
 
 # ---------------------------------------------------------------------------- across seeds, figures, report
+
 
 def _summary(per_seed: list[dict]) -> list[dict]:
     """Per hypothesis key (in seed 0's order): per-seed proportions and their mean with a t-CI."""
@@ -220,7 +311,14 @@ def _summary(per_seed: list[dict]) -> list[dict]:
         got = [v for v in vals if v is not None]
         label = next(r["hypothesis"] for r in per_seed[0]["table"] if r["key"] == k)
         ci = t_interval(got) if len(got) > 1 else None
-        out.append({"key": k, "hypothesis": label, "per_seed": vals, "mean": ci if ci is not None else (got[0] if got else None)})
+        out.append(
+            {
+                "key": k,
+                "hypothesis": label,
+                "per_seed": vals,
+                "mean": ci if ci is not None else (got[0] if got else None),
+            }
+        )
     return out
 
 
@@ -236,14 +334,30 @@ def _fmt_ci(ci) -> str:
 
 def _class_rows(p: dict) -> list[list]:
     att, eff = p["att"], p["effects"]
-    src = {"name_mover": "direct", "negative_name_mover": "direct", "s_suppressor": "direct", "s_inhibition": "to_nm_q", "induction": "to_si_v",
-           "duplicate_token": "to_si_v", "previous_token": "to_ind_k"}
+    src = {
+        "name_mover": "direct",
+        "negative_name_mover": "direct",
+        "s_suppressor": "direct",
+        "s_inhibition": "to_nm_q",
+        "induction": "to_si_v",
+        "duplicate_token": "to_si_v",
+        "previous_token": "to_ind_k",
+    }
     rows = []
     for cls, (where, score, _) in CLASSES.items():
         heads = p["classes"][cls]
-        rows.append([p["seed"], cls.replace("_", " "), where, score, f"{att['chance'][score]:.3f}",
-                     f"{att['chance'][score] + ATT_MARGIN:.3f}",
-                     ", ".join(f"{name(h)} (att {att['scores'][score][h]:.2f}, path {eff[src[cls]][h]:+.2f})" for h in heads) or "none"])
+        rows.append(
+            [
+                p["seed"],
+                cls.replace("_", " "),
+                where,
+                score,
+                f"{att['chance'][score]:.3f}",
+                f"{att['chance'][score] + ATT_MARGIN:.3f}",
+                ", ".join(f"{name(h)} (att {att['scores'][score][h]:.2f}, path {eff[src[cls]][h]:+.2f})" for h in heads)
+                or "none",
+            ]
+        )
     return rows
 
 
@@ -266,8 +380,15 @@ def circuit_figure(p: dict, path: Path, shape) -> Path:
     import matplotlib.pyplot as plt
 
     cols = {"io": 0, "s1": 1, "s1p1": 2, "s2": 3, "end": 4}
-    colors = {"name_mover": "tab:green", "negative_name_mover": "tab:red", "s_suppressor": "tab:olive", "s_inhibition": "tab:orange",
-              "induction": "tab:purple", "duplicate_token": "tab:blue", "previous_token": "tab:brown"}
+    colors = {
+        "name_mover": "tab:green",
+        "negative_name_mover": "tab:red",
+        "s_suppressor": "tab:olive",
+        "s_inhibition": "tab:orange",
+        "induction": "tab:purple",
+        "duplicate_token": "tab:blue",
+        "previous_token": "tab:brown",
+    }
     fig, ax = plt.subplots(figsize=(11, 6.5))
     where_xy = {}
     for cls, heads in p["classes"].items():
@@ -276,12 +397,30 @@ def circuit_figure(p: dict, path: Path, shape) -> Path:
             same = sum(1 for v in where_xy.values() if v[1] == h[0] and abs(v[0] - x0) < 0.45)
             xy = (x0 - 0.3 + 0.3 * same, h[0])
             where_xy[(cls, h)] = xy
-            ax.text(*xy, f"{name(h)}\n{cls.replace('_', ' ')}", ha="center", va="center", fontsize=8,
-                    bbox={"boxstyle": "round", "fc": colors[cls], "alpha": 0.35})
-    ax.text(5, shape.n_layers - 0.5, "logits\n(IO - S)", ha="center", va="center", fontsize=9, bbox={"boxstyle": "round", "fc": "0.9"})
+            ax.text(
+                *xy,
+                f"{name(h)}\n{cls.replace('_', ' ')}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                bbox={"boxstyle": "round", "fc": colors[cls], "alpha": 0.35},
+            )
+    ax.text(
+        5,
+        shape.n_layers - 0.5,
+        "logits\n(IO - S)",
+        ha="center",
+        va="center",
+        fontsize=9,
+        bbox={"boxstyle": "round", "fc": "0.9"},
+    )
     eff = p["effects"]
-    links = [("previous_token", "induction", "to_ind_k", "K"), ("induction", "s_inhibition", "to_si_v", "V"),
-             ("duplicate_token", "s_inhibition", "to_si_v", "V"), ("s_inhibition", "name_mover", "to_nm_q", "Q")]
+    links = [
+        ("previous_token", "induction", "to_ind_k", "K"),
+        ("induction", "s_inhibition", "to_si_v", "V"),
+        ("duplicate_token", "s_inhibition", "to_si_v", "V"),
+        ("s_inhibition", "name_mover", "to_nm_q", "Q"),
+    ]
     for a, b, key, slot in links:
         for (ca, ha), xa in where_xy.items():
             if ca != a:
@@ -289,19 +428,32 @@ def circuit_figure(p: dict, path: Path, shape) -> Path:
             for (cb, _), xb in where_xy.items():
                 if cb == b:
                     w = abs(float(np.nan_to_num(eff[key][ha])))
-                    ax.annotate("", xy=xb, xytext=xa, arrowprops={"arrowstyle": "->", "lw": 0.5 + 6 * w, "color": "0.3", "alpha": 0.7})
+                    ax.annotate(
+                        "",
+                        xy=xb,
+                        xytext=xa,
+                        arrowprops={"arrowstyle": "->", "lw": 0.5 + 6 * w, "color": "0.3", "alpha": 0.7},
+                    )
                     ax.text((xa[0] + xb[0]) / 2, (xa[1] + xb[1]) / 2, slot, fontsize=7, color="0.3")
     for (c, h), xy in where_xy.items():
         if c in ("name_mover", "negative_name_mover", "s_suppressor"):
             w = abs(float(eff["direct"][h]))
-            ax.annotate("", xy=(5, shape.n_layers - 0.5), xytext=xy, arrowprops={"arrowstyle": "->", "lw": 0.5 + 6 * w, "color": colors[c], "alpha": 0.7})
+            ax.annotate(
+                "",
+                xy=(5, shape.n_layers - 0.5),
+                xytext=xy,
+                arrowprops={"arrowstyle": "->", "lw": 0.5 + 6 * w, "color": colors[c], "alpha": 0.7},
+            )
     ax.set_xticks(range(6), ["IO", "S1", "S1+1", "S2", "END", "logits"])
     ax.set_yticks(range(shape.n_layers), [f"layer {i}" for i in range(shape.n_layers)])
     ax.set_xlim(-0.8, 5.6)
     ax.set_ylim(-0.7, shape.n_layers - 0.1)
     ax.grid(alpha=0.2)
-    ax.set_title(f"{RECIPE} seed {p['seed']}: IOI circuit from path patching (arrow width = |path effect| / ABC effect; "
-                 f"K/V/Q = receiving input)", fontsize=9)
+    ax.set_title(
+        f"{RECIPE} seed {p['seed']}: IOI circuit from path patching (arrow width = |path effect| / ABC effect; "
+        f"K/V/Q = receiving input)",
+        fontsize=9,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -327,7 +479,13 @@ def _bars(summary: list[dict], path: Path, seeds: int) -> Path:
         ax.barh(yi, est, color="tab:blue", alpha=0.55)
         if isinstance(m, CI) and m.lo is not None:
             ax.plot([m.lo, m.hi], [yi, yi], color="k", lw=1.5)
-        ax.scatter([v for v in r["per_seed"] if v is not None], [yi] * sum(v is not None for v in r["per_seed"]), color="k", s=10, zorder=3)
+        ax.scatter(
+            [v for v in r["per_seed"] if v is not None],
+            [yi] * sum(v is not None for v in r["per_seed"]),
+            color="k",
+            s=10,
+            zorder=3,
+        )
     ax.set_yticks(y, [r["hypothesis"] for r in summary], fontsize=8)
     ax.axvline(0, color="0.5", lw=0.8)
     ax.axvline(1, color="0.5", lw=0.8, ls="--")
@@ -342,8 +500,15 @@ def _bars(summary: list[dict], path: Path, seeds: int) -> Path:
 def _head_panels(p: dict) -> dict:
     att, nodes, eff = p["att"]["scores"], p["nodes"], p["effects"]
     panels = {f"node patch @{k.upper().replace('S1P1', 'S1+1')}": v for k, v in nodes.items() if k != "all"}
-    return {**panels, "path -> logits": eff["direct"], "DLA (IO-S) @END": p["dla"], "attn END->IO": att["end_to_io"],
-            "attn END->S2": att["end_to_s2"], "attn S2->S1": att["s2_to_s1"], "attn S2->S1+1": att["s2_to_s1p1"]}
+    return {
+        **panels,
+        "path -> logits": eff["direct"],
+        "DLA (IO-S) @END": p["dla"],
+        "attn END->IO": att["end_to_io"],
+        "attn END->S2": att["end_to_s2"],
+        "attn S2->S1": att["s2_to_s1"],
+        "attn S2->S1+1": att["s2_to_s1p1"],
+    }
 
 
 def _rows(summary, per_seed, seeds) -> list[dict]:
@@ -351,14 +516,25 @@ def _rows(summary, per_seed, seeds) -> list[dict]:
     bootstrap CI), the clean / ABC logit differences, and per class the number of heads found."""
     out = []
     for r in summary:
-        value = r["mean"] if len(per_seed) > 1 else next(t["proportion"] for t in per_seed[0]["table"] if t["key"] == r["key"])
+        value = (
+            r["mean"]
+            if len(per_seed) > 1
+            else next(t["proportion"] for t in per_seed[0]["table"] if t["key"] == r["key"])
+        )
         out.append(row("proportion_ld_explained", value, model=RECIPE, condition={"hypothesis": r["key"]}, seeds=seeds))
     for metric in ("ld_clean", "ld_abc", "ld_swap"):
         vals = [p[metric] for p in per_seed]
         out.append(row(metric, _mean_ci(vals), model=RECIPE, seeds=seeds))
     for cls in CLASSES:
-        out.append(row("n_heads", _mean_ci([len(p["classes"][cls]) for p in per_seed]), model=RECIPE,
-                       condition={"head_class": cls}, seeds=seeds))
+        out.append(
+            row(
+                "n_heads",
+                _mean_ci([len(p["classes"][cls]) for p in per_seed]),
+                model=RECIPE,
+                condition={"head_class": cls},
+                seeds=seeds,
+            )
+        )
     return out
 
 
@@ -381,28 +557,54 @@ def run(out: Path, seeds: int = 3, quick: bool = False) -> Result:
     for s in range(seeds):
         model, card = zoo.load(RECIPE, seed=s)
         cards.append(card)
-        per_seed.append(analyse(model, s, n=n, n_boot=n_boot, do_discovery=True, acdc_n=16 if quick else 64, ig_steps=5 if quick else 10,
-                                quick=quick))
+        per_seed.append(
+            analyse(
+                model,
+                s,
+                n=n,
+                n_boot=n_boot,
+                do_discovery=True,
+                acdc_n=16 if quick else 64,
+                ig_steps=5 if quick else 10,
+                quick=quick,
+            )
+        )
     shape = IH.shape_of(model)
     summary = _summary(per_seed)
     seed_list = list(range(seeds))
     from ..patch.plots import head_heatmaps
 
     for p in per_seed:
-        head_heatmaps(_head_panels(p), out / f"heads_seed{p['seed']}.png", title=f"{RECIPE} seed {p['seed']}: normalised effects and attention")
+        head_heatmaps(
+            _head_panels(p),
+            out / f"heads_seed{p['seed']}.png",
+            title=f"{RECIPE} seed {p['seed']}: normalised effects and attention",
+        )
     circuit_figure(per_seed[0], out / "circuit.png", shape)
     _bars(summary, out / "hypotheses.png", seeds)
     _section(out, per_seed, summary, cards, n=n, n_boot=n_boot, quick=quick)
-    result = Result(kind="study:path-ioi", rows=_rows(summary, per_seed, seed_list),
-                    data={"recipe": RECIPE, "seeds": seeds, "quick": quick, "n_prompts": n, "n_boot": n_boot,
-                          "effect_min": EFFECT_MIN, "attention_margin": ATT_MARGIN,
-                          "counterfactual": "ABC (three fresh names; same template, place, object)",
-                          "prompts": "test split: held-out names and held-out templates",
-                          "classes": [{"seed": p["seed"], **{c: [name(h) for h in hs] for c, hs in p["classes"].items()}} for p in per_seed],
-                          "chance": per_seed[0]["att"]["chance"],
-                          "discovery": [p.get("discovery") for p in per_seed]},
-                    tables={"hypotheses": [{"seed": p["seed"], **t} for p in per_seed for t in p["table"]]},
-                    provenance=provenance(seed=seed_list, model=RECIPE, config={"n": n, "quick": quick, "n_boot": n_boot}))
+    result = Result(
+        kind="study:path-ioi",
+        rows=_rows(summary, per_seed, seed_list),
+        data={
+            "recipe": RECIPE,
+            "seeds": seeds,
+            "quick": quick,
+            "n_prompts": n,
+            "n_boot": n_boot,
+            "effect_min": EFFECT_MIN,
+            "attention_margin": ATT_MARGIN,
+            "counterfactual": "ABC (three fresh names; same template, place, object)",
+            "prompts": "test split: held-out names and held-out templates",
+            "classes": [
+                {"seed": p["seed"], **{c: [name(h) for h in hs] for c, hs in p["classes"].items()}} for p in per_seed
+            ],
+            "chance": per_seed[0]["att"]["chance"],
+            "discovery": [p.get("discovery") for p in per_seed],
+        },
+        tables={"hypotheses": [{"seed": p["seed"], **t} for p in per_seed for t in p["table"]]},
+        provenance=provenance(seed=seed_list, model=RECIPE, config={"n": n, "quick": quick, "n_boot": n_boot}),
+    )
     result.save(out / "summary.json")
     return result
 
@@ -415,12 +617,16 @@ def _differences(per_seed: list[dict], summary: list[dict]) -> str:
     miss = [c.replace("_", " ") for c, k in found.items() if not k]
     circ = next(r for r in summary if r["key"] == "circuit")
     est = circ["mean"].estimate if hasattr(circ["mean"], "estimate") else circ["mean"]
-    text = ("GPT-2 small's IOI circuit (Wang et al. 2022) has name movers and negative name movers in layers 9-11 reading "
-            "the IO at END, S-inhibition heads in layers 7-8 that steer them away from S, and induction / duplicate-token heads "
-            "(with previous-token heads) at S2 that feed the S-inhibition heads. This 4-layer model: "
-            + ("; ".join(have) if have else "no class passed both tests") + "."
-            + (f" Not found in any seed (by the stated thresholds): {', '.join(miss)}." if miss else "")
-            + (f" The circuit explains {est:.2f} of the logit difference (seed mean)." if est is not None else ""))
+    gpt2 = (
+        "GPT-2 small's IOI circuit (Wang et al. 2022): name movers (layers 9-10) and negative name movers (10-11) "
+        "copy the IO at END; S-inhibition heads (7-8) steer them away from S; induction (5-6) and duplicate-token "
+        "heads (0, 3), fed by previous-token heads (2, 4), mark S as repeated at S2. "
+    )
+    text = gpt2 + "This 4-layer model: " + ("; ".join(have) if have else "no class passed both tests") + "."
+    if miss:
+        text += f" Not found in any seed (by the stated thresholds): {', '.join(miss)}."
+    if est is not None:
+        text += f" The circuit explains {est:.2f} of the logit difference (seed mean)."
     unl = [f"seed {p['seed']}: {_top_unclassified(p)}" for p in per_seed]
     return text + " Heads that node patching finds important but no class names: " + "; ".join(unl) + "."
 
@@ -431,40 +637,84 @@ def _section(out: Path, per_seed, summary, cards, *, n: int, n_boot: int, quick:
     seeds = len(per_seed)
     sec = Section("Path patching: indirect-object identification in a Llama (path-ioi)", order=42)
     c0 = cards[0]
-    sec.paragraphs.append(
-        f"Model {RECIPE} (Hugging Face LlamaForCausalLM: {c0['config']['llama']['num_hidden_layers']} layers, "
-        f"{c0['config']['llama']['num_attention_heads']} query heads over {c0['config']['llama']['num_key_value_heads']} K/V heads, "
-        f"RMSNorm, rotary, SwiGLU), seeds 0..{seeds - 1}; card floors on held-out names and templates: "
-        + "; ".join(f"seed {c['seed']}: LD>0 {c['metrics']['test_logit_diff_positive']:.3f}, IO top-1 {c['metrics']['test_io_top1']:.3f}" for c in cards)
-        + f". {n} test prompts per seed (held-out names and templates), paired with their ABC counterfactual (three fresh names). "
-        "Effects are on LD = logit(IO) - logit(S) at END, normalised by the ABC effect (-1 = as damaging as replacing every name). "
-        f"A head gets a class only when its path effect is >= {EFFECT_MIN} of the ABC effect with the class's sign and its class's "
-        f"attention score beats the chance level (uniform causal attention, printed per class) by {ATT_MARGIN}. "
-        "Proportion explained = (LD(H) - LD(none)) / (LD(all) - LD(none)), every head output outside H mean-ablated over the "
-        f"ABC prompts of its template (Wang et al.; ratio of means; {n_boot} paired bootstrap resamples of "
-        "prompts per seed; across seeds: mean and 95% t-interval). GQA: a key/value receiver is the whole group of query heads "
-        "sharing that K/V head. Command: innerprobe study path-ioi" + (" --quick" if quick else "") + ".")
+    llama = c0["config"]["llama"]
+    floors = "; ".join(
+        f"seed {c['seed']}: LD>0 {c['metrics']['test_logit_diff_positive']:.3f}, "
+        f"IO top-1 {c['metrics']['test_io_top1']:.3f}"
+        for c in cards
+    )
+    parts = [
+        f"Model {RECIPE} (Hugging Face LlamaForCausalLM: {llama['num_hidden_layers']} layers, "
+        f"{llama['num_attention_heads']} query heads over {llama['num_key_value_heads']} K/V heads, "
+        f"RMSNorm, rotary, SwiGLU), seeds 0..{seeds - 1}; card floors on held-out names and templates: {floors}.",
+        f"{n} test prompts per seed (held-out names and templates), each paired with its ABC counterfactual.",
+        "Effects are on LD = logit(IO) - logit(S) at END, normalised by the ABC effect (-1 = as damaging as",
+        "replacing every name).",
+        f"A head gets a class only when its path effect is >= {EFFECT_MIN} of the ABC effect with the class's sign",
+        f"and its class's attention score beats the chance level (uniform causal attention) by {ATT_MARGIN}.",
+        "Proportion explained = (LD(H) - LD(none)) / (LD(all) - LD(none)), every head output outside H",
+        "mean-ablated over the ABC prompts of its template (Wang et al.; ratio of means;",
+        f"{n_boot} paired bootstrap resamples of prompts per seed; across seeds: mean and 95% t-interval).",
+        "GQA: a key/value receiver is the whole group of query heads sharing that K/V head.",
+        "Command: innerprobe study path-ioi" + (" --quick" if quick else "") + ".",
+    ]
+    sec.paragraphs.append(" ".join(parts))
     sec.paragraphs.append(_differences(per_seed, summary))
-    sec.table("Hypotheses: proportion of the logit difference explained (per seed [bootstrap CI]; mean over seeds [95% t-CI])",
-              ["hypothesis", "heads (seed 0)", "per seed", "mean [CI]"],
-              [[r["hypothesis"], next(t["n_heads"] for t in per_seed[0]["table"] if t["key"] == r["key"]),
-                "; ".join(_fmt_ci(next((t["proportion"] for t in p["table"] if t["key"] == r["key"]), None)) for p in per_seed),
-                _fmt_ci(r["mean"])] for r in summary])
-    sec.table("Head classes from position-aware path patching (att = class attention score, path = normalised path effect)",
-              ["seed", "class", "position", "score", "chance", "threshold", "heads"], [r for p in per_seed for r in _class_rows(p)])
-    sec.table("Logit difference IO - S at END (mean over prompts)", ["seed", "clean", "ABC", "IO/S swapped"],
-              [[p["seed"], f"{p['ld_clean']:.3f}", f"{p['ld_abc']:.3f}", f"{p['ld_swap']:.3f}"] for p in per_seed])
+    sec.table(
+        "Hypotheses: proportion of the logit difference explained "
+        "(per seed [bootstrap CI]; mean over seeds [95% t-CI])",
+        ["hypothesis", "heads (seed 0)", "per seed", "mean [CI]"],
+        [
+            [
+                r["hypothesis"],
+                next(t["n_heads"] for t in per_seed[0]["table"] if t["key"] == r["key"]),
+                "; ".join(
+                    _fmt_ci(next((t["proportion"] for t in p["table"] if t["key"] == r["key"]), None)) for p in per_seed
+                ),
+                _fmt_ci(r["mean"]),
+            ]
+            for r in summary
+        ],
+    )
+    sec.table(
+        "Head classes from position-aware path patching (att = class attention score, path = normalised path effect)",
+        ["seed", "class", "position", "score", "chance", "threshold", "heads"],
+        [r for p in per_seed for r in _class_rows(p)],
+    )
+    sec.table(
+        "Logit difference IO - S at END (mean over prompts)",
+        ["seed", "clean", "ABC", "IO/S swapped"],
+        [[p["seed"], f"{p['ld_clean']:.3f}", f"{p['ld_abc']:.3f}", f"{p['ld_swap']:.3f}"] for p in per_seed],
+    )
     disc = [(p["seed"], p.get("discovery")) for p in per_seed if p.get("discovery")]
     if disc and any(d.get("available") for _, d in disc):
-        sec.table("Automatic discovery vs the hand-written circuit (heads)", ["seed", "method", "edges", "heads", "proportion [CI]",
-                  "precision", "recall", "circuit heads missed"],
-                  [[s, m, c["n_edges"], c["n_heads"], _fmt_ci(c["proportion"]), f"{c['precision']:.2f}", f"{c['recall']:.2f}",
-                    ", ".join(c["missed"]) or "-"] for s, d in disc if d.get("available") for m, c in d["methods"].items()])
+        sec.table(
+            "Automatic discovery vs the hand-written circuit (heads)",
+            ["seed", "method", "edges", "heads", "proportion [CI]", "precision", "recall", "circuit heads missed"],
+            [
+                [
+                    s,
+                    m,
+                    c["n_edges"],
+                    c["n_heads"],
+                    _fmt_ci(c["proportion"]),
+                    f"{c['precision']:.2f}",
+                    f"{c['recall']:.2f}",
+                    ", ".join(c["missed"]) or "-",
+                ]
+                for s, d in disc
+                if d.get("available")
+                for m, c in d["methods"].items()
+            ],
+        )
     elif disc:
         sec.paragraphs.append(f"Automatic discovery not run: {disc[0][1]['why']}.")
     for p in per_seed:
-        sec.figure(f"heads_seed{p['seed']}.png", f"Seed {p['seed']}: node patching at END / S2 / S1+1, path effect to the logits, "
-                   "direct logit attribution and attention scores per head (layer x head).")
+        sec.figure(
+            f"heads_seed{p['seed']}.png",
+            f"Seed {p['seed']}: node patching at END / S2 / S1+1, path effect to the logits, "
+            "direct logit attribution and attention scores per head (layer x head).",
+        )
     sec.figure("circuit.png", "Seed 0: the circuit path patching found, laid out by position (x) and layer (y).")
     sec.figure("hypotheses.png", "Proportion of the logit difference explained per hypothesis; dots are seeds.")
     sec.save(out)

@@ -26,6 +26,7 @@ Everything is reproducible from ``seed``: ``sample(n, seed, split)`` draws with 
 ``torch.Generator``; the name and template splits are fixed (the same for every seed).
 Docs: docs/zoo.md (section "IOI").
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -39,19 +40,142 @@ PAD, BOS = "<pad>", "<bos>"
 
 # 100 single-token first names; the last 20 are held out (10 dev, 10 test).
 NAMES = [
-    "Mary", "John", "Alice", "Bob", "James", "Linda", "Robert", "Susan", "Michael", "Karen", "William", "Lisa",
-    "David", "Nancy", "Richard", "Betty", "Joseph", "Sandra", "Thomas", "Ashley", "Charles", "Emily", "Daniel",
-    "Donna", "Matthew", "Carol", "Anthony", "Ruth", "Mark", "Sharon", "Paul", "Laura", "Steven", "Amy", "Andrew",
-    "Anna", "Kevin", "Rachel", "Brian", "Helen", "Oliver", "Grace", "Henry", "Chloe", "Jacob", "Nora", "Lucas",
-    "Julia", "Ethan", "Clara", "Victor", "Irene", "Simon", "George", "Emma", "Peter", "Sophie", "Jack", "Lucy",
-    "Adam", "Ella", "Ryan", "Mia", "Sam", "Zoe", "Luke", "Ivy", "Owen", "Ruby", "Noah", "Hannah", "Leo", "Eva",
-    "Dylan", "Rose", "Max", "Jane", "Felix", "Kate", "Isaac", "Maya", "Tom", "Sara", "Ben", "Alma", "Paula", "Martin",
-    "Vera", "Hugo", "Leah", "Oscar", "Ingrid", "Dennis", "Flora", "Walter", "Agnes", "Bruno", "Greta", "Milo",
+    "Mary",
+    "John",
+    "Alice",
+    "Bob",
+    "James",
+    "Linda",
+    "Robert",
+    "Susan",
+    "Michael",
+    "Karen",
+    "William",
+    "Lisa",
+    "David",
+    "Nancy",
+    "Richard",
+    "Betty",
+    "Joseph",
+    "Sandra",
+    "Thomas",
+    "Ashley",
+    "Charles",
+    "Emily",
+    "Daniel",
+    "Donna",
+    "Matthew",
+    "Carol",
+    "Anthony",
+    "Ruth",
+    "Mark",
+    "Sharon",
+    "Paul",
+    "Laura",
+    "Steven",
+    "Amy",
+    "Andrew",
+    "Anna",
+    "Kevin",
+    "Rachel",
+    "Brian",
+    "Helen",
+    "Oliver",
+    "Grace",
+    "Henry",
+    "Chloe",
+    "Jacob",
+    "Nora",
+    "Lucas",
+    "Julia",
+    "Ethan",
+    "Clara",
+    "Victor",
+    "Irene",
+    "Simon",
+    "George",
+    "Emma",
+    "Peter",
+    "Sophie",
+    "Jack",
+    "Lucy",
+    "Adam",
+    "Ella",
+    "Ryan",
+    "Mia",
+    "Sam",
+    "Zoe",
+    "Luke",
+    "Ivy",
+    "Owen",
+    "Ruby",
+    "Noah",
+    "Hannah",
+    "Leo",
+    "Eva",
+    "Dylan",
+    "Rose",
+    "Max",
+    "Jane",
+    "Felix",
+    "Kate",
+    "Isaac",
+    "Maya",
+    "Tom",
+    "Sara",
+    "Ben",
+    "Alma",
+    "Paula",
+    "Martin",
+    "Vera",
+    "Hugo",
+    "Leah",
+    "Oscar",
+    "Ingrid",
+    "Dennis",
+    "Flora",
+    "Walter",
+    "Agnes",
+    "Bruno",
+    "Greta",
+    "Milo",
     "Nadia",
 ]
 N_DEV_NAMES = N_TEST_NAMES = 10
-PLACES = ["store", "garden", "school", "park", "station", "hospital", "office", "restaurant", "library", "market", "beach", "museum", "river", "church", "farm"]
-OBJECTS = ["drink", "ring", "kiss", "bone", "basketball", "computer", "necklace", "snack", "apple", "book", "letter", "flower", "hat", "ticket", "bag"]
+PLACES = [
+    "store",
+    "garden",
+    "school",
+    "park",
+    "station",
+    "hospital",
+    "office",
+    "restaurant",
+    "library",
+    "market",
+    "beach",
+    "museum",
+    "river",
+    "church",
+    "farm",
+]
+OBJECTS = [
+    "drink",
+    "ring",
+    "kiss",
+    "bone",
+    "basketball",
+    "computer",
+    "necklace",
+    "snack",
+    "apple",
+    "book",
+    "letter",
+    "flower",
+    "hat",
+    "ticket",
+    "bag",
+]
 
 # Templates: "{A}" and "{B}" are the first and second name, "{S}" the subject's second mention,
 # "{P}" a place, "{O}" an object. ABBA fills A=IO, B=S; BABA fills A=S, B=IO. The prompt ends at END.
@@ -116,8 +240,11 @@ def split_names(split: str) -> list[str]:
     """The name pool of ``split``: the first 80 names train, the next 10 dev, the last 10 test."""
     _check_split(split)
     n_train = len(NAMES) - N_DEV_NAMES - N_TEST_NAMES
-    return {"train": NAMES[:n_train], "dev": NAMES[n_train:n_train + N_DEV_NAMES],
-            "test": NAMES[n_train + N_DEV_NAMES:]}[split]
+    return {
+        "train": NAMES[:n_train],
+        "dev": NAMES[n_train : n_train + N_DEV_NAMES],
+        "test": NAMES[n_train + N_DEV_NAMES :],
+    }[split]
 
 
 def _check_split(split: str) -> None:
@@ -129,7 +256,10 @@ def encode(text: str) -> list[int]:
     """Word-level token ids of ``text`` (words separated by spaces), with ``<bos>`` first."""
     bad = [w for w in text.split() if w not in TOKEN_ID]
     if bad:
-        raise ConfigError(f"words not in the IOI vocabulary: {bad[:5]}", hint="names, places and objects are zoo.ioi.NAMES / PLACES / OBJECTS")
+        raise ConfigError(
+            f"words not in the IOI vocabulary: {bad[:5]}",
+            hint="names, places and objects are zoo.ioi.NAMES / PLACES / OBJECTS",
+        )
     return [BOS_ID] + [TOKEN_ID[w] for w in text.split()]
 
 
@@ -161,9 +291,17 @@ class IOIBatch:
         return iter((self.tokens, self.positions, (self.io, self.s)))
 
     def __getitem__(self, idx) -> IOIBatch:
-        return replace(self, tokens=self.tokens[idx], positions={k: v[idx] for k, v in self.positions.items()},
-                       io=self.io[idx], s=self.s[idx], template=self.template[idx], order=self.order[idx],
-                       place=self.place[idx], obj=self.obj[idx])
+        return replace(
+            self,
+            tokens=self.tokens[idx],
+            positions={k: v[idx] for k, v in self.positions.items()},
+            io=self.io[idx],
+            s=self.s[idx],
+            template=self.template[idx],
+            order=self.order[idx],
+            place=self.place[idx],
+            obj=self.obj[idx],
+        )
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -223,8 +361,11 @@ def sample(n: int, seed: int = 0, split: str = "test", *, templates=None, order:
     gen = torch.Generator().manual_seed(int(seed))
     names = split_names(split)
     tmpl = torch.tensor(allowed)[torch.randint(len(allowed), (n,), generator=gen)]
-    ords = {"ABBA": torch.zeros(n, dtype=torch.long), "BABA": torch.ones(n, dtype=torch.long),
-            "both": torch.randperm(n, generator=gen) % 2}[order]
+    ords = {
+        "ABBA": torch.zeros(n, dtype=torch.long),
+        "BABA": torch.ones(n, dtype=torch.long),
+        "both": torch.randperm(n, generator=gen) % 2,
+    }[order]
     pair = torch.stack([torch.randperm(len(names), generator=gen)[:2] for _ in range(n)])
     place = torch.randint(len(PLACES), (n,), generator=gen)
     obj = torch.randint(len(OBJECTS), (n,), generator=gen)
@@ -240,12 +381,21 @@ def sample(n: int, seed: int = 0, split: str = "test", *, templates=None, order:
     T = max(len(r) for r in rows)
     tokens = torch.full((n, T), PAD_ID, dtype=torch.long)
     for i, r in enumerate(rows):
-        tokens[i, :len(r)] = torch.tensor(r)
+        tokens[i, : len(r)] = torch.tensor(r)
     positions = {k: torch.tensor(v) for k, v in pos.items()}
     ar = torch.arange(n)
-    return IOIBatch(tokens, positions, tokens[ar, positions["io"]].clone(), tokens[ar, positions["s1"]].clone(), split,
-                    tmpl, ords, torch.tensor([TOKEN_ID[PLACES[int(p)]] for p in place]),
-                    torch.tensor([TOKEN_ID[OBJECTS[int(o)]] for o in obj]), {"seed": int(seed), "counterfactual": None})
+    return IOIBatch(
+        tokens,
+        positions,
+        tokens[ar, positions["io"]].clone(),
+        tokens[ar, positions["s1"]].clone(),
+        split,
+        tmpl,
+        ords,
+        torch.tensor([TOKEN_ID[PLACES[int(p)]] for p in place]),
+        torch.tensor([TOKEN_ID[OBJECTS[int(o)]] for o in obj]),
+        {"seed": int(seed), "counterfactual": None},
+    )
 
 
 def background(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -260,7 +410,7 @@ def background(n: int, generator: torch.Generator) -> torch.Tensor:
     T = max(len(r) for r in rows)
     out = torch.full((n, T), PAD_ID, dtype=torch.long)
     for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.tensor(r)
+        out[i, : len(r)] = torch.tensor(r)
     return out
 
 
@@ -281,6 +431,10 @@ def accuracy_metrics(logits: torch.Tensor, batch: IOIBatch) -> dict:
     the whole vocabulary), ``mean_logit_diff`` and ``io_prob`` (mean softmax probability of IO)."""
     ld = logit_diff(logits, batch)
     e = end_logits(logits, batch)
-    return {"logit_diff_positive": float((ld > 0).float().mean()), "io_top1": float((e.argmax(-1) == batch.io).float().mean()),
-            "mean_logit_diff": float(ld.mean()), "io_prob": float(e.softmax(-1)[torch.arange(len(batch)), batch.io].mean()),
-            "n": len(batch)}
+    return {
+        "logit_diff_positive": float((ld > 0).float().mean()),
+        "io_top1": float((e.argmax(-1) == batch.io).float().mean()),
+        "mean_logit_diff": float(ld.mean()),
+        "io_prob": float(e.softmax(-1)[torch.arange(len(batch)), batch.io].mean()),
+        "n": len(batch),
+    }

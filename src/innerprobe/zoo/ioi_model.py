@@ -13,6 +13,7 @@ END) and background sentences over every name (``background_frac`` of each batch
 logit difference IO - S positive on >= 90% of prompts and the IO name the top token of the whole
 vocabulary on >= 80%. Docs: docs/zoo.md ("IOI").
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,9 +29,26 @@ from . import ioi
 from .recipes import Floor, Recipe, Trained
 from .training import default_threads, num_threads
 
-MODEL_DEFAULTS = {"d_model": 64, "n_layers": 4, "n_heads": 8, "n_kv_heads": 2, "head_dim": 16, "d_mlp": 192, "rope_theta": 10000.0}
-TRAIN_DEFAULTS = {"steps": 1500, "batch": 64, "lr": 3e-3, "weight_decay": 0.05, "warmup": 100, "background_frac": 0.4, "end_weight": 1.0,
-                      "eval_size": 400, "log_every": 250}
+MODEL_DEFAULTS = {
+    "d_model": 64,
+    "n_layers": 4,
+    "n_heads": 8,
+    "n_kv_heads": 2,
+    "head_dim": 16,
+    "d_mlp": 192,
+    "rope_theta": 10000.0,
+}
+TRAIN_DEFAULTS = {
+    "steps": 1500,
+    "batch": 64,
+    "lr": 3e-3,
+    "weight_decay": 0.05,
+    "warmup": 100,
+    "background_frac": 0.4,
+    "end_weight": 1.0,
+    "eval_size": 400,
+    "log_every": 250,
+}
 FLOORS = (("test_logit_diff_positive", 0.9), ("test_io_top1", 0.8))
 
 
@@ -43,11 +61,27 @@ def model_config(params: dict) -> dict:
     """The card's config: ``LlamaConfig`` keyword arguments plus the vocabulary it was trained on."""
     p = {**MODEL_DEFAULTS, **{k: v for k, v in params.items() if k in MODEL_DEFAULTS}}
     if p["n_heads"] % p["n_kv_heads"]:
-        raise ConfigError(f"n_heads={p['n_heads']} is not a multiple of n_kv_heads={p['n_kv_heads']}", hint="grouped-query attention shares each K/V head among n_heads/n_kv_heads query heads")
-    llama = {"vocab_size": len(ioi.VOCAB), "hidden_size": p["d_model"], "intermediate_size": p["d_mlp"], "num_hidden_layers": p["n_layers"],
-                 "num_attention_heads": p["n_heads"], "num_key_value_heads": p["n_kv_heads"], "head_dim": p["head_dim"],
-                 "max_position_embeddings": 64, "rope_theta": p["rope_theta"], "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
-                 "use_cache": False, "pad_token_id": ioi.PAD_ID, "bos_token_id": ioi.BOS_ID, "eos_token_id": None}
+        raise ConfigError(
+            f"n_heads={p['n_heads']} is not a multiple of n_kv_heads={p['n_kv_heads']}",
+            hint="grouped-query attention shares each K/V head among n_heads/n_kv_heads query heads",
+        )
+    llama = {
+        "vocab_size": len(ioi.VOCAB),
+        "hidden_size": p["d_model"],
+        "intermediate_size": p["d_mlp"],
+        "num_hidden_layers": p["n_layers"],
+        "num_attention_heads": p["n_heads"],
+        "num_key_value_heads": p["n_kv_heads"],
+        "head_dim": p["head_dim"],
+        "max_position_embeddings": 64,
+        "rope_theta": p["rope_theta"],
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "use_cache": False,
+        "pad_token_id": ioi.PAD_ID,
+        "bos_token_id": ioi.BOS_ID,
+        "eos_token_id": None,
+    }
     return {"llama": llama, "vocab_sha": vocab_hash(), "vocab_size": len(ioi.VOCAB)}
 
 
@@ -56,9 +90,14 @@ def build_llama(config: dict) -> nn.Module:
     try:
         from transformers import LlamaConfig, LlamaForCausalLM
     except ModuleNotFoundError:
-        raise ConfigError("the IOI zoo model needs the 'transformers' package", hint="pip install 'innerprobe[hf]' (or: make setup)") from None
+        raise ConfigError(
+            "the IOI zoo model needs the 'transformers' package", hint="pip install 'innerprobe[hf]' (or: make setup)"
+        ) from None
     if config.get("vocab_sha") != vocab_hash():
-        raise ConfigError("this IOI model was trained on another vocabulary than innerprobe.zoo.ioi's", hint="retrain it: innerprobe zoo train ioi-llama --force")
+        raise ConfigError(
+            "this IOI model was trained on another vocabulary than innerprobe.zoo.ioi's",
+            hint="retrain it: innerprobe zoo train ioi-llama --force",
+        )
     cfg = LlamaConfig(**config["llama"], attn_implementation="eager")
     return LlamaForCausalLM(cfg).eval()
 
@@ -108,13 +147,18 @@ def train_ioi_model(seed: int, params: dict, progress: bool | None = None):
 
     config = model_config(params)
     train = {**TRAIN_DEFAULTS, **{k: v for k, v in params.items() if k in TRAIN_DEFAULTS}}
-    dev, test = ioi.sample(train["eval_size"], 50_000 + seed, "dev"), ioi.sample(train["eval_size"], 60_000 + seed, "test")
+    dev, test = (
+        ioi.sample(train["eval_size"], 50_000 + seed, "dev"),
+        ioi.sample(train["eval_size"], 60_000 + seed, "test"),
+    )
     t0, c0 = time.perf_counter(), time.process_time()
     with num_threads(default_threads()), torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = build_llama(config)
         gen = torch.Generator().manual_seed(int(seed))
-        opt = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"], betas=(0.9, 0.98))
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"], betas=(0.9, 0.98)
+        )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(train))
         curve = []
         model.train()
@@ -128,13 +172,22 @@ def train_ioi_model(seed: int, params: dict, progress: bool | None = None):
             sched.step()
             if (step + 1) % train["log_every"] == 0 or step + 1 == train["steps"]:
                 ev = evaluate(model, dev[:200])
-                curve.append({"step": step + 1, "loss": float(loss.detach()), **{f"dev_{k}": v for k, v in ev.items() if k != "n"}})
+                curve.append(
+                    {
+                        "step": step + 1,
+                        "loss": float(loss.detach()),
+                        **{f"dev_{k}": v for k, v in ev.items() if k != "n"},
+                    }
+                )
                 model.train()
         model.eval()
         cpu, wall = time.process_time() - c0, time.perf_counter() - t0
         trn = ioi.sample(train["eval_size"], 70_000 + seed, "train")
-        metrics = {**{f"test_{k}": v for k, v in evaluate(model, test).items()}, **{f"dev_{k}": v for k, v in evaluate(model, dev).items()},
-                   **{f"train_{k}": v for k, v in evaluate(model, trn).items()}}
+        metrics = {
+            **{f"test_{k}": v for k, v in evaluate(model, test).items()},
+            **{f"dev_{k}": v for k, v in evaluate(model, dev).items()},
+            **{f"train_{k}": v for k, v in evaluate(model, trn).items()},
+        }
     return model, metrics, curve, {**config, "train": train}, cpu, wall
 
 
@@ -142,7 +195,9 @@ class IOIRecipe(Recipe):
     """A zoo recipe whose model is the IOI Llama (``kind="ioi"``); data: :func:`innerprobe.zoo.ioi.sample`."""
 
     def data(self, seed, params):
-        raise ConfigError(f"recipe {self.name!r} makes its data on the fly", hint="use innerprobe.zoo.ioi.sample(n, seed, split)")
+        raise ConfigError(
+            f"recipe {self.name!r} makes its data on the fly", hint="use innerprobe.zoo.ioi.sample(n, seed, split)"
+        )
 
     def config(self, params: dict) -> dict:
         train = {**TRAIN_DEFAULTS, **{k: v for k, v in params.items() if k in TRAIN_DEFAULTS}}
@@ -153,11 +208,14 @@ class IOIRecipe(Recipe):
 
     def train(self, seed: int, params: dict, progress: bool | None = None) -> Trained:
         model, metrics, curve, config, cpu, wall = train_ioi_model(int(seed), params, progress)
-        data = {"dataset": "templated IOI prompts (innerprobe.zoo.ioi) + background sentences over every name",
-                "train_split": "train names x train templates", "floors_split": "test: held-out names x held-out templates",
-                "n_templates": {s: len(ioi.TEMPLATES[s]) for s in ioi.SPLITS},
-                "n_names": {s: len(ioi.split_names(s)) for s in ioi.SPLITS},
-                "eval_seeds": {"dev": 50_000 + int(seed), "test": 60_000 + int(seed), "train": 70_000 + int(seed)}}
+        data = {
+            "dataset": "templated IOI prompts (innerprobe.zoo.ioi) + background sentences over every name",
+            "train_split": "train names x train templates",
+            "floors_split": "test: held-out names x held-out templates",
+            "n_templates": {s: len(ioi.TEMPLATES[s]) for s in ioi.SPLITS},
+            "n_names": {s: len(ioi.split_names(s)) for s in ioi.SPLITS},
+            "eval_seeds": {"dev": 50_000 + int(seed), "test": 60_000 + int(seed), "train": 70_000 + int(seed)},
+        }
         return Trained(model, metrics, curve, config, data, wall, cpu)
 
 
@@ -169,8 +227,22 @@ def ioi_recipes() -> list[Recipe]:
     """``ioi-llama`` (GQA, 8 query over 2 K/V heads) and ``ioi-llama-mha`` (8 K/V heads: no sharing)."""
     base = {**MODEL_DEFAULTS, **TRAIN_DEFAULTS}
     return [
-        IOIRecipe("ioi-llama", "4-layer Llama (RMSNorm, rotary, GQA 8q/2kv, SwiGLU) trained on IOI prompts (held-out names/templates)",
-                  "ioi", 1, dict(base), None, _floors),
-        IOIRecipe("ioi-llama-mha", "as ioi-llama with multi-head attention (8 K/V heads, no grouping): does GQA change the circuit?",
-                  "ioi", 1, {**base, "n_kv_heads": 8}, None, _floors),
+        IOIRecipe(
+            "ioi-llama",
+            "4-layer Llama (RMSNorm, rotary, GQA 8q/2kv, SwiGLU) trained on IOI prompts (held-out names/templates)",
+            "ioi",
+            1,
+            dict(base),
+            None,
+            _floors,
+        ),
+        IOIRecipe(
+            "ioi-llama-mha",
+            "as ioi-llama with multi-head attention (8 K/V heads, no grouping): does GQA change the circuit?",
+            "ioi",
+            1,
+            {**base, "n_kv_heads": 8},
+            None,
+            _floors,
+        ),
     ]
