@@ -4,6 +4,7 @@ Tiny task: 5 classes of noisy 6x6 prototypes whose bottom-right 2x2 corner is al
 backdoored twin is trained with 10% of non-target images stamped with a white corner patch and
 relabelled to class 3. Both train in well under a second.
 """
+
 import json
 
 import numpy as np
@@ -31,7 +32,9 @@ def _task(n=300, seed=0):
 
 
 def _net():
-    return nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, C))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(SIZE * SIZE, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, C)
+    )
 
 
 def _train(poison: bool):
@@ -78,7 +81,9 @@ def test_triggers_stage_names_the_target_data_free(models):
 def test_cleanse_stage_finds_the_smallest_trigger(models):
     bd, clean, x = models
     r = cleanse(bd, x[:32], C, steps=150)
-    assert int(np.argmin(r["l1"])) == TARGET == int(np.argmax(r["z"])) and r["l1"][TARGET] <= 4.5  # the 2x2 patch or less
+    assert (
+        int(np.argmin(r["l1"])) == TARGET == int(np.argmax(r["z"])) and r["l1"][TARGET] <= 4.5
+    )  # the 2x2 patch or less
     rc = cleanse(clean, x[:32], C, steps=150)
     assert r["l1"][TARGET] < rc["l1"][TARGET]
     assert anomaly_index(np.array([4.0, 4.2, 3.8, 4.1, 1.0]))[-1] > 2
@@ -139,11 +144,20 @@ def test_site_keywords_are_functions_returning_sites(models):
         scan_sites(bd, "nope")
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"samples": 0}, "samples"), ({"restarts": 0}, "restarts"), ({"steps": -1}, "steps"), ({"sites": "nope"}, "nope"),
-    ({"method": "sink"}, "unknown scan method"), ({"method": "triggers", "sites": "first"}, "not used"),
-    ({"method": "apex", "restarts": 2}, "not used"), ({"n_cleanse": 1000}, "n_cleanse"), ({"seed": -1}, "seed"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"samples": 0}, "samples"),
+        ({"restarts": 0}, "restarts"),
+        ({"steps": -1}, "steps"),
+        ({"sites": "nope"}, "nope"),
+        ({"method": "sink"}, "unknown scan method"),
+        ({"method": "triggers", "sites": "first"}, "not used"),
+        ({"method": "apex", "restarts": 2}, "not used"),
+        ({"n_cleanse": 1000}, "n_cleanse"),
+        ({"seed": -1}, "seed"),
+    ],
+)
 def test_out_of_range_or_unused_options_are_refused(models, kw, match):
     with pytest.raises(ConfigError, match=match):
         scan(models[0], models[2], **kw)
@@ -164,14 +178,14 @@ def test_robust_z_and_gamma_pvalue():
     assert gamma_pvalue(np.r_[null, 40.0]) < 0.01 < gamma_pvalue(np.r_[null, np.median(null)])
 
 
-FACTORY = '''
+FACTORY = """
 import torch
 from torch import nn
 
 def make():
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 4))
-'''
+"""
 
 
 @pytest.fixture
@@ -194,10 +208,17 @@ def test_cli_json_and_report_section(files, capsys):
     assert [f["file"] for f in sec["figures"]] == ["scan_triggers.png"] and (out / "scan_triggers.png").exists()
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["-k", "0"], "samples (K) must be"), (["--sites", "nope"], "nope"), (["--inputs", "0"], "--inputs"),
-    (["--method", "triggers", "-k", "8"], "not used"), (["--threshold", "2"], "threshold"), (["--shape", "1,x"], "--shape"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["-k", "0"], "samples (K) must be"),
+        (["--sites", "nope"], "nope"),
+        (["--inputs", "0"], "--inputs"),
+        (["--method", "triggers", "-k", "8"], "not used"),
+        (["--threshold", "2"], "threshold"),
+        (["--shape", "1,x"], "--shape"),
+    ],
+)
 def test_cli_refuses_bad_options_in_one_line(files, capsys, extra, match):
     assert main(["scan", "--model", f"{files}/net.py:make", "--data", f"{files}/x.npy", *extra]) == 2
     err = capsys.readouterr().err

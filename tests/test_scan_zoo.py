@@ -1,4 +1,5 @@
 """The backdoor eval set (innerprobe.zoo.backdoor_set) and its trigger families, without training."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """``innerprobe scan``: the backdoor scan (APEX screen + trigger synthesis), docs/scan.md."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,11 @@ from ..errors import ConfigError
 from .inputs import for_model, load_inputs
 from .spec import parse_model
 
-METHOD_HELP = ("full (default): APEX screen + maximum-margin triggers + smallest-trigger search, a class named only when "
-               "stages agree; apex: the APEX screen alone; triggers: data-free maximum margin alone; cleanse: smallest trigger alone")
+METHOD_HELP = (
+    "full (default): APEX screen + maximum-margin triggers + smallest-trigger search, a class named only "
+    "when stages agree; apex: the APEX screen alone; triggers: data-free maximum margin alone; "
+    "cleanse: smallest trigger alone"
+)
 
 
 def _shape(text: Optional[str]):
@@ -21,7 +25,9 @@ def _shape(text: Optional[str]):
     try:
         dims = tuple(int(t) for t in text.split(","))
     except ValueError:
-        raise ConfigError(f"cannot read --shape {text!r}", hint="one input's shape as comma-separated integers, e.g. 1,8,8") from None
+        raise ConfigError(
+            f"cannot read --shape {text!r}", hint="one input's shape as comma-separated integers, e.g. 1,8,8"
+        ) from None
     if not dims or any(d < 1 for d in dims):
         raise ConfigError(f"--shape {text!r} has a non-positive dimension", hint="e.g. --shape 1,28,28")
     return dims
@@ -30,7 +36,9 @@ def _shape(text: Optional[str]):
 def _inputs(data, spec, net, inputs, shape):
     if shape is not None:
         if data is not None:
-            raise ConfigError("--shape is for a data-free scan; it cannot be combined with --data", hint="drop one of them")
+            raise ConfigError(
+                "--shape is for a data-free scan; it cannot be combined with --data", hint="drop one of them"
+            )
         return None, None
     inp = load_inputs(data, spec, n=inputs, split="test")
     return for_model(inp.x, net), inp.classes
@@ -38,10 +46,16 @@ def _inputs(data, spec, net, inputs, shape):
 
 def _echo(res, model: str, err: bool):
     d = res.data
-    verdict = (f"suspected backdoor target class {d['suspect']} ({d['suspect_name']})" if d["suspect"] is not None
-               else f"no backdoor named (top class {d['top_class']})")
-    typer.echo(f"{model}: {verdict}; P(backdoored) = {d['probability']:.3f}; stages agreeing on class {d['top_class']}: "
-               f"{', '.join(d['agree']) or 'none'}", err=err)
+    verdict = (
+        f"suspected backdoor target class {d['suspect']} ({d['suspect_name']})"
+        if d["suspect"] is not None
+        else f"no backdoor named (top class {d['top_class']})"
+    )
+    typer.echo(
+        f"{model}: {verdict}; P(backdoored) = {d['probability']:.3f}; stages agreeing on class {d['top_class']}: "
+        f"{', '.join(d['agree']) or 'none'}",
+        err=err,
+    )
     for st, info in d["stages"].items():
         typer.echo(f"  {st}: top class {info['top']} (robust z {info['score']:.2f}), {info['seconds']:.1f} s", err=err)
     typer.echo(f"  {d['seconds']:.1f} s in all. Validated on: {d['validated_on']}", err=err)
@@ -52,37 +66,73 @@ def _section(res, out: Path, model: str):
     from ..report.sections import Section
 
     d = res.data
-    sec = Section(f"Backdoor scan: {model}", order=36, paragraphs=[
-        f"Method {d['method']} (stages {', '.join(d['stages_run'])}); P(backdoored) = {d['probability']:.3f}; "
-        + (f"named class {d['suspect']} ({d['suspect_name']})." if d["suspect"] is not None else "no class named.")
-        + f" Validated on: {d['validated_on']}."])
+    sec = Section(
+        f"Backdoor scan: {model}",
+        order=36,
+        paragraphs=[
+            f"Method {d['method']} (stages {', '.join(d['stages_run'])}); P(backdoored) = {d['probability']:.3f}; "
+            + (f"named class {d['suspect']} ({d['suspect_name']})." if d["suspect"] is not None else "no class named.")
+            + f" Validated on: {d['validated_on']}."
+        ],
+    )
     cols = [k for k in res.tables["classes"][0] if k != "index"]
-    sec.table("per class", cols, [[r[k] if not isinstance(r[k], float) else round(r[k], 3) for k in cols] for r in res.tables["classes"]])
+    sec.table(
+        "per class",
+        cols,
+        [[r[k] if not isinstance(r[k], float) else round(r[k], 3) for k in cols] for r in res.tables["classes"]],
+    )
     f = trigger_figure(res, out / "scan_triggers.png", title=f"synthesised triggers, {model}")
     if f is not None:
-        sec.figure(f, "per class: the maximum-margin input (top) and the smallest trigger m*p (bottom, with clean inputs)")
+        sec.figure(
+            f, "per class: the maximum-margin input (top) and the smallest trigger m*p (bottom, with clean inputs)"
+        )
     sec.save(out)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("scan")
     def scan(
-        model: str = typer.Option(..., "--model", "-m", help="zoo name (e.g. digits-cnn-backdoor), path/file.py:factory, or a local HF folder"),
-        weights: Optional[Path] = typer.Option(None, "--weights", help="safetensors weights for a file.py:factory model"),
-        data: Optional[str] = typer.Option(None, "--data", help="clean inputs: a zoo recipe, 'digits', 'fashion-mnist', or a .npy/.npz/.pt/.safetensors file (default: a zoo model's own test set)"),
-        shape: Optional[str] = typer.Option(None, "--shape", help="data-free scan: one input's shape, e.g. 1,8,8 (runs the maximum-margin stage only)"),
+        model: str = typer.Option(
+            ..., "--model", "-m", help="zoo name (e.g. digits-cnn-backdoor), path/file.py:factory, or a local HF folder"
+        ),
+        weights: Optional[Path] = typer.Option(
+            None, "--weights", help="safetensors weights for a file.py:factory model"
+        ),
+        data: Optional[str] = typer.Option(
+            None,
+            "--data",
+            help="clean inputs: a zoo recipe, 'digits', 'fashion-mnist', or a .npy/.npz/.pt/.safetensors file "
+            "(default: a zoo model's own test set)",
+        ),
+        shape: Optional[str] = typer.Option(
+            None, "--shape", help="data-free scan: one input's shape, e.g. 1,8,8 (runs the maximum-margin stage only)"
+        ),
         inputs: int = typer.Option(64, "--inputs", "-n", help="number of clean inputs (>= 1)"),
         method: str = typer.Option("full", "--method", help=METHOD_HELP),
-        sites: Optional[str] = typer.Option(None, "--sites", help="APEX screen: where noise enters (input (default), first, last, all, or a site spec)"),
-        samples: Optional[int] = typer.Option(None, "--samples", "-k", help="APEX screen: noisy passes per input and sigma (default 16, >= 1)"),
-        restarts: Optional[int] = typer.Option(None, "--restarts", help="maximum-margin stage: random starts per class (default 4)"),
+        sites: Optional[str] = typer.Option(
+            None, "--sites", help="APEX screen: where noise enters (input (default), first, last, all, or a site spec)"
+        ),
+        samples: Optional[int] = typer.Option(
+            None, "--samples", "-k", help="APEX screen: noisy passes per input and sigma (default 16, >= 1)"
+        ),
+        restarts: Optional[int] = typer.Option(
+            None, "--restarts", help="maximum-margin stage: random starts per class (default 4)"
+        ),
         steps: Optional[int] = typer.Option(None, "--steps", help="trigger searches: optimisation steps (default 150)"),
-        threshold: Optional[float] = typer.Option(None, "--threshold", help="P(backdoored) at or above which a class may be named (default: the calibrated 0.5)"),
+        threshold: Optional[float] = typer.Option(
+            None,
+            "--threshold",
+            help="P(backdoored) at or above which a class may be named (default: the calibrated 0.5)",
+        ),
         seed: int = typer.Option(0, "--seed", help="seed of the noise and the random starts"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="write scan.json, scan.npz, scan_triggers.png and section.json here"),
-        as_json: bool = typer.Option(False, "--json", help="print the scan.json object on stdout (the summary goes to stderr)"),
+        out: Optional[Path] = typer.Option(
+            None, "--out", "-o", help="write scan.json, scan.npz, scan_triggers.png and section.json here"
+        ),
+        as_json: bool = typer.Option(
+            False, "--json", help="print the scan.json object on stdout (the summary goes to stderr)"
+        ),
     ):
-        """Backdoor scan: a calibrated P(backdoored), per-class scores, and a suspected target class when stages agree."""
+        """Backdoor scan: a calibrated P(backdoored), per-class scores, a suspected target class when stages agree."""
         from ..perturb.scan import scan as run_scan
 
         if inputs < 1:
@@ -93,8 +143,20 @@ def register(app: typer.Typer) -> None:
         spec = parse_model(model)
         net = spec.load(weights)
         x, names = _inputs(data, spec, net, inputs, dims)
-        res = run_scan(net, x, method=method, shape=dims, sites=sites, samples=samples, restarts=restarts, steps=steps,
-                       threshold=threshold, seed=seed, class_names=names, model_name=model)
+        res = run_scan(
+            net,
+            x,
+            method=method,
+            shape=dims,
+            sites=sites,
+            samples=samples,
+            restarts=restarts,
+            steps=steps,
+            threshold=threshold,
+            seed=seed,
+            class_names=names,
+            model_name=model,
+        )
         if out is not None:
             res.save(Path(out) / "scan.json")
             _section(res, Path(out), model)

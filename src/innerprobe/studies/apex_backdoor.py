@@ -13,6 +13,7 @@ as a detector).
 scans four cached or quickly trained digits models with the shipped calibration.
 ``write_calibration()`` refits the shipped ``perturb/scan/calibration.json`` from the dev split.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,6 +39,7 @@ EVAL_VERSION = 1
 
 # ----------------------------------------------------------------------------- evidence per member (cached)
 
+
 def _record_path(m: bs.Member) -> Path:
     key = json.dumps([EVAL_VERSION, m.recipe, m.seed, m.overrides, N_INPUTS], sort_keys=True)
     d = Path(cache_root()) / "scan-eval"
@@ -57,12 +59,21 @@ def record(m: bs.Member) -> dict:
     x = bs.clean_inputs(m, N_INPUTS, seed=1)
     t0 = time.perf_counter()
     ev = evidence(model, x, method="full")
-    rec = {"key": m.key, "recipe": m.recipe, "seed": m.seed, "split": m.split, "family": m.family, "target": m.target,
-           "rate": m.rate, "attack_success": card["metrics"].get("attack_success"),
-           "test_accuracy": card["metrics"].get("test_accuracy"), "seconds": time.perf_counter() - t0,
-           "stage_seconds": {k: v["seconds"] for k, v in ev["stages"].items()},
-           "features": {k: np.asarray(v, float).tolist() for k, v in ev["features"].items()},
-           "hist_share": np.asarray(ev["arrays"]["hist_share"]).tolist()}
+    rec = {
+        "key": m.key,
+        "recipe": m.recipe,
+        "seed": m.seed,
+        "split": m.split,
+        "family": m.family,
+        "target": m.target,
+        "rate": m.rate,
+        "attack_success": card["metrics"].get("attack_success"),
+        "test_accuracy": card["metrics"].get("test_accuracy"),
+        "seconds": time.perf_counter() - t0,
+        "stage_seconds": {k: v["seconds"] for k, v in ev["stages"].items()},
+        "features": {k: np.asarray(v, float).tolist() for k, v in ev["features"].items()},
+        "hist_share": np.asarray(ev["arrays"]["hist_share"]).tolist(),
+    }
     tmp = path.with_suffix(f".{time.time_ns()}.tmp")
     tmp.write_text(json.dumps(rec))
     tmp.replace(path)
@@ -80,6 +91,7 @@ def _fit_rows(recs):
 
 # ----------------------------------------------------------------------------- calibration (dev only)
 
+
 def calibrate(dev: list[dict]) -> dict:
     """Per method: logistic class model + Platt map fitted on dev records; agreement rule for 'full'."""
     dev = [r for r in dev if effective(r)]
@@ -89,8 +101,12 @@ def calibrate(dev: list[dict]) -> dict:
     cal = {}
     for method, names in V.FEATURES.items():
         c = V.fit(rows, names)
-        c.update(threshold=0.5, min_agree=2 if method == "full" else 1,
-                 fitted_on=f"backdoor eval set, dev split: {n_bd} backdoored + {len(dev) - n_bd} clean models, seeds {seeds[0]}..{seeds[-1]}")
+        c.update(
+            threshold=0.5,
+            min_agree=2 if method == "full" else 1,
+            fitted_on=f"backdoor eval set, dev split: {n_bd} backdoored + {len(dev) - n_bd} clean models, "
+            f"seeds {seeds[0]}..{seeds[-1]}",
+        )
         cal[method] = c
     return cal
 
@@ -102,15 +118,18 @@ def write_calibration(path: Path | None = None) -> Path:
     held = [record(m) for m in bs.members("held-out")]
     for method, c in cal.items():
         s = summary([r for r in held if effective(r)], c, method)
-        c["validated_on"] = (f"held-out split of the backdoor eval set ({s['n_bd']} backdoored + {s['n_clean']} clean small "
-                             f"digits / Fashion-MNIST MLPs and CNNs, 4 trigger families): right class named "
-                             f"{s['tp']}/{s['n_bd']}, false alarms {s['fp']}/{s['n_clean']}; nothing beyond that is validated")
+        c["validated_on"] = (
+            f"held-out split of the backdoor eval set ({s['n_bd']} backdoored + {s['n_clean']} clean small "
+            f"digits / Fashion-MNIST MLPs and CNNs, 4 trigger families): right class named "
+            f"{s['tp']}/{s['n_bd']}, false alarms {s['fp']}/{s['n_clean']}; nothing beyond that is validated"
+        )
     p = Path(path) if path is not None else V.CALIBRATION_FILE
     p.write_text(json.dumps(cal, indent=1) + "\n")
     return p
 
 
 # ----------------------------------------------------------------------------- evaluation
+
 
 def decisions(recs: list[dict], cal: dict, method: str) -> list[dict]:
     names = V.FEATURES[method]
@@ -119,8 +138,17 @@ def decisions(recs: list[dict], cal: dict, method: str) -> list[dict]:
         f = {k: np.asarray(v) for k, v in r["features"].items() if k in names}
         d = V.decide(f, cal)
         secs = sum(r["stage_seconds"].get(st, 0.0) for st in METHODS[method])
-        out.append({"key": r["key"], "target": r["target"], "suspect": d["suspect"], "p": d["probability"], "seconds": secs,
-                    "family": r["family"], "recipe": r["recipe"]})
+        out.append(
+            {
+                "key": r["key"],
+                "target": r["target"],
+                "suspect": d["suspect"],
+                "p": d["probability"],
+                "seconds": secs,
+                "family": r["family"],
+                "recipe": r["recipe"],
+            }
+        )
     return out
 
 
@@ -135,8 +163,17 @@ def summary(recs: list[dict], cal: dict, method: str) -> dict:
     p = np.clip(np.array([d["p"] for d in ds]), 1e-6, 1 - 1e-6)
     auc = _auc(p, y)
     ce = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    return {"decisions": ds, "tp": tp, "wrong": wrong, "fp": fp, "n_bd": len(bd), "n_clean": len(cl), "auc": auc, "ce": ce,
-            "seconds": [d["seconds"] for d in ds]}
+    return {
+        "decisions": ds,
+        "tp": tp,
+        "wrong": wrong,
+        "fp": fp,
+        "n_bd": len(bd),
+        "n_clean": len(cl),
+        "auc": auc,
+        "ce": ce,
+        "seconds": [d["seconds"] for d in ds],
+    }
 
 
 def _auc(p, y) -> float | None:
@@ -147,17 +184,20 @@ def _auc(p, y) -> float | None:
 
 def _rows(s: dict, method: str, split: str) -> list[dict]:
     cond = {"method": method, "split": split}
-    out = [row("tpr_right_class", proportion(s["tp"], s["n_bd"]), condition=cond),
-           row("wrong_class_rate", proportion(s["wrong"], s["n_bd"]), condition=cond),
-           row("fpr", proportion(s["fp"], s["n_clean"]), condition=cond),
-           row("roc_auc", s["auc"], condition=cond, n=s["n_bd"] + s["n_clean"]),
-           row("cross_entropy", s["ce"], condition=cond, n=s["n_bd"] + s["n_clean"])]
+    out = [
+        row("tpr_right_class", proportion(s["tp"], s["n_bd"]), condition=cond),
+        row("wrong_class_rate", proportion(s["wrong"], s["n_bd"]), condition=cond),
+        row("fpr", proportion(s["fp"], s["n_clean"]), condition=cond),
+        row("roc_auc", s["auc"], condition=cond, n=s["n_bd"] + s["n_clean"]),
+        row("cross_entropy", s["ce"], condition=cond, n=s["n_bd"] + s["n_clean"]),
+    ]
     if len(s["seconds"]) > 1:
         out.append(row("seconds_per_model", t_interval(s["seconds"]), condition=cond))
     return out
 
 
 # ----------------------------------------------------------------------------- the paper's observable
+
 
 def observable(recs: list[dict]) -> dict:
     """Target-class share at the largest sigma (input noise, 64 x RMS): backdoored vs its clean twin; target rank."""
@@ -175,6 +215,7 @@ def observable(recs: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- the study
+
 
 def _members(quick: bool) -> list[bs.Member]:
     if not quick:
@@ -201,15 +242,26 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False):
     obs = observable(held)
     if obs["n"] > 1:
         gm = t_interval(obs["log_ratio"])
-        rows.append(row("target_share_log_ratio", gm, condition={"noise": "input", "sigma_rel": 64, "split": "held-out"}))
-    rows.append(row("target_top_class_rate", proportion(obs["rank1"], obs["n"]), condition={"noise": "input", "sigma_rel": 64}))
+        rows.append(
+            row("target_share_log_ratio", gm, condition={"noise": "input", "sigma_rel": 64, "split": "held-out"})
+        )
+    rows.append(
+        row("target_top_class_rate", proportion(obs["rank1"], obs["n"]), condition={"noise": "input", "sigma_rel": 64})
+    )
     sec = _section(table, obs, held, failed, cal, quick, s_full=summary(held, cal["full"], "full"))
     sec.save(out)
-    res = Result("study:apex-backdoor", rows=rows, data={"failed_attacks": failed, "n_held_out": len(held),
-                                                         "n_dev": sum(effective(r) for r in dev),
-                                                         "seconds": time.perf_counter() - t0},
-                 tables={"held_out": summary(held, cal["full"], "full")["decisions"]},
-                 provenance=provenance(seed=0, model="backdoor eval set", config={"quick": quick, "n_inputs": N_INPUTS}))
+    res = Result(
+        "study:apex-backdoor",
+        rows=rows,
+        data={
+            "failed_attacks": failed,
+            "n_held_out": len(held),
+            "n_dev": sum(effective(r) for r in dev),
+            "seconds": time.perf_counter() - t0,
+        },
+        tables={"held_out": summary(held, cal["full"], "full")["decisions"]},
+        provenance=provenance(seed=0, model="backdoor eval set", config={"quick": quick, "n_inputs": N_INPUTS}),
+    )
     res.save(out / "summary.json")
     return res
 
@@ -219,8 +271,15 @@ def _table_row(method: str, s: dict) -> list:
         c = proportion(k, n)
         return f"{k}/{n} [{c.lo:.2f}, {c.hi:.2f}]" if n else "n/a"
 
-    return [method, ci(s["tp"], s["n_bd"]), ci(s["wrong"], s["n_bd"]), ci(s["fp"], s["n_clean"]),
-            "n/a" if s["auc"] is None else round(s["auc"], 3), round(s["ce"], 3), round(float(np.mean(s["seconds"])), 2)]
+    return [
+        method,
+        ci(s["tp"], s["n_bd"]),
+        ci(s["wrong"], s["n_bd"]),
+        ci(s["fp"], s["n_clean"]),
+        "n/a" if s["auc"] is None else round(s["auc"], 3),
+        round(s["ce"], 3),
+        round(float(np.mean(s["seconds"])), 2),
+    ]
 
 
 def _section(table, obs, held, failed, cal, quick, s_full) -> Section:
@@ -228,22 +287,37 @@ def _section(table, obs, held, failed, cal, quick, s_full) -> Section:
     best = max(stage_rows, key=lambda r: r[4]) if stage_rows else None
     full = next(r for r in table if r[0] == "full")
     per_family = _breakdown(s_full, "family")
+    lr = float(np.mean(obs["log_ratio"])) if obs["n"] else None
+    share = (
+        ""
+        if lr is None
+        else f", and its share is exp({lr:.2f}) = {np.exp(lr):.1f} times the clean twin's (geometric mean)"
+    )
     paras = [
-        "Backdoor eval set (innerprobe.zoo.backdoor_set): eight small architectures (digits MLPs ReLU/GELU/tanh, digits CNNs "
-        "max-pool/avg-pool/tanh, a Fashion-MNIST MLP and CNN), four trigger families (corner patch, single pixel, blended random "
-        "pattern, label-consistent), seeded targets and 1-10% poisoning, each backdoored model with a clean twin of the same "
-        "architecture and seed. Calibration and thresholds were fitted on the dev seeds only"
-        + (" (quick mode: the shipped calibration, four models)" if quick else "") + f"; the table is on {len(held)} held-out models.",
-        f"The paper's observable (input noise, 64 x RMS): the target is the top large-noise class in {obs['rank1']}/{obs['n']} "
-        "held-out backdoored models"
-        + (f", and its share is exp({np.mean(obs['log_ratio']):.2f}) = {np.exp(np.mean(obs['log_ratio'])):.1f} times the clean "
-           "twin's (geometric mean)" if obs["n"] else "") + "; used as a detector on its own it is the 'apex' row.",
-        ("Which stage does the work: " + (f"alone, '{best[0]}' separates backdoored from clean models best (ROC-AUC {best[4]}); "
-                                          if best else "") + f"the full scan names {full[1]} with false alarms {full[3]}."),
-    ] + ([f"Excluded as failed attacks (attack success < {MIN_ATTACK_SUCCESS}): {', '.join(failed)}."] if failed else [])
+        "Backdoor eval set (innerprobe.zoo.backdoor_set): eight small architectures (digits MLPs ReLU/GELU/tanh, "
+        "digits CNNs max-pool/avg-pool/tanh, a Fashion-MNIST MLP and CNN), four trigger families (corner patch, "
+        "single pixel, blended random pattern, label-consistent), seeded targets and 1-10% poisoning, each backdoored "
+        "model with a clean twin of the same architecture and seed. Calibration and thresholds were fitted on the "
+        "dev seeds only"
+        + (" (quick mode: the shipped calibration, four models)" if quick else "")
+        + f"; the table is on {len(held)} held-out models.",
+        "The paper's observable (input noise, 64 x RMS): the target is the top large-noise class in "
+        f"{obs['rank1']}/{obs['n']} held-out backdoored models{share}"
+        + "; used as a detector on its own it is the 'apex' row.",
+        (
+            "Which stage does the work: "
+            + (f"alone, '{best[0]}' separates backdoored from clean models best (ROC-AUC {best[4]}); " if best else "")
+            + f"the full scan names {full[1]} with false alarms {full[3]}."
+        ),
+    ] + (
+        [f"Excluded as failed attacks (attack success < {MIN_ATTACK_SUCCESS}): {', '.join(failed)}."] if failed else []
+    )
     sec = Section("Backdoor scan on held-out models (APEX claim D and beyond)", order=35, paragraphs=paras)
-    sec.table("Held-out detection (Clopper-Pearson 95% intervals)",
-              ["method", "right class named", "wrong class", "false alarms", "ROC-AUC", "cross-entropy", "seconds/model"], table)
+    sec.table(
+        "Held-out detection (Clopper-Pearson 95% intervals)",
+        ["method", "right class named", "wrong class", "false alarms", "ROC-AUC", "cross-entropy", "seconds/model"],
+        table,
+    )
     sec.table("Full scan by trigger family (held-out)", ["family", "named", "wrong class", "backdoored"], per_family)
     return sec
 
@@ -252,6 +326,12 @@ def _breakdown(s: dict, key: str) -> list:
     out = []
     for v in sorted({d[key] for d in s["decisions"] if d["target"] is not None}):
         ds = [d for d in s["decisions"] if d[key] == v and d["target"] is not None]
-        out.append([v, sum(d["suspect"] == d["target"] for d in ds),
-                    sum(d["suspect"] is not None and d["suspect"] != d["target"] for d in ds), len(ds)])
+        out.append(
+            [
+                v,
+                sum(d["suspect"] == d["target"] for d in ds),
+                sum(d["suspect"] is not None and d["suspect"] != d["target"] for d in ds),
+                len(ds),
+            ]
+        )
     return out

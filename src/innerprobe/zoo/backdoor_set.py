@@ -15,6 +15,7 @@ models and 32 clean twins in each split.
 >>> members = bs.members("dev")            # list of Member(recipe, seed, overrides, ...)
 >>> model, card = bs.load(members[0])      # trains (a few seconds) and caches if missing
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,12 +37,31 @@ ARCHS: dict[str, tuple[str, dict, dict]] = {
     "bdset-digits-mlp-relu": ("digits", {"arch": "mlp", "hidden": [128, 128], "act": "relu"}, {"epochs": 60}),
     "bdset-digits-mlp-gelu": ("digits", {"arch": "mlp", "hidden": [128, 64], "act": "gelu"}, {"epochs": 60}),
     "bdset-digits-mlp-tanh": ("digits", {"arch": "mlp", "hidden": [128, 128], "act": "tanh"}, {"epochs": 60}),
-    "bdset-digits-cnn-max": ("digits", {"arch": "cnn", "channels": [16, 32], "act": "relu", "pool": "max"}, {"epochs": 25}),
-    "bdset-digits-cnn-avg": ("digits", {"arch": "cnn", "channels": [16, 32], "act": "relu", "pool": "avg"}, {"epochs": 25}),
-    "bdset-digits-cnn-tanh": ("digits", {"arch": "cnn", "channels": [16, 32], "act": "tanh", "pool": "max"}, {"epochs": 25}),
-    "bdset-fashion-mlp": ("fashion-mnist", {"arch": "mlp", "hidden": [256, 128], "act": "relu"}, {"epochs": 6, "n_train": 6000}),
-    "bdset-fashion-cnn": ("fashion-mnist", {"arch": "cnn", "channels": [8, 16], "act": "relu", "pool": "max"},
-                          {"epochs": 3, "n_train": 6000}),
+    "bdset-digits-cnn-max": (
+        "digits",
+        {"arch": "cnn", "channels": [16, 32], "act": "relu", "pool": "max"},
+        {"epochs": 25},
+    ),
+    "bdset-digits-cnn-avg": (
+        "digits",
+        {"arch": "cnn", "channels": [16, 32], "act": "relu", "pool": "avg"},
+        {"epochs": 25},
+    ),
+    "bdset-digits-cnn-tanh": (
+        "digits",
+        {"arch": "cnn", "channels": [16, 32], "act": "tanh", "pool": "max"},
+        {"epochs": 25},
+    ),
+    "bdset-fashion-mlp": (
+        "fashion-mnist",
+        {"arch": "mlp", "hidden": [256, 128], "act": "relu"},
+        {"epochs": 6, "n_train": 6000},
+    ),
+    "bdset-fashion-cnn": (
+        "fashion-mnist",
+        {"arch": "cnn", "channels": [8, 16], "act": "relu", "pool": "max"},
+        {"epochs": 3, "n_train": 6000},
+    ),
 }
 POISON_DEFAULTS = {"family": "none", "target": 0, "rate": 0.05, "size": 2, "alpha": 0.2, "corrupt": 0.5}
 TRAIN_DEFAULTS = {"lr": 2e-3, "batch_size": 64, "n_train": 0}
@@ -56,16 +76,29 @@ class SetRecipe(Recipe):
             split = D.subset(split, params["n_train"], _seed(seed, 1))
         if params["family"] == "none":
             return split
-        return D.poison(split, family=params["family"], target=params["target"], rate=params["rate"], size=params["size"],
-                        alpha=params["alpha"], corrupt=params["corrupt"], seed=_seed(seed, 5))
+        return D.poison(
+            split,
+            family=params["family"],
+            target=params["target"],
+            rate=params["rate"],
+            size=params["size"],
+            alpha=params["alpha"],
+            corrupt=params["corrupt"],
+            seed=_seed(seed, 5),
+        )
 
     def config(self, params: dict) -> dict:
         shape = (1, 8, 8) if self.dataset == "digits" else (1, 28, 28)
         if params["arch"] == "mlp":
             kwargs = {"in_shape": list(shape), "hidden": list(params["hidden"]), "act": params["act"]}
         else:
-            kwargs = {"in_channels": 1, "image_size": shape[1], "channels": list(params["channels"]), "act": params["act"],
-                      "pool": params["pool"]}
+            kwargs = {
+                "in_channels": 1,
+                "image_size": shape[1],
+                "channels": list(params["channels"]),
+                "act": params["act"],
+                "pool": params["pool"],
+            }
         return {"arch": params["arch"], "kwargs": {**kwargs, "num_classes": 10}}
 
     def trigger(self, params: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -81,10 +114,21 @@ class SetRecipe(Recipe):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             model = self.build(config)
-        run = fit(model, split.x_train, split.y_train, epochs=params["epochs"], lr=params["lr"], batch_size=params["batch_size"],
-                  seed=seed, description=f"training {self.name} (seed {seed}, {params['family']})", progress=progress)
-        metrics = {"train_accuracy": accuracy(model, split.x_train, split.y_train),
-                   "test_accuracy": accuracy(model, split.x_test, split.y_test)}
+        run = fit(
+            model,
+            split.x_train,
+            split.y_train,
+            epochs=params["epochs"],
+            lr=params["lr"],
+            batch_size=params["batch_size"],
+            seed=seed,
+            description=f"training {self.name} (seed {seed}, {params['family']})",
+            progress=progress,
+        )
+        metrics = {
+            "train_accuracy": accuracy(model, split.x_train, split.y_train),
+            "test_accuracy": accuracy(model, split.x_test, split.y_test),
+        }
         trig = self.trigger(params, seed)
         if trig is not None:
             keep = split.y_test != params["target"]
@@ -173,7 +217,9 @@ def load(member: Member, *, train_if_missing: bool = True, progress: bool | None
     """``(model, card)`` of one member, from the zoo cache (trained and cached if missing)."""
     from . import load as zoo_load
 
-    return zoo_load(member.recipe, member.seed, train_if_missing=train_if_missing, progress=progress, **member.overrides)
+    return zoo_load(
+        member.recipe, member.seed, train_if_missing=train_if_missing, progress=progress, **member.overrides
+    )
 
 
 def trigger(member: Member) -> tuple[torch.Tensor, torch.Tensor] | None:

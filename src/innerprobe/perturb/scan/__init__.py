@@ -13,6 +13,7 @@ Stages, each a reusable statistic that scores every class against the model's ot
 >>> res = scan(model, x)                        # x: clean inputs [N, ...]; scan(model, shape=(1, 8, 8)) is data-free
 >>> res.data["suspect"], res.data["probability"], res.tables["classes"]
 """
+
 from __future__ import annotations
 
 import time
@@ -38,23 +39,45 @@ from .screen import (
 )
 from .triggers import triggers
 
-__all__ = ["METHODS", "SITE_KEYWORDS", "all_hidden", "backdoor_scan", "evidence", "first_hidden", "input_site", "last_hidden",
-           "robust_z", "scan", "scan_sites"]
+__all__ = [
+    "METHODS",
+    "SITE_KEYWORDS",
+    "all_hidden",
+    "backdoor_scan",
+    "evidence",
+    "first_hidden",
+    "input_site",
+    "last_hidden",
+    "robust_z",
+    "scan",
+    "scan_sites",
+]
 
 #: method -> the stages it runs
-METHODS = {"full": ("screen", "triggers", "cleanse"), "apex": ("screen",), "triggers": ("triggers",), "cleanse": ("cleanse",)}
+METHODS = {
+    "full": ("screen", "triggers", "cleanse"),
+    "apex": ("screen",),
+    "triggers": ("triggers",),
+    "cleanse": ("cleanse",),
+}
 NEEDS_DATA = ("screen", "cleanse")
 
 
 def _check(model, x, shape, method, seed):
     check_model(model)
     if method not in METHODS:
-        raise ConfigError(f"unknown scan method {method!r}", hint=f"{did_you_mean(method, METHODS)}; methods: {', '.join(METHODS)}")
+        raise ConfigError(
+            f"unknown scan method {method!r}", hint=f"{did_you_mean(method, METHODS)}; methods: {', '.join(METHODS)}"
+        )
     if x is None:
         if any(s in NEEDS_DATA for s in METHODS[method]) and method != "full":
-            raise ConfigError(f"scan method {method!r} needs clean inputs", hint="pass x (clean inputs), or method='triggers'")
+            raise ConfigError(
+                f"scan method {method!r} needs clean inputs", hint="pass x (clean inputs), or method='triggers'"
+            )
         if shape is None:
-            raise ConfigError("a data-free scan needs the input shape", hint="pass shape=(1, 8, 8) (one input, no batch axis) or x")
+            raise ConfigError(
+                "a data-free scan needs the input shape", hint="pass shape=(1, 8, 8) (one input, no batch axis) or x"
+            )
     else:
         check_inputs(x, model, floating=True, min_dim=2)
     check_seed(seed)
@@ -64,27 +87,53 @@ def _check_ranges(samples, restarts, steps, n_cleanse):
     check_int(samples, "samples (K)", lo=1, hi=4096, hint="noisy passes per input and sigma, e.g. 16")
     check_int(restarts, "restarts", lo=1, hi=256, hint="random starts per class for the maximum-margin search, e.g. 4")
     check_int(steps, "steps", lo=1, hi=100_000, hint="optimisation steps per trigger search, e.g. 150")
-    check_int(n_cleanse, "n_cleanse", lo=1, hi=100_000, hint="clean inputs used by the smallest-trigger search, e.g. 32")
+    check_int(
+        n_cleanse, "n_cleanse", lo=1, hi=100_000, hint="clean inputs used by the smallest-trigger search, e.g. 32"
+    )
 
 
 #: stage options, their defaults, and the stages that read them (an option no running stage reads is refused)
 DEFAULTS = {"sites": "input", "samples": 16, "sigmas": HIST_SIGMAS, "restarts": 4, "steps": 150, "n_cleanse": 32}
-USED_BY = {"sites": ("screen",), "samples": ("screen",), "sigmas": ("screen",), "restarts": ("triggers",), "steps": ("triggers", "cleanse"),
-           "n_cleanse": ("cleanse",)}
+USED_BY = {
+    "sites": ("screen",),
+    "samples": ("screen",),
+    "sigmas": ("screen",),
+    "restarts": ("triggers",),
+    "steps": ("triggers", "cleanse"),
+    "n_cleanse": ("cleanse",),
+}
 
 
 def _options(given: dict, stages) -> dict:
     for k, v in given.items():
         if v is not None and not set(USED_BY[k]) & set(stages):
-            raise ConfigError(f"option {k}={v!r} is not used by the stages that run ({', '.join(stages)})",
-                              hint=f"{k} applies to the {' / '.join(USED_BY[k])} stage; drop it or pick a method that runs it")
+            raise ConfigError(
+                f"option {k}={v!r} is not used by the stages that run ({', '.join(stages)})",
+                hint=f"{k} applies to the {' / '.join(USED_BY[k])} stage; drop it or pick a method that runs it",
+            )
     return {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
 
 
-def scan(model, x: torch.Tensor | None = None, *, method: str = "full", shape=None, input_range=None, sites=None,
-         samples: int | None = None, sigmas=None, restarts: int | None = None, steps: int | None = None, n_cleanse: int | None = None,
-         seed: int = 0, threshold: float | None = None, min_agree: int | None = None, calibration: dict | None = None,
-         class_names=None, model_name: str | None = None) -> Result:
+def scan(
+    model,
+    x: torch.Tensor | None = None,
+    *,
+    method: str = "full",
+    shape=None,
+    input_range=None,
+    sites=None,
+    samples: int | None = None,
+    sigmas=None,
+    restarts: int | None = None,
+    steps: int | None = None,
+    n_cleanse: int | None = None,
+    seed: int = 0,
+    threshold: float | None = None,
+    min_agree: int | None = None,
+    calibration: dict | None = None,
+    class_names=None,
+    model_name: str | None = None,
+) -> Result:
     """Scan ``model`` for a backdoor; returns a Result (kind ``backdoor-scan``).
 
     ``x``: clean inputs [N, ...] (optional: without them only the data-free stage runs, and ``shape``
@@ -98,8 +147,20 @@ def scan(model, x: torch.Tensor | None = None, *, method: str = "full", shape=No
     """
     _check(model, x, shape, method, seed)
     cal = _calibration(calibration, method, x is None)
-    ev = evidence(model, x, method=method, shape=shape, input_range=input_range, sites=sites, samples=samples,
-                  sigmas=sigmas, restarts=restarts, steps=steps, n_cleanse=n_cleanse, seed=seed)
+    ev = evidence(
+        model,
+        x,
+        method=method,
+        shape=shape,
+        input_range=input_range,
+        sites=sites,
+        samples=samples,
+        sigmas=sigmas,
+        restarts=restarts,
+        steps=steps,
+        n_cleanse=n_cleanse,
+        seed=seed,
+    )
     d = V.decide(ev["features"], cal, threshold=threshold, min_agree=min_agree)
     C = ev["classes"]
     names = list(class_names) if class_names is not None else [str(c) for c in range(C)]
@@ -108,15 +169,42 @@ def scan(model, x: torch.Tensor | None = None, *, method: str = "full", shape=No
     return _result(model, model_name, names, ev, d, cal, method)
 
 
-def evidence(model, x: torch.Tensor | None = None, *, method: str = "full", shape=None, input_range=None, sites=None,
-             samples: int | None = None, sigmas=None, restarts: int | None = None, steps: int | None = None, n_cleanse: int | None = None,
-             seed: int = 0) -> dict:
-    """Run the method's stages: ``{"features": {name: [C]}, "stages": {stage: info}, "arrays", "classes", "seconds", "config"}``."""
+def evidence(
+    model,
+    x: torch.Tensor | None = None,
+    *,
+    method: str = "full",
+    shape=None,
+    input_range=None,
+    sites=None,
+    samples: int | None = None,
+    sigmas=None,
+    restarts: int | None = None,
+    steps: int | None = None,
+    n_cleanse: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Run the method's stages.
+
+    Returns ``{"features": {name: [C]}, "stages": {stage: info}, "arrays", "classes", "seconds", "config"}``.
+    """
     _check(model, x, shape, method, seed)
     stages = [s for s in METHODS[method] if x is not None or s not in NEEDS_DATA]
-    o = _options({"sites": sites, "samples": samples, "sigmas": sigmas, "restarts": restarts, "steps": steps, "n_cleanse": n_cleanse}, stages)
+    o = _options(
+        {
+            "sites": sites,
+            "samples": samples,
+            "sigmas": sigmas,
+            "restarts": restarts,
+            "steps": steps,
+            "n_cleanse": n_cleanse,
+        },
+        stages,
+    )
     if x is not None and n_cleanse is not None and n_cleanse > len(x):
-        raise ConfigError(f"n_cleanse={n_cleanse} but only {len(x)} clean inputs were given", hint=f"use n_cleanse <= {len(x)}")
+        raise ConfigError(
+            f"n_cleanse={n_cleanse} but only {len(x)} clean inputs were given", hint=f"use n_cleanse <= {len(x)}"
+        )
     _check_ranges(o["samples"], o["restarts"], o["steps"], o["n_cleanse"])
     if "screen" in stages:
         scan_sites(model, o["sites"])  # refuse a bad site before any work
@@ -129,9 +217,23 @@ def evidence(model, x: torch.Tensor | None = None, *, method: str = "full", shap
         t0 = time.perf_counter()
         z = _stage(st, model, x, shape, C, lo, hi, o, seed, feats, arrays, info)
         info[st].update(top=int(np.argmax(z)), score=float(np.max(z)), seconds=time.perf_counter() - t0)
-    config = {**o, "sites": str(o["sites"]), "sigmas": [float(v) for v in o["sigmas"]], "input_range": [lo, hi], "seed": seed, "method": method, "stages": stages}
-    return {"features": feats, "stages": info, "arrays": arrays, "classes": C, "seconds": time.perf_counter() - t_all,
-            "config": config}
+    config = {
+        **o,
+        "sites": str(o["sites"]),
+        "sigmas": [float(v) for v in o["sigmas"]],
+        "input_range": [lo, hi],
+        "seed": seed,
+        "method": method,
+        "stages": stages,
+    }
+    return {
+        "features": feats,
+        "stages": info,
+        "arrays": arrays,
+        "classes": C,
+        "seconds": time.perf_counter() - t_all,
+        "config": config,
+    }
 
 
 def _stage(st, model, x, shape, C, lo, hi, o, seed, feats, arrays, info) -> np.ndarray:
@@ -142,12 +244,22 @@ def _stage(st, model, x, shape, C, lo, hi, o, seed, feats, arrays, info) -> np.n
         info[st] = {"sites": r["sites"]}
         return r["hist_z"]
     if st == "triggers":
-        r = triggers(model, shape, C, lo=lo, hi=hi, restarts=o["restarts"], steps=o["steps"], seed=seed, dtype=_dtype(model),
-                     device=_device(model))
+        r = triggers(
+            model,
+            shape,
+            C,
+            lo=lo,
+            hi=hi,
+            restarts=o["restarts"],
+            steps=o["steps"],
+            seed=seed,
+            dtype=_dtype(model),
+            device=_device(model),
+        )
         feats["mm_z"], arrays["mm_images"], arrays["mm_margin"] = r["z"], r["images"].numpy(), r["margin"]
         info[st] = {"p_value": r["p_value"]}
         return r["z"]
-    r = cleanse(model, x[:o["n_cleanse"]], C, lo=lo, hi=hi, steps=o["steps"], seed=seed)
+    r = cleanse(model, x[: o["n_cleanse"]], C, lo=lo, hi=hi, steps=o["steps"], seed=seed)
     feats.update(nc_z=r["z"], natural=r["natural"])
     arrays.update(nc_l1=r["l1"], nc_mask=r["mask"].numpy(), nc_pattern=r["pattern"].numpy())
     info[st] = {}
@@ -183,8 +295,10 @@ def _classes(model, x, shape) -> int:
     with HookSession(model, eval=True), torch.no_grad():
         out = model(probe)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < 3:
-        raise ConfigError(f"the scan needs logits [N, C] with C >= 3, got {getattr(out, 'shape', type(out).__name__)}",
-                          hint="wrap the model so it returns class logits")
+        raise ConfigError(
+            f"the scan needs logits [N, C] with C >= 3, got {getattr(out, 'shape', type(out).__name__)}",
+            hint="wrap the model so it returns class logits",
+        )
     return int(out.shape[1])
 
 
@@ -192,26 +306,53 @@ def _calibration(calibration, method, data_free):
     cal = calibration if calibration is not None else V.load_calibration()
     key = "triggers" if (method == "full" and data_free) else method
     if key not in cal:
-        raise ConfigError(f"the scan calibration has no entry for method {key!r}", hint="re-run the calibration on the dev split")
+        raise ConfigError(
+            f"the scan calibration has no entry for method {key!r}", hint="re-run the calibration on the dev split"
+        )
     return cal[key]
 
 
 def _result(model, model_name, names, ev, d, cal, method) -> Result:
     suspect, feats, arrays = d["suspect"], ev["features"], ev["arrays"]
-    data = {"method": method, "stages_run": ev["config"]["stages"], "suspect": suspect,
-            "suspect_name": None if suspect is None else names[suspect], "probability": d["probability"], "top_class": d["top"],
-            "agree": d["agree"], "threshold": d["threshold"], "min_agree": d["min_agree"], "stages": ev["stages"],
-            "seconds": ev["seconds"], "validated_on": cal.get("validated_on", "unknown"),
-            "calibration_fitted_on": cal.get("fitted_on", "unknown")}
+    data = {
+        "method": method,
+        "stages_run": ev["config"]["stages"],
+        "suspect": suspect,
+        "suspect_name": None if suspect is None else names[suspect],
+        "probability": d["probability"],
+        "top_class": d["top"],
+        "agree": d["agree"],
+        "threshold": d["threshold"],
+        "min_agree": d["min_agree"],
+        "stages": ev["stages"],
+        "seconds": ev["seconds"],
+        "validated_on": cal.get("validated_on", "unknown"),
+        "calibration_fitted_on": cal.get("fitted_on", "unknown"),
+    }
     rows = []
     for c, name in enumerate(names):
-        rows.append({"class": name, "index": c, "score": float(d["scores"][c]),
-                     **{k: float(np.asarray(v)[c]) for k, v in feats.items()},
-                     **({"max_margin": float(arrays["mm_margin"][c])} if "mm_margin" in arrays else {}),
-                     **({"trigger_l1": float(arrays["nc_l1"][c])} if "nc_l1" in arrays else {})})
-    return Result("backdoor-scan", data=data, tables={"classes": rows}, arrays={"score": d["scores"], **arrays},
-                  provenance=provenance(seed=ev["config"]["seed"], model=model_name or type(model).__name__,
-                                        sites=ev["config"]["sites"], config=ev["config"]))
+        rows.append(
+            {
+                "class": name,
+                "index": c,
+                "score": float(d["scores"][c]),
+                **{k: float(np.asarray(v)[c]) for k, v in feats.items()},
+                **({"max_margin": float(arrays["mm_margin"][c])} if "mm_margin" in arrays else {}),
+                **({"trigger_l1": float(arrays["nc_l1"][c])} if "nc_l1" in arrays else {}),
+            }
+        )
+    return Result(
+        "backdoor-scan",
+        data=data,
+        tables={"classes": rows},
+        arrays={"score": d["scores"], **arrays},
+        provenance=provenance(
+            seed=ev["config"]["seed"],
+            model=model_name or type(model).__name__,
+            sites=ev["config"]["sites"],
+            config=ev["config"],
+        ),
+    )
 
 
 def backdoor_scan(model, x=None, **kw) -> Result:

@@ -17,6 +17,7 @@ the same place, m (mu_c - mu), with mu the mean clean input and mu_c the mean of
 calls c. A real trigger paints where the class has nothing of its own (near 0); a "trigger" that
 draws the class itself scores near 1.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,18 @@ from ...core.hooks import HookSession
 from .screen import robust_z
 
 
-def smallest_triggers(model: nn.Module, x: torch.Tensor, num_classes: int, *, lo: float = 0.0, hi: float = 1.0,
-                      steps: int = 150, lr: float = 0.1, asr: float = 0.9, seed: int = 0) -> dict:
+def smallest_triggers(
+    model: nn.Module,
+    x: torch.Tensor,
+    num_classes: int,
+    *,
+    lo: float = 0.0,
+    hi: float = 1.0,
+    steps: int = 150,
+    lr: float = 0.1,
+    asr: float = 0.9,
+    seed: int = 0,
+) -> dict:
     """Per class: the L1 norm of the smallest mask found that sends >= ``asr`` of the inputs to c, mask and pattern."""
     N, C = len(x), int(num_classes)
     shape = tuple(x.shape[1:])
@@ -75,7 +86,7 @@ def anomaly_index(l1: np.ndarray) -> np.ndarray:
 
 
 def natural_feature(x: torch.Tensor, y0: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> np.ndarray:
-    """Per class the cosine between the painted change m (p - mu) and the class's own look m (mu_c - mu); 0 if unseen."""
+    """Per class: cosine of the painted change m (p - mu) and the class's own look m (mu_c - mu); 0 if unseen."""
     mu = x.mean(0)
     out = np.zeros(len(mask))
     for c in range(len(mask)):
@@ -89,9 +100,15 @@ def natural_feature(x: torch.Tensor, y0: torch.Tensor, mask: torch.Tensor, patte
     return out
 
 
-def cleanse(model, x: torch.Tensor, num_classes: int, *, lo: float = 0.0, hi: float = 1.0, steps: int = 150,
-            seed: int = 0) -> dict:
+def cleanse(
+    model, x: torch.Tensor, num_classes: int, *, lo: float = 0.0, hi: float = 1.0, steps: int = 150, seed: int = 0
+) -> dict:
     """Stage (c): ``{"l1": [C], "z": [C] anomaly index, "natural": [C], "mask", "pattern"}``."""
     r = smallest_triggers(model, x, num_classes, lo=lo, hi=hi, steps=steps, seed=seed)
-    return {"l1": r["l1"], "z": anomaly_index(r["l1"]), "natural": natural_feature(x, r["y0"], r["mask"], r["pattern"]),
-            "mask": r["mask"], "pattern": r["pattern"]}
+    return {
+        "l1": r["l1"],
+        "z": anomaly_index(r["l1"]),
+        "natural": natural_feature(x, r["y0"], r["mask"], r["pattern"]),
+        "mask": r["mask"],
+        "pattern": r["pattern"],
+    }

@@ -1,4 +1,5 @@
 """The scan's synthesised triggers as one image grid (docs/scan.md)."""
+
 from __future__ import annotations
 
 from pathlib import Path

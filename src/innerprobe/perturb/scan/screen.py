@@ -12,6 +12,7 @@ model's own classes, no reference model):
 Where the noise enters is a site; the scan's keywords are functions that return sites:
 :func:`input_site`, :func:`first_hidden`, :func:`last_hidden`, :func:`all_hidden`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,8 +69,10 @@ def scan_sites(model: nn.Module, which) -> list:
             resolve(model, s)
         except Exception as e:  # a SiteError with the model's names: add the keywords
             hint = did_you_mean(str(s), list(SITE_KEYWORDS)) if isinstance(s, str) else None
-            raise ConfigError(f"scan site {s!r} is neither a keyword nor a site of the model: {getattr(e, 'message', e)}",
-                              hint=f"keywords: {', '.join(SITE_KEYWORDS)}" + (f"; {hint}" if hint else "")) from None
+            raise ConfigError(
+                f"scan site {s!r} is neither a keyword nor a site of the model: {getattr(e, 'message', e)}",
+                hint=f"keywords: {', '.join(SITE_KEYWORDS)}" + (f"; {hint}" if hint else ""),
+            ) from None
     return specs
 
 
@@ -81,29 +84,40 @@ def robust_z(values, mad_floor: float = MAD_FLOOR) -> np.ndarray:
     return (v - med) / np.maximum(mad, mad_floor)
 
 
-def histogram_shares(model, x: torch.Tensor, sites, *, sigmas=HIST_SIGMAS, samples: int = 16, seed: int = 0,
-                     chunk_rows: int = 8192) -> tuple[np.ndarray, list[str]]:
+def histogram_shares(
+    model, x: torch.Tensor, sites, *, sigmas=HIST_SIGMAS, samples: int = 16, seed: int = 0, chunk_rows: int = 8192
+) -> tuple[np.ndarray, list[str]]:
     """Large-noise class histogram [S, C] at ``sigmas`` x clean RMS, and the resolved site names."""
     eng = Engine(model, x, sites=sites, samples=samples, relative=True, seed=seed, chunk_rows=chunk_rows)
     counts = eng.counts(np.asarray(sigmas, float))
     return ro.class_histogram(counts), [str(r) for r in eng.rsites]
 
 
-def sink_shares(model, x: torch.Tensor, sites, *, sigmas=SINK_GRID, samples: int = 16, seed: int = 0,
-                chunk_rows: int = 8192) -> tuple[np.ndarray, list[str]]:
+def sink_shares(
+    model, x: torch.Tensor, sites, *, sigmas=SINK_GRID, samples: int = 16, seed: int = 0, chunk_rows: int = 8192
+) -> tuple[np.ndarray, list[str]]:
     """Per class c: the share of inputs (clean class != c) whose escape class is c [C], and the site names."""
     eng = Engine(model, x, sites=sites, samples=samples, relative=True, seed=seed, chunk_rows=chunk_rows)
     sig = np.asarray(sigmas, float)
     e = ro.escape_noise(eng.counts(sig), sig, eng.y0.numpy())
     y0 = eng.y0.numpy()
     ok = e.escape_class >= 0
-    share = np.array([float((e.escape_class[ok & (y0 != k)] == k).mean()) if (ok & (y0 != k)).any() else 0.0
-                      for k in range(eng.C)])
+    share = np.array(
+        [float((e.escape_class[ok & (y0 != k)] == k).mean()) if (ok & (y0 != k)).any() else 0.0 for k in range(eng.C)]
+    )
     return share, [str(r) for r in eng.rsites]
 
 
-def screen(model, x: torch.Tensor, *, sites="input", samples: int = 16, sigmas=HIST_SIGMAS, seed: int = 0,
-           chunk_rows: int = 8192) -> dict:
+def screen(
+    model,
+    x: torch.Tensor,
+    *,
+    sites="input",
+    samples: int = 16,
+    sigmas=HIST_SIGMAS,
+    seed: int = 0,
+    chunk_rows: int = 8192,
+) -> dict:
     """The APEX screen: per-class robust z of the large-noise histogram (noise at ``sites``) and of the sink share
     (noise at the input and after the last hidden nonlinearity; a class's sink z is the smaller of the two).
 
@@ -115,7 +129,15 @@ def screen(model, x: torch.Tensor, *, sites="input", samples: int = 16, sigmas=H
     hist_z = robust_z(hist).mean(0)
     sink, views = {}, {}
     for view in ("input", "last"):
-        sink[view], views[view] = sink_shares(model, x, scan_sites(model, view), samples=samples, seed=seed, chunk_rows=chunk_rows)
+        sink[view], views[view] = sink_shares(
+            model, x, scan_sites(model, view), samples=samples, seed=seed, chunk_rows=chunk_rows
+        )
     sink_z = np.min([robust_z(s) for s in sink.values()], 0)
-    return {"z": hist_z, "hist_z": hist_z, "hist_share": hist, "sink_z": sink_z, "sink_share": sink,
-            "sites": {"histogram": hsites, **{f"sink_{k}": v for k, v in views.items()}}}
+    return {
+        "z": hist_z,
+        "hist_z": hist_z,
+        "hist_share": hist,
+        "sink_z": sink_z,
+        "sink_share": sink,
+        "sites": {"histogram": hsites, **{f"sink_{k}": v for k, v in views.items()}},
+    }

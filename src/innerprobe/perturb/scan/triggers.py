@@ -10,6 +10,7 @@ maximised by Adam on ``x = lo + (hi - lo) sigmoid(theta)`` from ``restarts`` see
 no clean inputs are needed. The class statistic is a robust z of log r among the classes (a null
 fitted to the model's own classes); the maximiser x*_c is the synthesised trigger image.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,20 @@ def _margins(logits: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
     return own - rival
 
 
-def max_margin(model: nn.Module, shape, num_classes: int, *, lo: float = 0.0, hi: float = 1.0, restarts: int = 4,
-               steps: int = 150, lr: float = 0.1, seed: int = 0, dtype=torch.float32, device="cpu") -> tuple[np.ndarray, torch.Tensor]:
+def max_margin(
+    model: nn.Module,
+    shape,
+    num_classes: int,
+    *,
+    lo: float = 0.0,
+    hi: float = 1.0,
+    restarts: int = 4,
+    steps: int = 150,
+    lr: float = 0.1,
+    seed: int = 0,
+    dtype=torch.float32,
+    device="cpu",
+) -> tuple[np.ndarray, torch.Tensor]:
     """Per class the largest margin found [C] and its maximiser [C, *shape] (the best of ``restarts`` starts)."""
     C, R = int(num_classes), int(restarts)
     gen = torch.Generator().manual_seed(int(seed))
@@ -66,9 +79,21 @@ def gamma_pvalue(margins: np.ndarray) -> float:
     return float(1.0 - stats.gamma.cdf(r[-1], a, loc=loc, scale=scale) ** len(null))
 
 
-def triggers(model, shape, num_classes: int, *, lo: float = 0.0, hi: float = 1.0, restarts: int = 4, steps: int = 150,
-             seed: int = 0, dtype=torch.float32, device="cpu") -> dict:
+def triggers(
+    model,
+    shape,
+    num_classes: int,
+    *,
+    lo: float = 0.0,
+    hi: float = 1.0,
+    restarts: int = 4,
+    steps: int = 150,
+    seed: int = 0,
+    dtype=torch.float32,
+    device="cpu",
+) -> dict:
     """Stage (b): ``{"margin": [C], "z": [C], "p_value": float, "images": [C, *shape]}``."""
-    m, xs = max_margin(model, shape, num_classes, lo=lo, hi=hi, restarts=restarts, steps=steps, seed=seed, dtype=dtype,
-                       device=device)
+    m, xs = max_margin(
+        model, shape, num_classes, lo=lo, hi=hi, restarts=restarts, steps=steps, seed=seed, dtype=dtype, device=device
+    )
     return {"margin": m, "z": mm_statistic(m), "p_value": gamma_pvalue(m), "images": xs}

@@ -13,6 +13,7 @@ Platt fit on the dev models, ``P = sigmoid(a * max_c s_c + b')``. A class is nam
 ran rank it first. The coefficients live in ``calibration.json`` next to this file, written by
 ``innerprobe.studies.apex_backdoor.calibrate`` from dev models only.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,9 +47,14 @@ def load_calibration(path: Path | None = None) -> dict:
     try:
         return json.loads(p.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"no scan calibration at {p}", hint="run innerprobe.studies.apex_backdoor.calibrate() (dev models only)") from None
+        raise ConfigError(
+            f"no scan calibration at {p}", hint="run innerprobe.studies.apex_backdoor.calibrate() (dev models only)"
+        ) from None
     except (OSError, ValueError) as e:
-        raise ConfigError(f"unreadable scan calibration {p}: {e}", hint="regenerate it with innerprobe.studies.apex_backdoor.calibrate()") from None
+        raise ConfigError(
+            f"unreadable scan calibration {p}: {e}",
+            hint="regenerate it with innerprobe.studies.apex_backdoor.calibrate()",
+        ) from None
 
 
 def class_scores(features: dict, cal: dict) -> np.ndarray:
@@ -81,8 +87,15 @@ def decide(features: dict, cal: dict, *, threshold: float | None = None, min_agr
     need = int(cal.get("min_agree", 1) if min_agree is None else min_agree)
     agree = agreeing_stages(features, cal["features"], top)
     named = p >= thr and len(agree) >= need
-    return {"scores": s, "probability": p, "top": top, "suspect": top if named else None, "agree": agree,
-            "threshold": thr, "min_agree": need}
+    return {
+        "scores": s,
+        "probability": p,
+        "top": top,
+        "suspect": top if named else None,
+        "agree": agree,
+        "threshold": thr,
+        "min_agree": need,
+    }
 
 
 def fit(rows: list[dict], names, *, l2: float = 1.0) -> dict:
@@ -90,7 +103,9 @@ def fit(rows: list[dict], names, *, l2: float = 1.0) -> dict:
     from sklearn.linear_model import LogisticRegression
 
     X = np.concatenate([design(r, names) for r in rows])
-    y = np.concatenate([np.arange(len(r[names[0]])) == (-1 if r["target"] is None else r["target"]) for r in rows]).astype(int)
+    y = np.concatenate(
+        [np.arange(len(r[names[0]])) == (-1 if r["target"] is None else r["target"]) for r in rows]
+    ).astype(int)
     clf = LogisticRegression(C=l2, class_weight="balanced", max_iter=2000).fit(X, y)
     coef, icpt = clf.coef_[0].tolist(), float(clf.intercept_[0])
     cal = {"features": list(names), "coef": coef, "intercept": icpt, "platt": [1.0, 0.0]}
