@@ -13,11 +13,11 @@ EAP and EAP-IG. Node patching (:mod:`.activation`). Metrics and bootstrap CIs (:
 Discovery (:mod:`.discovery`): exact single-edge effects, ACDC-style pruning, top-k.
 """
 from .activation import ablate_run, patch_run, sweep
+from .compiled import evaluate_compiled
 from .discovery import acdc, single_edge_effects, top_k
 from .eap import eap_scores
 from .hypothesis import Hypothesis
 from .metrics import bootstrap_proportion, kl_div, lm_loss, logit_diff, proportion, signed_loss
-from .compiled import evaluate_compiled
 from .path import Runs, edge_mask, evaluate, evaluate_edges, evaluate_paths, position_edge_mask, prepare
 
 __all__ = ["Hypothesis", "Runs", "ablate_run", "acdc", "bootstrap_proportion", "eap_scores", "edge_mask", "evaluate", "evaluate_edges",
