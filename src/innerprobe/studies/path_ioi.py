@@ -371,87 +371,91 @@ def _top_unclassified(p: dict, k: int = 4) -> str:
     return ", ".join(f"{name(h)} ({eff[h]:+.2f})" for h in left) or "none"
 
 
+COLS = {"io": 0.0, "s1": 1.6, "s1p1": 3.2, "s2": 4.8, "end": 6.6, "logits": 8.8}
+COLORS = {
+    "name_mover": "tab:green",
+    "negative_name_mover": "tab:red",
+    "s_suppressor": "tab:olive",
+    "s_inhibition": "tab:orange",
+    "induction": "tab:purple",
+    "duplicate_token": "tab:blue",
+    "previous_token": "tab:brown",
+}
+LINKS = [
+    ("previous_token", "induction", "to_ind_k", "K"),
+    ("induction", "s_inhibition", "to_si_v", "V"),
+    ("duplicate_token", "s_inhibition", "to_si_v", "V"),
+    ("s_inhibition", "name_mover", "to_nm_q", "Q"),
+]
+
+
+def _place(classes: dict) -> dict:
+    """{head: (x, y, [classes])}: one box per head, side by side within a (position, layer) cell."""
+    roles: dict = {}
+    for cls, heads in classes.items():
+        for h in heads:
+            roles.setdefault(h, []).append(cls)
+    cells: dict = {}
+    for h, cl in sorted(roles.items()):
+        cells.setdefault((CLASSES[cl[0]][0], h[0]), []).append(h)
+    out = {}
+    for (where, layer), hs in cells.items():
+        for i, h in enumerate(hs):
+            out[h] = (COLS[where] + (i - (len(hs) - 1) / 2) * 0.75, layer, roles[h])
+    return out
+
+
 def circuit_figure(p: dict, path: Path, shape) -> Path:
-    """2-D circuit: x = token position (IO, S1, S1+1, S2, END, logits), y = layer; boxes = classified heads,
-    arrows = the path-patching steps, width = |path effect| of the sender."""
+    """2-D circuit: x = token position (IO, S1, S1+1, S2, END, logits), y = layer; one box per classified head
+    (its classes), dashed arrows = what it attends to, solid arrows = path-patching steps (width = |effect|)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = {"io": 0, "s1": 1, "s1p1": 2, "s2": 3, "end": 4}
-    colors = {
-        "name_mover": "tab:green",
-        "negative_name_mover": "tab:red",
-        "s_suppressor": "tab:olive",
-        "s_inhibition": "tab:orange",
-        "induction": "tab:purple",
-        "duplicate_token": "tab:blue",
-        "previous_token": "tab:brown",
-    }
-    fig, ax = plt.subplots(figsize=(11, 6.5))
-    where_xy = {}
-    for cls, heads in p["classes"].items():
-        x0 = cols[CLASSES[cls][0]]
-        for h in heads:
-            same = sum(1 for v in where_xy.values() if v[1] == h[0] and abs(v[0] - x0) < 0.45)
-            xy = (x0 - 0.3 + 0.3 * same, h[0])
-            where_xy[(cls, h)] = xy
-            ax.text(
-                *xy,
-                f"{name(h)}\n{cls.replace('_', ' ')}",
-                ha="center",
-                va="center",
-                fontsize=8,
-                bbox={"boxstyle": "round", "fc": colors[cls], "alpha": 0.35},
+    fig, ax = plt.subplots(figsize=(13, 7))
+    placed, eff = _place(p["classes"]), p["effects"]
+    top = (COLS["logits"], shape.n_layers - 0.4)
+    for h, (x, y, cl) in placed.items():
+        key = CLASSES[cl[0]][1].split("_to_")[1]
+        ax.annotate(
+            "", xy=(x, y), xytext=(COLS[key], y - 0.35), arrowprops={"arrowstyle": "->", "ls": "--", "color": "0.6"}
+        )
+        ax.text(
+            x,
+            y,
+            f"{name(h)}\n" + "\n".join(c.replace("_", " ") for c in cl),
+            ha="center",
+            va="center",
+            fontsize=8,
+            bbox={"boxstyle": "round", "fc": COLORS[cl[0]], "alpha": 0.35},
+        )
+        if set(cl) & {"name_mover", "negative_name_mover", "s_suppressor"}:
+            w = abs(float(eff["direct"][h]))
+            ax.annotate(
+                "", xy=top, xytext=(x, y), arrowprops={"arrowstyle": "->", "lw": 0.5 + 8 * w, "color": COLORS[cl[0]]}
             )
-    ax.text(
-        5,
-        shape.n_layers - 0.5,
-        "logits\n(IO - S)",
-        ha="center",
-        va="center",
-        fontsize=9,
-        bbox={"boxstyle": "round", "fc": "0.9"},
-    )
-    eff = p["effects"]
-    links = [
-        ("previous_token", "induction", "to_ind_k", "K"),
-        ("induction", "s_inhibition", "to_si_v", "V"),
-        ("duplicate_token", "s_inhibition", "to_si_v", "V"),
-        ("s_inhibition", "name_mover", "to_nm_q", "Q"),
-    ]
-    for a, b, key, slot in links:
-        for (ca, ha), xa in where_xy.items():
-            if ca != a:
-                continue
-            for (cb, _), xb in where_xy.items():
-                if cb == b:
+    for a, b, key, slot in LINKS:
+        for ha, (xa, ya, ca) in placed.items():
+            for hb, (xb, yb, cb) in placed.items():
+                if a in ca and b in cb and ha != hb:
                     w = abs(float(np.nan_to_num(eff[key][ha])))
                     ax.annotate(
                         "",
-                        xy=xb,
-                        xytext=xa,
-                        arrowprops={"arrowstyle": "->", "lw": 0.5 + 6 * w, "color": "0.3", "alpha": 0.7},
+                        xy=(xb, yb),
+                        xytext=(xa, ya),
+                        arrowprops={"arrowstyle": "->", "lw": 0.5 + 8 * w, "color": "0.25"},
                     )
-                    ax.text((xa[0] + xb[0]) / 2, (xa[1] + xb[1]) / 2, slot, fontsize=7, color="0.3")
-    for (c, h), xy in where_xy.items():
-        if c in ("name_mover", "negative_name_mover", "s_suppressor"):
-            w = abs(float(eff["direct"][h]))
-            ax.annotate(
-                "",
-                xy=(5, shape.n_layers - 0.5),
-                xytext=xy,
-                arrowprops={"arrowstyle": "->", "lw": 0.5 + 6 * w, "color": colors[c], "alpha": 0.7},
-            )
-    ax.set_xticks(range(6), ["IO", "S1", "S1+1", "S2", "END", "logits"])
+                    ax.text((xa + xb) / 2, (ya + yb) / 2, slot, fontsize=8, color="0.25")
+    ax.text(*top, "logits\n(IO - S)", ha="center", va="center", fontsize=9, bbox={"boxstyle": "round", "fc": "0.9"})
+    ax.set_xticks(list(COLS.values()), ["IO", "S1", "S1+1", "S2", "END", "logits"])
     ax.set_yticks(range(shape.n_layers), [f"layer {i}" for i in range(shape.n_layers)])
-    ax.set_xlim(-0.8, 5.6)
-    ax.set_ylim(-0.7, shape.n_layers - 0.1)
+    ax.set_xlim(-0.8, COLS["logits"] + 0.8)
+    ax.set_ylim(-0.8, shape.n_layers - 0.1)
     ax.grid(alpha=0.2)
     ax.set_title(
-        f"{RECIPE} seed {p['seed']}: IOI circuit from path patching (arrow width = |path effect| / ABC effect; "
-        f"K/V/Q = receiving input)",
+        f"{RECIPE} seed {p['seed']}: IOI heads named by path patching; dashed = attends to (from that position), "
+        "solid = path effect (width = |effect| / ABC effect; K/V/Q = receiving input)",
         fontsize=9,
     )
     fig.tight_layout()
@@ -551,7 +555,7 @@ def run(out: Path, seeds: int = 3, quick: bool = False) -> Result:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    n, n_boot = (32, 300) if quick else (160, 1000)
+    n, n_boot = (32, 300) if quick else (96, 1000)
     seeds = min(seeds, 1) if quick else seeds
     per_seed, cards = [], []
     for s in range(seeds):
@@ -564,7 +568,7 @@ def run(out: Path, seeds: int = 3, quick: bool = False) -> Result:
                 n=n,
                 n_boot=n_boot,
                 do_discovery=True,
-                acdc_n=16 if quick else 64,
+                acdc_n=16 if quick else 32,
                 ig_steps=5 if quick else 10,
                 quick=quick,
             )
