@@ -143,6 +143,7 @@ def decisions(recs: list[dict], cal: dict, method: str) -> list[dict]:
                 "key": r["key"],
                 "target": r["target"],
                 "suspect": d["suspect"],
+                "top": d["top"],
                 "p": d["probability"],
                 "seconds": secs,
                 "family": r["family"],
@@ -159,6 +160,7 @@ def summary(recs: list[dict], cal: dict, method: str) -> dict:
     tp = sum(d["suspect"] == d["target"] for d in bd)
     wrong = sum(d["suspect"] is not None and d["suspect"] != d["target"] for d in bd)
     fp = sum(d["suspect"] is not None for d in cl)
+    top = sum(d["top"] == d["target"] for d in bd)
     y = np.array([d["target"] is not None for d in ds], float)
     p = np.clip(np.array([d["p"] for d in ds]), 1e-6, 1 - 1e-6)
     auc = _auc(p, y)
@@ -167,6 +169,7 @@ def summary(recs: list[dict], cal: dict, method: str) -> dict:
         "decisions": ds,
         "tp": tp,
         "wrong": wrong,
+        "top": top,
         "fp": fp,
         "n_bd": len(bd),
         "n_clean": len(cl),
@@ -188,6 +191,7 @@ def _rows(s: dict, method: str, split: str) -> list[dict]:
         row("tpr_right_class", proportion(s["tp"], s["n_bd"]), condition=cond),
         row("wrong_class_rate", proportion(s["wrong"], s["n_bd"]), condition=cond),
         row("fpr", proportion(s["fp"], s["n_clean"]), condition=cond),
+        row("top_class_is_target", proportion(s["top"], s["n_bd"]), condition=cond),
         row("roc_auc", s["auc"], condition=cond, n=s["n_bd"] + s["n_clean"]),
         row("cross_entropy", s["ce"], condition=cond, n=s["n_bd"] + s["n_clean"]),
     ]
