@@ -8,6 +8,7 @@
 Recipes (``zoo.RECIPES`` / ``innerprobe zoo list``): digits-mlp, digits-deep-mlp, digits-cnn,
 digits-mlp-random-labels, digits-cnn-random-labels, digits-mlp-label-noise, digits-mlp-backdoor,
 digits-cnn-backdoor, fashion-cnn, fashion-cnn-random-labels, fashion-cnn-backdoor, induction-attn2l.
+The backdoor scan's eval set adds the bdset-* recipes (:mod:`.backdoor_set`, docs/scan.md).
 See :mod:`.recipes` for the floors every card records, :mod:`.cache` for the cache layout.
 """
 from __future__ import annotations
