@@ -559,7 +559,8 @@ class ExcitationPullback(Gradient):
                                    silu_temperature=1.6 if silu_temperature is None else silu_temperature,
                                    functional=True if functional is None else functional)
         super().__init__(model, rules=rules, chunk_size=chunk_size, layer=layer, attribute_to_layer_input=attribute_to_layer_input)
-        self.temperature = (0.6 if gate == "probit" else 0.3) if temperature is None else temperature
+        probit = gate == "probit" or preset == "successor"
+        self.temperature = (0.6 if probit else 0.3) if temperature is None else temperature
         self.scale, self.preset = scale, preset
         self._calibrated = None
 
