@@ -358,17 +358,39 @@ def _section(per_seed, summary, structure_rows, second, keys, rows, *, seeds, qu
     return sec
 
 
+#: A head is called a previous-token / duplicate-token / induction head only when its score is at least this many
+#: times the score of uniform causal attention (the chance level, printed with the table).
+CHANCE_MARGIN = 2.0
+
+
+def named_heads(heads, scores, layer: int, chance: float) -> list[str]:
+    """The heads among ``heads`` whose score beats ``CHANCE_MARGIN`` x ``chance`` (docs/patching.md)."""
+    return [h for h in heads if scores[layer][int(h.split(".")[1])] >= CHANCE_MARGIN * chance]
+
+
 def _head_table(sec, per_seed) -> None:
     def scores(p, heads, key, layer):
-        return ", ".join(f"{p[key][layer][int(h.split('.')[1])]:.2f}" for h in heads)
+        return ", ".join(f"{h} ({p[key][layer][int(h.split('.')[1])]:.2f})" for h in heads) or "none"
 
-    sec.table("Head roles per seed: previous-token heads (layer 0, score >= half the best) and induction heads (last "
-              "layer); the previous-token score of uniform causal attention is given for comparison",
-              ["seed", "prev heads", "their prev-token scores", "uniform-attention score",
-               "duplicate-token heads (scores)", "induction heads", "their induction scores"],
-              [[p["seed"], ", ".join(p["prev"]), scores(p, p["prev"], "prev_scores", 0), f"{p['uniform_prev_score']:.3f}",
-                ", ".join(f"{h} ({p['dup_scores'][0][int(h.split('.')[1])]:.2f})" for h in p["dup"]),
-                ", ".join(p["ind"]), scores(p, p["ind"], "ind_scores", -1)] for p in per_seed])
+    rows = []
+    for p in per_seed:
+        chance = p["uniform_prev_score"]
+        prev = named_heads(p["prev"], p["prev_scores"], 0, chance)
+        dup = named_heads(p["dup"], p["dup_scores"], 0, chance)
+        ind = named_heads(p["ind"], p["ind_scores"], -1, chance)
+        rows.append([p["seed"], f"{chance:.3f}", scores(p, p["prev"], "prev_scores", 0), ", ".join(prev) or "none",
+                     ", ".join(dup) or "none", scores(p, p["ind"], "ind_scores", -1), ", ".join(ind) or "none"])
+        unnamed = sorted(set(p["prev"]) - set(prev))
+        if unnamed:
+            sec.paragraphs.append(
+                f"Seed {p['seed']}: the layer-0 heads used in the hypotheses ({', '.join(unnamed)}) attend to the "
+                f"previous token less than {CHANCE_MARGIN:g} x the uniform-attention level {chance:.3f}: they are "
+                "not called previous-token heads here.")
+    sec.table(f"Head roles per seed. Candidates: layer-0 heads scoring >= half the best, last-layer heads likewise. "
+              f"A role is named only when the score beats {CHANCE_MARGIN:g} x chance (chance = the score of uniform "
+              "causal attention)", ["seed", "chance", "layer-0 candidates (prev-token score)", "previous-token heads",
+                                    "duplicate-token heads", "last-layer candidates (induction score)",
+                                    "induction heads"], rows)
 
 
 def _figures(sec, per_seed) -> None:
