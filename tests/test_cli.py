@@ -84,7 +84,8 @@ def test_report_command_writes_page(tmp_path, capsys):
 
 FAKE_STUDIES = textwrap.dedent('''
     from innerprobe.report.sections import Section
-    from innerprobe.results import Result, provenance
+    from innerprobe.core.stats import t_interval
+    from innerprobe.results import Result, provenance, row
 
     CALLS = []
 
@@ -93,7 +94,8 @@ FAKE_STUDIES = textwrap.dedent('''
         r = Result("fake", data={"seeds": seeds, "quick": quick}, provenance=provenance(seed=0))
         r.save(out / "summary.json")
         Section("Good fake study", order=40, paragraphs=[f"seeds={seeds}"]).save(out)
-        return Result("fake", data={"acc": {"mean": 0.91234, "ci95": [0.9, 0.925]}, "n": seeds})
+        return Result("fake", rows=[row("acc", t_interval([0.9, 0.925][:seeds]), model="m", condition={"k": 2},
+                                        seeds=list(range(seeds)))])
 
     def bad(out, seeds=3, quick=False):
         CALLS.append(("bad", seeds, quick))
@@ -163,7 +165,7 @@ def test_study_command_runs_registered_study(tmp_path, monkeypatch, capsys):
     assert main(["study", "good", "--quick", "--seeds", "1", "--out", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
     assert "study good finished" in out and "innerprobe report" in out
-    assert "  acc: mean=0.9123, ci95=0.9, 0.925" in out and "  n: 1" in out
+    assert "  acc (m; k 2): 0.9 (1 seed)" in out
     assert (tmp_path / "s" / "section.json").exists()
 
 

@@ -82,6 +82,19 @@ def row(metric: str, value, *, model: str | None = None, condition: dict | None 
     return out
 
 
+def describe(r: dict) -> str:
+    """One line for a terminal: ``metric (model; key value, ...): value [lo, hi] (n seeds)``."""
+    def num(v):
+        return "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    where = "; ".join(x for x in (r.get("model") or "", ", ".join(f"{k} {num(v)}" for k, v in
+                                                                  (r.get("condition") or {}).items())) if x)
+    ci = "" if r.get("lo") is None else f" [{num(r['lo'])}, {num(r['hi'])}]"
+    seeds = r.get("seeds") or []
+    count = f" ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})" if seeds else ""
+    return f"{r['metric']}{f' ({where})' if where else ''}: {num(r.get('value'))}{ci}{count}"
+
+
 def rows_frame(rows: list[dict]):
     """Rows as a tidy DataFrame: one column per fixed field, one per condition key (the ``condition`` dict
     is expanded), extras last."""

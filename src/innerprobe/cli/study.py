@@ -62,11 +62,11 @@ def register(app: typer.Typer) -> None:
             scale.studies([name], out_dir, seeds=seeds, quick=quick, nested=False, **remote)
             result = Result.load(out_dir / "summary.json")
         typer.echo(f"study {name} finished in {time.perf_counter() - t0:.1f} s -> {out_dir}")
-        from ..report.html import fmt_value
+        from ..results import describe
 
-        data = getattr(result, "data", None) or {}
-        for key, value in data.items():  # headline values: scalars, and flat dicts such as {"mean", "ci95", "seeds"}
-            if isinstance(value, (int, float, str, bool)) or (
-                    isinstance(value, dict) and len(value) <= 6 and all(not isinstance(v, dict) for v in value.values())):
-                typer.echo(f"  {key}: {fmt_value(value)}")
+        rows = getattr(result, "rows", None) or []
+        for r in rows[:12]:  # the headline rows, labelled for a terminal
+            typer.echo(f"  {describe(r)}")
+        if len(rows) > 12:
+            typer.echo(f"  ... {len(rows) - 12} more rows in {out_dir / 'summary.json'}")
         typer.echo(f"see it as a page: innerprobe report {out_dir}")
