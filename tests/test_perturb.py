@@ -1,4 +1,4 @@
-"""APEX engine invariants (shared/methods/apex.md §4 'Invariant tests'), on tiny models built here."""
+"""APEX engine invariants (docs/apex.md, 'How it is computed'), on tiny models built here."""
 import math
 
 import numpy as np

@@ -3,7 +3,7 @@
 ``apex(model, x, sigmas)`` adds noise after every hidden nonlinearity (or at any sites), runs K
 noisy passes per input, and returns class counts [N, S, C] (a language model's logits at a
 position, over the vocabulary or candidates: :class:`Readout`) with every read-out of
-shared/methods/apex.md §2: escape noise and class, large-noise class histogram, sample-dependence
+docs/apex.md, 'Definitions': escape noise and class, large-noise class histogram, sample-dependence
 curve, and the clean-margin / input-noise controls. :class:`Engine` is the reusable core,
 :func:`escape_bisect` the bisection refinement, :func:`backdoor_scan` a reference-free scan.
 """

@@ -2,8 +2,8 @@
 
 APEX (Ren, Luo, Li 2026, arXiv 2602.03586) adds noise to hidden activations, keeps input and
 weights fixed, and reads the distribution of predicted classes p_sigma(c|x) over K noisy passes
-(apex.md §1: ã_l = φ(z_l) + σ ξ_l; p̂_σ(c|x) = #{k: ŷ_k = c}/K). Efficient implementation
-(apex.md §4):
+(docs/apex.md, 'Definitions': ã_l = φ(z_l) + σ ξ_l; p̂_σ(c|x) = #{k: ŷ_k = c}/K). Efficient implementation
+(docs/apex.md, 'How it is computed'):
 
 * the K passes of a batch of inputs run as one forward (``repeat_interleave``), several sigmas per
   forward with a per-row sigma, chunked to at most ``chunk_rows`` rows;

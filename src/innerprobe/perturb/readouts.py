@@ -1,16 +1,16 @@
-"""Read-outs of APEX counts (Ren, Luo, Li 2026, arXiv 2602.03586; definitions in shared/methods/apex.md §2).
+"""Read-outs of APEX counts (Ren, Luo, Li 2026, arXiv 2602.03586; definitions in docs/apex.md, 'Definitions').
 
 Everything here is a function of the stored integer counts ``[N inputs, S sigmas, C classes]``
 (plus the clean prediction ``y0``), so it can be recomputed without new forward passes.
 
 * :func:`escape_noise` -- smallest sigma where the clean class's share drops below ``tau``
   (survival rule, default) or stops being the majority (``rule='majority'``), first crossing on
-  the increasing grid, refined by log-interpolation between grid points (apex.md §2.1), with
+  the increasing grid, refined by log-interpolation between grid points (docs/apex.md, 'Definitions'), with
   censoring flags (-1 left-censored: already escaped at sigma_min; +1 right-censored: never escaped).
-* :func:`escape_class` -- the class that takes over at the crossing (apex.md §2.2).
-* :func:`class_histogram` -- mean p_sigma(c|x) over inputs (apex.md §2.3), with entropy.
+* :func:`escape_class` -- the class that takes over at the crossing (docs/apex.md, 'Definitions').
+* :func:`class_histogram` -- mean p_sigma(c|x) over inputs (docs/apex.md, 'Definitions'), with entropy.
 * :func:`sample_dependence` -- D(sigma) = mean_x TV(p_sigma(.|x), pbar_sigma) with its Monte Carlo
-  floor (apex.md §2.4); :func:`mutual_information` the plug-in alternative.
+  floor (docs/apex.md, 'Definitions'); :func:`mutual_information` the plug-in alternative.
 * :func:`logit_margin` -- the clean-margin control.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ class Escape:
 
 
 def escape_noise(counts, sigmas, y0, *, tau: float = 0.5, rule: str = "survival", refine: str = "log") -> Escape:
-    """Escape noise sigma_esc(x) per input (apex.md §2.1).
+    """Escape noise sigma_esc(x) per input (docs/apex.md, 'Definitions').
 
     First crossing of the survival curve below ``tau`` (or of the majority) on the increasing grid;
     ``refine='log'`` interpolates in log sigma between the bracketing grid points (linearly when the
@@ -112,7 +112,7 @@ def escape_noise(counts, sigmas, y0, *, tau: float = 0.5, rule: str = "survival"
 
 
 def escape_class(counts, y0, index) -> np.ndarray:
-    """e(x) = argmax_{c != y0} p_{sigma*}(c|x) at grid index ``index`` (apex.md §2.2); ties broken by
+    """e(x) = argmax_{c != y0} p_{sigma*}(c|x) at grid index ``index`` (docs/apex.md, 'Definitions'); ties broken by
     the larger count at the next sigma, then by the smaller class index; -1 where index < 0."""
     c = _counts(counts).astype(np.float64)
     N, S, _ = c.shape
@@ -133,7 +133,7 @@ def escape_class(counts, y0, index) -> np.ndarray:
 
 
 def class_histogram(counts) -> np.ndarray:
-    """pbar_sigma(c) = mean_x p_sigma(c|x), shape [S, C] (apex.md §2.3)."""
+    """pbar_sigma(c) = mean_x p_sigma(c|x), shape [S, C] (docs/apex.md, 'Definitions')."""
     return shares(counts).mean(0)
 
 
@@ -152,7 +152,7 @@ def _tv(p, q) -> np.ndarray:
 
 
 def sample_dependence(counts, *, n_sim: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """D(sigma) = mean_x TV(p_sigma(.|x), pbar_sigma) and its Monte Carlo floor (apex.md §2.4).
+    """D(sigma) = mean_x TV(p_sigma(.|x), pbar_sigma) and its Monte Carlo floor (docs/apex.md, 'Definitions').
 
     The floor is E TV(multinomial(K, pbar)/K, pbar), estimated by ``n_sim`` simulations per sigma:
     the value D takes when every input has the same distribution and only K-pass noise remains.
@@ -208,7 +208,7 @@ def half_way(sigmas, D, floor) -> float:
 
 
 def logit_margin(logits, y0=None) -> np.ndarray:
-    """Clean margin s_y0 - max_{c != y0} s_c (the baseline control, apex.md §5 A')."""
+    """Clean margin s_y0 - max_{c != y0} s_c (the baseline control; docs/apex.md, 'Definitions')."""
     z = np.asarray(logits, dtype=np.float64)
     y0 = z.argmax(-1) if y0 is None else np.asarray(y0, np.int64)
     top = np.take_along_axis(z, y0[:, None], 1)[:, 0]

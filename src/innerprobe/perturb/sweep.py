@@ -125,7 +125,7 @@ def apex(model, x, sigmas, *, samples: int = 64, sites=None, noise="gaussian", r
     Returns a Result of kind ``apex`` whose arrays hold ``counts`` [N, S, C'] over the outcome
     columns ``classes`` (class or token ids; -2 = non-finite logits), ``sigmas``, ``y0`` (column of
     the clean prediction), ``y0_class``, ``clean_logits``, ``escape_sigma`` / ``censor`` /
-    ``escape_class`` (apex.md §2.1-2.2), ``histogram`` [S, C'] (§2.3), ``D`` / ``D_floor`` (§2.4)
+    ``escape_class``, ``histogram`` [S, C'], ``D`` / ``D_floor`` (docs/apex.md, 'Definitions')
     and ``margin`` (clean logit margin).
     """
     t0 = time.perf_counter()
@@ -180,7 +180,7 @@ def apex(model, x, sigmas, *, samples: int = 64, sites=None, noise="gaussian", r
 
 def summarize(counts, sigmas, y0, clean_logits=None, *, tau: float = 0.5, rule: str = "survival", labels=None,
               classes=None, n_classes: int | None = None, y0_class=None) -> Result:
-    """Every read-out of apex.md §2 from counts [N, S, C']; a Result of kind ``apex``.
+    """Every read-out of docs/apex.md, 'Definitions' from counts [N, S, C']; a Result of kind ``apex``.
 
     ``y0`` is the clean prediction's column; ``classes`` the class id of each column (default
     0..C'-1; ``NONFINITE`` = -2 for passes with non-finite logits); ``n_classes`` the readout's
@@ -228,7 +228,7 @@ def summarize(counts, sigmas, y0, clean_logits=None, *, tau: float = 0.5, rule: 
 def escape_bisect(model, x, sigmas, *, steps: int = 6, samples: int = 64, sites=None, noise="gaussian",
                   relative: bool = False, seed: int = 0, chunk_rows: int = 8192, tau: float = 0.5,
                   rule: str = "survival", engine: Engine | None = None) -> ro.Escape:
-    """Escape noise by bisection (apex.md §2.1 option): bracket each input on the coarse grid
+    """Escape noise by bisection (an option in docs/apex.md, 'Definitions'): bracket each input on the coarse grid
     ``sigmas``, then ``steps`` geometric-midpoint bisections, all inputs in parallel (per-row sigma),
     K fresh-seeded passes per step (common random numbers across steps). The escape class is read at
     the final upper bracket."""
@@ -267,7 +267,7 @@ def escape_bisect(model, x, sigmas, *, steps: int = 6, samples: int = 64, sites=
 def escape_early_exit(model, x, sigmas, *, samples: int = 64, sites=None, noise="gaussian", relative: bool = False,
                       seed: int = 0, chunk_rows: int = 8192, tau: float = 0.5, rule: str = "survival", sigma_chunk: int = 1,
                       noise_cache_mb: float = 512, engine: Engine | None = None) -> ro.Escape:
-    """Escape noise only, with early exit (apex.md §4.4): the grid is walked upwards ``sigma_chunk``
+    """Escape noise only, with early exit (docs/apex.md, 'How it is computed'): grid is walked upwards ``sigma_chunk``
     sigmas at a time and an input leaves the batch once its crossing and the sigma after it (for the
     escape-class tie-break) are known. Identical to :func:`escape_noise` on a full sweep with the same seed."""
     eng = engine or Engine(model, x, sites=sites, noise=noise, samples=samples, relative=relative, seed=seed, chunk_rows=chunk_rows,

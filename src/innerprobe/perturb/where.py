@@ -1,6 +1,6 @@
 """Where APEX puts its noise by default, on CNNs, MLPs and transformers (docs/apex.md "Sites").
 
-apex.md §1 "Where (default)": after every hidden nonlinearity, on its output. Found as
+docs/apex.md, 'Definitions' "Where (default)": after every hidden nonlinearity, on its output. Found as
 
 * activation *modules* (``nn.ReLU``, ``nn.GELU``, Hugging Face ``NewGELUActivation`` /
   ``SiLUActivation``, ...), a reused module once per call;

@@ -3,13 +3,13 @@
 On ``ioi-llama`` (a 4-layer HF Llama trained on indirect-object-identification prompts) and
 held-out test prompts, with the answer read at each prompt's END position:
 
-* **APEX regularity** (Ren, Luo, Li 2026, arXiv 2602.03586; apex.md §2.1 and the digits
+* **APEX regularity** (Ren, Luo, Li 2026, arXiv 2602.03586; docs/apex.md, 'Definitions' and the digits
   ``apex-regularity`` study): escape noise per prompt, with noise after every MLP SiLU and the
   readout "IO vs S" (the two candidate names), against a regularity proxy, the clean per-prompt
   loss -log p(IO | prompt) over the whole vocabulary. Same baselines as the digits study: input
   (token-embedding) noise escape and the clean logit margin (here IO - S). Spearman rho with the
   negative loss, bootstrap CIs over prompts, and the paired difference APEX - baseline.
-* **Large-noise bias** (apex.md §2.3): at the largest sigma, the share of passes predicting S,
+* **Large-noise bias** (docs/apex.md, 'Definitions'): at the largest sigma, the share of passes predicting S,
   and the share predicting the name mentioned first (position bias), each against 0.5.
 * **Token attributions on IO - S** (Satkiewicz 2025, arXiv 2507.22832; docs/pullback.md): the
   pullback (successor preset, functional gates), gradient (L2 norm per token), input x gradient and
