@@ -124,7 +124,7 @@ def head_sites(model: nn.Module, *, positions: int | None = None) -> list[str]:
 
 @torch.no_grad()
 def freeze_patch(model: nn.Module, senders: Sequence, receivers: Sequence, freeze: Sequence, x_r, x_c):
-    """IOI-style path patching (Wang et al. 2022; method notes §3), two passes.
+    """IOI-style path patching (Wang et al. 2022; docs/patching.md, "IOI-style path patching"), two passes.
 
     Pass 1 runs x_r with the ``senders`` set to their x_c values and every ``freeze`` site held at
     its x_r value (senders win where they overlap), recording the ``receivers``. Pass 2 runs x_r

@@ -1,4 +1,4 @@
-"""Metrics for path patching (Goldowsky-Dill et al. 2023, §2; method notes §1.5).
+"""Metrics for path patching (Goldowsky-Dill et al. 2023, §2; docs/patching.md, "Metrics").
 
 Unexplained effect of a pair: UE = delta(G(x_r), G_H(x_r, x_c)); AUE = E[UE]. With a baseline
 hypothesis H0 (default: no paths, so AUE(H0) = ATE):

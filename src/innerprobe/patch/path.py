@@ -1,7 +1,7 @@
 """Exact path-patching evaluators (Goldowsky-Dill et al. 2023, arXiv 2304.05969, §2).
 
 G_H(x_r, x_c) evaluates the treeified graph with every leaf whose path is in P fed x_r and every
-other leaf fed x_c (§1.4 of the method notes).
+other leaf fed x_c (docs/patching.md, "Hypotheses").
 
 * :func:`evaluate_edges` - edge-set hypotheses by the *two-version* algorithm: each node needs its
   counterfactual value a(v; x_c) and its patched lineage a^H(v); a slot reads a^H(u) along edges
