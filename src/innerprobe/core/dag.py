@@ -189,6 +189,10 @@ class Graph:
     def paths(self, limit: int = 200_000) -> list[Path]:
         """Every input -> output path, as tuples of edges (enumerated once, cached)."""
         if self._paths is None:
+            n_paths = self.count_paths()
+            if n_paths > limit:
+                raise ConfigError(f"graph {self.name} has {n_paths} paths, more than {limit}",
+                                  hint="use edge-set or compiled hypotheses (they never enumerate paths)")
             memo: dict[str, list] = {}
 
             def from_node(n: str) -> list:
@@ -207,6 +211,14 @@ class Graph:
 
             self._paths = [p for i in self.inputs for p in from_node(i)]
         return self._paths
+
+    def count_paths(self) -> int:
+        """Number of input -> output paths (dynamic programming; nothing is listed)."""
+        to_out: dict[str, int] = {"out": 1}
+        for n in reversed(self.order):
+            if n != "out":
+                to_out[n] = sum(to_out.get(self.edges[i].dst, 0) for i in self.outgoing[n])
+        return sum(to_out[n] for n in self.inputs)
 
     # ------------------------------------------------------------------ evaluation
     def run_inputs(self, x) -> dict[str, torch.Tensor]:

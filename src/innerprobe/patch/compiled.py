@@ -141,6 +141,7 @@ class PatternAutomaton(Automaton):
 
     def __init__(self, tokens: list[Token], tag: int):
         self.toks, self.tag, self.n = tokens, tag, len(tokens)
+        self._steps: dict = {}
 
     def closure(self, i: int) -> list[int]:
         out = [i]
@@ -150,6 +151,12 @@ class PatternAutomaton(Automaton):
         return out
 
     def step(self, i: int, elem) -> dict:
+        key = (i, elem)
+        if key not in self._steps:
+            self._steps[key] = self._step(i, elem)
+        return self._steps[key]
+
+    def _step(self, i: int, elem) -> dict:
         res: dict = {}
         for j in self.closure(i):
             if j >= self.n:
@@ -244,6 +251,8 @@ class _Evaluator:
         self.B, self.T, self.named, self.device = B, T, named, device
         self.memo: dict = {}
         self.masks: dict = {}
+        self.sets: dict = {}  # live-set splits; keyed without the sender when no automaton depends on it
+        self.by_sender = any(isinstance(a, EdgeAutomaton) for a in compiled.include + compiled.exclude)
 
     def mask(self, spec) -> torch.Tensor:
         if spec not in self.masks:
@@ -284,6 +293,12 @@ class _Evaluator:
 
     def live_sets(self, u, elem, li, lx):
         """[(mask or None, live_I, live_X)] for the child u read through ``elem``, per position."""
+        key = (u if self.by_sender else None, elem, li, lx)
+        if key not in self.sets:
+            self.sets[key] = self._live_sets(u, elem, li, lx)
+        return self.sets[key]
+
+    def _live_sets(self, u, elem, li, lx):
         pi = {q: c for a in self.c.include for q, c in a.pred(u, elem, li).items()}
         px = {q: c for a in self.c.exclude for q, c in a.pred(u, elem, lx).items()}
         conds = {**{("i",) + (q,): c for q, c in pi.items()}, **{("x",) + (q,): c for q, c in px.items()}}
