@@ -80,7 +80,8 @@ def test_float_inputs_to_a_token_model_get_a_hint_about_token_ids(gpt2):
         Engine(gpt2, tokens().float(), samples=2)
 
 
-def test_llama_and_transformer_lens_default_sites():
+@pytest.mark.slow
+def test_llama_default_sites_and_bitwise_sigma_zero():
     x = tokens()
     cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                    num_key_value_heads=1, max_position_embeddings=32, bos_token_id=0, eos_token_id=0)
@@ -91,6 +92,10 @@ def test_llama_and_transformer_lens_default_sites():
     _, scores = eng.counts([0.0], keep_logits=True)
     with torch.no_grad():
         assert torch.equal(scores[:, 0, 0], llama(x).logits[:, -1])
+
+
+def test_transformer_lens_default_sites_are_hook_post_and_match_the_functional_gelu():
+    x = tokens()
     tl = pytest.importorskip("transformer_lens")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
