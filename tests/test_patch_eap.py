@@ -85,3 +85,47 @@ def test_eap_converges_to_exact_as_the_counterfactual_approaches_the_reference()
         exact, eap = disc.single_edge_effects(graph, rr, loss), eap_scores(graph, rr, loss)
         errs.append(float((exact - eap).abs().max() / exact.abs().max()))
     assert errs[1] < 0.05 < errs[0]
+
+
+def _tiny_runs():
+    torch.manual_seed(0)
+    model = build_transformer({"n_layers": 2, "n_heads": 2, "d_model": 16, "d_head": 4, "vocab": 11, "n_ctx": 8, "ln": True, "d_mlp": 8})
+    graph = build_graph(model)
+    g = torch.Generator().manual_seed(3)
+    runs = prepare(graph, torch.randint(0, 11, (4, 6), generator=g), torch.randint(0, 11, (4, 6), generator=g))
+    return model, graph, runs
+
+
+def test_eap_ig_steps_per_pass_change_nothing_and_no_parameter_grads():
+    from innerprobe.patch.eap import steps_per_pass
+
+    model, graph, runs = _tiny_runs()
+    loss = lm_loss(runs.x_r)
+    assert steps_per_pass(graph, runs, 1) == 1 and steps_per_pass(graph, runs, 1 << 30) >= 4
+    one = eap_scores(graph, runs, loss, ig_steps=4, memory_budget=1)
+    many = eap_scores(graph, runs, loss, ig_steps=4, memory_budget="1GiB")
+    torch.testing.assert_close(one, many, rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ConfigError, match="ig_steps"):
+        eap_scores(graph, runs, loss, ig_steps=-1)
+
+
+def test_acdc_pp_extremes_budget_and_verified_metric():
+    from innerprobe.patch.path import evaluate_edges
+
+    _, graph, runs = _tiny_runs()
+    loss = lm_loss(runs.x_r)
+    kept, rep = disc.acdc_pp(graph, runs, loss, tau=-1e9, ig_steps=2)
+    assert kept == frozenset(graph.edges) and rep["eap_removed"] == 0 and rep["exact_removed"] == 0
+    kept, rep = disc.acdc_pp(graph, runs, loss, tau=1e9, ig_steps=2)
+    assert kept == frozenset() and rep["eap_removed"] == len(graph.edges)
+    # no time: EAP pruning only, every other edge kept unverified
+    kept, rep = disc.acdc_pp(graph, runs, loss, tau=0.01, prune_tau=1e-4, ig_steps=2, time_budget_s=0.0)
+    assert rep["unverified"] == len(graph.edges) - rep["eap_removed"] and rep["exact_removed"] == 0
+    kept, rep = disc.acdc_pp(graph, runs, loss, tau=0.01, prune_tau=1e-4, ig_steps=2, batch=5)
+    assert rep["unverified"] == 0 and 0 < len(kept) < len(graph.edges)
+    # the reported final metric is the exact metric of the circuit before dangling edges are cut
+    mask = torch.ones(len(graph.edges))
+    assert rep["metric_final"] - rep["metric_after_eap_prune"] < 0.01 * max(1, rep["exact_removed"]) + 1e-6
+    full = float(loss(evaluate_edges(graph, runs, mask[None])[0]).mean())
+    assert rep["metric_full"] == pytest.approx(full, abs=1e-6)

@@ -212,7 +212,7 @@ def test_meta_device_runs_without_host_copies():
     model = model.to("meta")
     graph = build_graph(model, check=False)  # the build-time self-check reads numbers; meta has none
     x = torch.zeros(3, 6, dtype=torch.long, device="meta")
-    runs = prepare(graph, x, x)
+    runs = prepare(graph, x, x, check=False)
     masks = random_masks(graph, 5, 0, fractional=True)
     out = evaluate_edges(graph, runs, masks)
     assert out.device.type == "meta" and out.shape == (5, 3, 6, 11)
@@ -246,3 +246,50 @@ def test_single_edge_effects_use_fast_path_and_match_reference():
     ref = torch.stack([metric(o).mean() for o in evaluate_edges(graph, runs, single_edge_masks(graph), method="reference")]) - base
     torch.testing.assert_close(single_edge_effects(graph, runs, metric), ref, rtol=0, atol=1e-5)
     assert D == 3
+
+
+def subset_models():
+    out = [pytest.param(lambda: build_transformer({"n_layers": 2, "n_heads": 3, "d_model": 12, "d_head": 4, "vocab": 13, "n_ctx": 8,
+                                                   "ln": True, "d_mlp": 8}), id="zoo")]
+    try:
+        import transformer_lens as tl
+
+        base = dict(n_layers=2, d_model=12, n_ctx=8, d_head=4, n_heads=3, d_vocab=13, d_mlp=16, act_fn="gelu", seed=0, device="cpu")
+        out.append(pytest.param(lambda: tl.HookedTransformer(tl.HookedTransformerConfig(normalization_type="LN", **base)), id="tl"))
+        out.append(pytest.param(lambda: tl.HookedTransformer(tl.HookedTransformerConfig(
+            normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=4, **base)), id="tl-rotary"))
+    except ImportError:
+        pass
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        out.append(pytest.param(lambda: GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=3, n_embd=12, vocab_size=13, n_positions=8)),
+                                id="hf-gpt2"))
+    except ImportError:
+        pass
+    return out
+
+
+@pytest.mark.parametrize("make", subset_models())
+def test_head_subsets_equal_the_full_group(make):
+    """A head group asked for some members returns what the full group returns for them, also
+    when every slot holds one shared residual (the fast evaluator's downstream case)."""
+    torch.manual_seed(0)
+    model = make().eval()
+    graph = build_graph(model)
+    x = torch.randint(0, 13, (2, 6), generator=torch.Generator().manual_seed(4))
+    runs = prepare(graph, x, x.roll(1, 1))
+    for grp in graph.groups:
+        if not grp.name.startswith("attn"):
+            continue
+        assert grp.subsets and grp.total is not None
+        slots = {k: v + 0.1 * torch.randn_like(v) for k, v in runs.clean_slots.items() if k[0] in grp.nodes}
+        whole = grp.fn(slots)
+        for sub in ([grp.nodes[1]], [grp.nodes[2], grp.nodes[0]]):
+            for got, n in zip(grp.fn(slots, sub), sub):
+                torch.testing.assert_close(got, whole[grp.nodes.index(n)], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grp.total(slots), sum(whole), rtol=1e-5, atol=1e-5)
+        r = next(iter(slots.values()))
+        same = {k: r for k in slots}
+        torch.testing.assert_close(grp.total(same), sum(grp.fn({k: r.clone() for k in slots})), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grp.fn(same, [grp.nodes[1]])[0], grp.fn({k: r.clone() for k in slots})[1], rtol=1e-5, atol=1e-6)

@@ -5,17 +5,22 @@
 * :func:`acdc` - ACDC-style greedy pruning (Conmy et al. 2023, arXiv 2304.14997): visit receivers
   in reverse topological order and drop each incoming edge whose removal raises the metric by
   less than ``tau``.
+* :func:`acdc_pp` - ACDC++ (Syed et al. 2023, arXiv 2310.10348, §5): prune with EAP-IG scores
+  first, then verify the rest with exact patching, within a time and memory budget.
 * :func:`top_k` - keep the k edges with the largest |score| (EAP / EAP-IG circuits).
 * :func:`prune_dangling` - drop edges that lie on no complete input -> output path.
 """
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
 
-from ..core.graph import Edge, Graph
+from ..core.graph import Graph
 from ..progress import track
+from . import fast
+from .eap import eap_scores
 from .path import Runs, evaluate_edges
 
 
@@ -25,23 +30,25 @@ def mean_metric(out: torch.Tensor, metric: Callable) -> torch.Tensor:
         return torch.stack([metric(o).mean() for o in out])
 
 
-def single_edge_effects(graph: Graph, runs: Runs, metric: Callable, *, chunk: int = 8, progress: bool = False) -> torch.Tensor:
-    """[E] mean metric with edge e patched to x_c minus the mean metric on x_r (exact)."""
+def single_edge_effects(graph: Graph, runs: Runs, metric: Callable, *, chunk: int | None = None, memory_budget=None,
+                        progress: bool = False) -> torch.Tensor:
+    """[E] mean metric with edge e patched to x_c minus the mean metric on x_r (exact).
+
+    Edges go in chunks of mask rows (``chunk``, or as many as fit in ``memory_budget``; see
+    :func:`innerprobe.patch.fast.rows_for_budget`), in topological order of their receivers, so a
+    chunk reuses the clean run up to its receivers and recomputes only what they change."""
     E = len(graph.edges)
     with torch.no_grad():
         base = metric(runs.clean["out"]).mean()
     effects = torch.zeros(E)
-    # chunk edges by receiving node (in topological order), so each chunk reuses the clean run
-    # up to that node's group and recomputes only that node there
     pos = {n: k for k, n in enumerate(graph.order)}
-    by_group: dict = {}
-    for i, e in enumerate(graph.edges):
-        by_group.setdefault(pos[e.dst], []).append(i)
-    batches = [idx[s:s + chunk] for _, idx in sorted(by_group.items()) for s in range(0, len(idx), chunk)]
+    order = sorted(range(E), key=lambda i: pos[graph.edges[i].dst])
+    step = chunk or fast.rows_for_budget(graph, runs, fast.parse_bytes(memory_budget, runs.clean["out"].device))
+    batches = [order[s:s + step] for s in range(0, E, step)]
     for idx in track(batches, "single-edge effects", enable=None if progress else False):
         masks = torch.ones(len(idx), E)
         masks[torch.arange(len(idx)), torch.tensor(idx)] = 0
-        effects[idx] = mean_metric(evaluate_edges(graph, runs, masks), metric) - base
+        effects[idx] = (mean_metric(evaluate_edges(graph, runs, masks, memory_budget=memory_budget), metric) - base).cpu()
     return effects
 
 
@@ -62,6 +69,75 @@ def acdc(graph: Graph, runs: Runs, metric: Callable, tau: float, *, progress: bo
             mask, current = trial, val
     kept = frozenset(graph.edges[i] for i in range(len(graph.edges)) if mask[i] > 0)
     return prune_dangling(graph, kept), log
+
+
+def acdc_pp(graph: Graph, runs: Runs, metric: Callable, tau: float, *, ig_steps: int = 5, prune_tau: float | None = None,
+            batch: int | None = None, time_budget_s: float | None = None, memory_budget=None,
+            progress: bool = False) -> tuple[frozenset, dict]:
+    """ACDC++: EAP-IG prunes, exact patching verifies (docs/patching.md, "Discovery").
+
+    1. EAP-IG (``ig_steps``) scores every edge; the edges with |score| < ``prune_tau`` (default
+       ``tau``) are removed together, and the exact metric of what is left is recorded.
+    2. The remaining edges, weakest |score| first, are tried exactly, ``batch`` at a time (default:
+       as many rows as ``memory_budget`` allows): each trial removes one edge from the current
+       circuit; those that raise the metric by less than ``tau`` are removed, then the combined
+       removal is evaluated exactly and, if it raises the metric by ``tau`` or more, the batch is
+       redone one edge at a time (plain ACDC).
+    3. When ``time_budget_s`` runs out, untried edges are kept (never dropped unverified).
+
+    Returns (kept edges without dangling ones, report) with the report holding every metric value
+    measured, how many edges each stage removed and how many stayed unverified."""
+    t0 = time.perf_counter()
+    E = len(graph.edges)
+    scores = eap_scores(graph, runs, metric, ig_steps=ig_steps, memory_budget=memory_budget)
+    mask = torch.ones(E)
+    full = _metric_of(graph, runs, metric, mask[None], memory_budget)[0]
+    cut = (scores.abs() < (tau if prune_tau is None else prune_tau))
+    mask[cut] = 0
+    current = _metric_of(graph, runs, metric, mask[None], memory_budget)[0]
+    report = {"metric_full": full, "metric_after_eap_prune": current, "eap_removed": int(cut.sum()), "exact_removed": 0,
+              "unverified": 0, "redone_batches": 0, "tau": tau, "ig_steps": ig_steps}
+    todo = [int(i) for i in torch.argsort(scores.abs()) if mask[int(i)] > 0]
+    step = batch or fast.rows_for_budget(graph, runs, fast.parse_bytes(memory_budget, runs.clean["out"].device))
+    done = 0
+    for b0 in track(range(0, len(todo), step), "ACDC++ exact verification", enable=None if progress else False):
+        if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
+            break
+        mask, current = _verify_batch(graph, runs, metric, mask, current, todo[b0:b0 + step], tau, memory_budget, report)
+        done = b0 + step
+    report["unverified"] = max(0, len(todo) - done)
+    report["metric_final"] = current
+    report["seconds"] = time.perf_counter() - t0
+    kept = frozenset(graph.edges[i] for i in range(E) if mask[i] > 0)
+    return prune_dangling(graph, kept), report
+
+
+def _metric_of(graph, runs, metric, masks, memory_budget) -> list[float]:
+    return [float(v) for v in mean_metric(evaluate_edges(graph, runs, masks, memory_budget=memory_budget), metric)]
+
+
+def _verify_batch(graph, runs, metric, mask, current, idx, tau, memory_budget, report):
+    trials = mask.repeat(len(idx), 1)
+    trials[torch.arange(len(idx)), torch.tensor(idx)] = 0
+    vals = _metric_of(graph, runs, metric, trials, memory_budget)
+    drop = [i for i, v in zip(idx, vals) if v - current < tau]
+    if not drop:
+        return mask, current
+    new = mask.clone()
+    new[drop] = 0
+    val = _metric_of(graph, runs, metric, new[None], memory_budget)[0]
+    if val - current < tau:
+        report["exact_removed"] += len(drop)
+        return new, val
+    report["redone_batches"] += 1
+    for i in drop:  # sequential ACDC within the batch
+        trial = mask.clone()
+        trial[i] = 0
+        v = _metric_of(graph, runs, metric, trial[None], memory_budget)[0]
+        if v - current < tau:
+            mask, current = trial, v
+            report["exact_removed"] += 1
+    return mask, current
 
 
 def top_k(graph: Graph, scores: torch.Tensor, k: int) -> frozenset:

@@ -47,7 +47,8 @@ def heads_group(name: str, layer: int, H: int, mix: Callable, head_out: Callable
         if all(slots[(n, s)] is first for n in sub for s in "qkv"):
             q = k = v = first.unsqueeze(2).expand(*first.shape[:2], len(sub), first.shape[-1])
         else:
-            q, k, v = (torch.stack([slots[(n, s)] for n in sub], 2) for s in "qkv")
+            q, k, v = (slots[(sub[0], s)].unsqueeze(2) if len(sub) == 1 else torch.stack([slots[(n, s)] for n in sub], 2)
+                       for s in "qkv")
         more = {s: slots[(sub[0], s)] for s in extra}  # extra slots (shortformer pos) are equal for every head
         return mix(q, k, v, **more) if heads is None else mix(q, k, v, heads=heads, **more)
 

@@ -121,6 +121,35 @@ def _split_inputs(cfg, on: bool = True):
         cfg.use_split_qkv_input = old
 
 
+def _plain_attention(cfg, b) -> bool:
+    """Whether :func:`_heads_math` is this block's attention: causal softmax attention with learned
+    absolute positions, no rotary, QK norm, soft cap or grouped K/V heads."""
+    return (cfg.positional_embedding_type == "standard" and not getattr(cfg, "use_qk_norm", False)
+            and (getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) <= 0 and getattr(cfg, "n_key_value_heads", None) is None
+            and (getattr(b.attn, "_attention_dir_override", None) or cfg.attention_dir) == "causal"
+            and getattr(cfg, "attn_types", None) is None)
+
+
+def _normed(ln1, t: torch.Tensor) -> torch.Tensor:
+    """ln1 of per-head inputs; a stride-0 head axis (one residual for every head) is normalised once."""
+    if t.dim() == 4 and t.stride(2) == 0:
+        return ln1(t[:, :, :1]).expand_as(t)
+    return ln1(t)
+
+
+def _heads_math(b, q_in, k_in, v_in, heads: list) -> torch.Tensor:
+    """z [B, T, h, d_head] of the given heads from normalised per-head inputs, TransformerLens's
+    attention restricted to those heads (head-subset recomputation, issue 12)."""
+    a = b.attn
+    q = torch.einsum("bthd,hde->bthe", q_in, a.W_Q[heads]) + a.b_Q[heads]
+    k = torch.einsum("bthd,hde->bthe", k_in, a.W_K[heads]) + a.b_K[heads]
+    v = torch.einsum("bthd,hde->bthe", v_in, a.W_V[heads]) + a.b_V[heads]
+    T = q.shape[1]
+    scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / a.attn_scale
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    return torch.einsum("bhqk,bkhe->bqhe", scores.softmax(-1), v)
+
+
 def graph(model: nn.Module):
     cfg = model.cfg
     bad = refusals(cfg)
@@ -133,8 +162,9 @@ def graph(model: nn.Module):
 
     def mix_fn(b):
         ln1 = getattr(b, "ln1", ident)
+        per_head = _plain_attention(cfg, b)
 
-        def mix(q, k, v, pos=None):
+        def full(q, k, v, pos=None):
             if pos is None and q is k and k is v and q.stride(2) == 0:  # one residual for every head: normalise once
                 x = ln1(q[:, :, 0])
                 with _split_inputs(cfg, False):
@@ -142,10 +172,21 @@ def graph(model: nn.Module):
             extra = 0.0 if pos is None else pos.unsqueeze(2)
             with _split_inputs(cfg):
                 return grab_output(b.attn.hook_z, lambda: b.attn(ln1(q) + extra, ln1(k) + extra, ln1(v)))
+
+        def mix(q, k, v, pos=None, heads=None):
+            if heads is None:
+                return full(q, k, v, pos)
+            if per_head and pos is None:
+                return _heads_math(b, *(_normed(ln1, t) for t in (q, k, v)), list(heads))
+            # other configs: TransformerLens on every head (unselected heads get a selected head's inputs)
+            spread = [t[:, :, :1].expand(*t.shape[:2], cfg.n_heads, t.shape[-1]).clone() for t in (q, k, v)]
+            for t, x in zip(spread, (q, k, v)):
+                t[:, :, list(heads)] = x
+            return full(*spread, pos)[:, :, list(heads)]
         return mix
 
     def head_out_fn(b):
-        return lambda z: torch.einsum("bthe,hed->bthd", z, b.attn.W_O)
+        return lambda z, heads=None: torch.einsum("bthe,hed->bthd", z, b.attn.W_O if heads is None else b.attn.W_O[list(heads)])
 
     ln_final = getattr(model, "ln_final", ident)
     has_pos = cfg.positional_embedding_type in ("standard", "shortformer")
@@ -157,7 +198,7 @@ def graph(model: nn.Module):
     return residual_graph(
         f"HookedTransformer({cfg.n_layers}L x {cfg.n_heads}H" + (", parallel" if cfg.parallel_attn_mlp else "") + ")",
         n_layers=cfg.n_layers, H=cfg.n_heads, model=model, inputs=inputs, input_fn=input_fn,
-        mix=[mix_fn(b) for b in blocks], head_out=[head_out_fn(b) for b in blocks],
+        mix=[mix_fn(b) for b in blocks], head_out=[head_out_fn(b) for b in blocks], subsets=True,
         head_sum=[(lambda b: lambda z: torch.einsum("bthe,hed->btd", z, b.attn.W_O))(b) for b in blocks],
         mlp_fn=[None if cfg.attn_only else normed(getattr(b, "ln2", ident), b.mlp) for b in blocks],
         out_fn=lambda r: model.unembed(ln_final(r)), b_O=[b.attn.b_O.detach() for b in blocks],
