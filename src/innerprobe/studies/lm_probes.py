@@ -18,7 +18,7 @@ held-out test prompts, with the answer read at each prompt's END position:
   with paired CIs of pullback minus each baseline (core/stats.py).
 
 ``run(out, seeds=3, quick=False)``: 200 prompts, 16 sigmas, K = 32 per seed; quick: seed 0, 32 prompts,
-8 sigmas, K = 16 (<= 60 s with the model cached on an idle core).
+8 sigmas, K = 16 (the APEX sweeps take most of its time; see docs/apex.md for measured times).
 """
 from __future__ import annotations
 
