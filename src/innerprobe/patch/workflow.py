@@ -16,6 +16,7 @@ import torch
 
 from ..core.graph import Graph
 from ..core.stats import CI, bootstrap
+from ..errors import ConfigError
 from .discovery import single_edge_effects
 from .eap import eap_scores
 from .metrics import proportion
@@ -84,10 +85,15 @@ class EdgeReport:
 
 
 def edge_report(graph: Graph, runs: Runs, metric: Callable, *, ig_steps: int = 10, estimates: bool = True,
-                progress: bool = False) -> EdgeReport:
+                progress: bool = False, exact: torch.Tensor | None = None) -> EdgeReport:
     """Exact single-edge effects (every edge patched alone, batched) and, if ``estimates``, EAP and EAP-IG
-    with ``ig_steps`` interpolation steps, all for the per-example ``metric`` of the patched output."""
-    exact = single_edge_effects(graph, runs, metric, progress=progress)
+    with ``ig_steps`` interpolation steps, all for the per-example ``metric`` of the patched output.
+    ``exact`` takes effects computed elsewhere (e.g. sharded on an executor, docs/scale.md), in edge order."""
+    if exact is None:
+        exact = single_edge_effects(graph, runs, metric, progress=progress)
+    elif len(exact) != len(graph.edges):
+        raise ConfigError(f"exact has {len(exact)} effects for {len(graph.edges)} edges")
+    exact = torch.as_tensor(exact, dtype=torch.float32)
     eap = eap_scores(graph, runs, metric) if estimates else None
     eap_ig = eap_scores(graph, runs, metric, ig_steps=ig_steps) if estimates else None
     return EdgeReport(graph, exact, eap, eap_ig, ig_steps)
