@@ -100,3 +100,18 @@ def test_30k_edge_graph_path_patterns_without_listing_paths():
     assert pattern.resolve(graph).paths is None  # too many to list; compiled instead
     out = evaluate(graph, runs, pattern)
     assert out.shape == (1, 3, 7) and runs.stats["compiled_copies"] < 5 * len(graph.nodes)
+
+
+def test_resolve_takes_graph_short_names_as_sites(setup):
+    """Issue 8: one vocabulary. resolve(model, 'a0.1') is L0.z[heads=1]; a node patch by either name agrees."""
+    from innerprobe import resolve
+    from innerprobe.patch import patch_run
+
+    model, graph, x_r, x_c = setup
+    (a,), (b,) = resolve(model, "a0.1"), resolve(model, "L0.z[heads=1]")
+    assert a.site == b.site and str(a) == str(b) == "L0.z[heads=1]"
+    assert str(resolve(model, "m1")[0]) == "L1.mlp_out" and str(resolve(model, "out")[0]) == "logits"
+    torch.testing.assert_close(patch_run(model, "a0.1", x_r, x_c), patch_run(model, "L0.z[heads=1]", x_r, x_c))
+    runs = prepare(graph, x_r, x_c)
+    torch.testing.assert_close(evaluate(graph, runs, avoid_node(graph, graph.node("L0.z[heads=1]").name)),
+                               patch_run(model, "a0.1", x_r, x_c), atol=1e-5, rtol=1e-5)

@@ -19,7 +19,6 @@ HIGH = {"zoo", "report", "studies", "cli"}
 KNOWN_LAZY_BACK_EDGES: set[tuple[str, str]] = {
     ("innerprobe.zoo.loading", "innerprobe.zoo"),  # load_model calls zoo.load (robust, issue 14)
     ("innerprobe.zoo.backdoor_set", "innerprobe.zoo"),  # eval-set recipes call zoo.load (scan, issue 13)
-    ("innerprobe.core.sites", "innerprobe.core.adapters"),  # family registry (fam, issue 9)
     ("innerprobe.pullback.apply", "innerprobe.pullback.attribution"),  # pullback helper (issue 11)
     ("innerprobe.core.functional", "innerprobe.core.hooks"),  # functional-call sites (apexlm, issue 11)
 }

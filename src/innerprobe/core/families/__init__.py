@@ -22,6 +22,8 @@ each family exposes. :func:`build_graph` checks every transformer graph against 
 """
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from ...errors import ConfigError
@@ -65,6 +67,11 @@ def lookup(model: nn.Module, name: str) -> tuple[str, Site] | None:
     canon = fam.sites(model)
     if name in canon:
         return name, canon[name]
+    short = graph_alias(name)
+    if short is not None and short[0] in canon:
+        base, heads = short
+        site = canon[base] if heads is None else canon[base].with_(heads=heads)
+        return base, site
     if fam.aliases is None:
         return None
     hit = fam.aliases(model).get(name)
@@ -73,6 +80,18 @@ def lookup(model: nn.Module, name: str) -> tuple[str, Site] | None:
     if isinstance(hit, str):
         return hit, canon[hit]
     return name, hit
+
+
+def graph_alias(name: str) -> tuple[str, tuple | None] | None:
+    """A graph node's short name as its canonical site: ``a1.2`` -> (``L1.z``, (2,)), ``m0`` -> ``L0.mlp_out``,
+    ``pos`` -> ``pos_embed``, ``out`` -> ``logits`` (so resolve() and the graph share one vocabulary)."""
+    m = re.fullmatch(r"a(\d+)\.(\d+)", name)
+    if m:
+        return f"L{m.group(1)}.z", (int(m.group(2)),)
+    m = re.fullmatch(r"m(\d+)", name)
+    if m:
+        return f"L{m.group(1)}.mlp_out", None
+    return {"pos": ("pos_embed", None), "out": ("logits", None)}.get(name)
 
 
 def build_graph(model: nn.Module, kind: str = "auto", *, check: bool = True, example=None) -> Graph:
