@@ -1,6 +1,8 @@
-# Two entry points, each working on a fresh machine with nothing installed by hand:
-#   make demo   set up .venv, train what is missing, run every study, write the HTML report
-#   make test   set up .venv with the test oracles, run the default test suite
+# Entry points, each working on a fresh machine with nothing installed by hand:
+#   make demo       set up .venv, run the quick demo on the embedded defaults (8x8 digits and synthetic token
+#                   tasks; small models trained and cached), write the HTML report and print its path last
+#   make reproduce  the full reproduction: every study on three seeds, Fashion-MNIST included (long; see README)
+#   make test       set up .venv with the test oracles, run the default test suite, then ruff check
 # torch 2.13.0 (CPU wheel) is installed first and pinned so that no CUDA build is ever resolved.
 PY      ?= python3
 VENV    := .venv
@@ -8,9 +10,10 @@ BIN     := $(VENV)/bin
 PIP     := $(BIN)/pip install -q --disable-pip-version-check
 TORCH   := torch==2.13.0
 OUT     ?= out/demo
+REPRO   ?= out/reproduce
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo demo-quick test test-slow setup setup-dev fashion browser bench clean
+.PHONY: demo demo-quick reproduce test test-slow setup setup-dev fashion browser bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -46,14 +49,17 @@ browser:
 	  echo "warning: could not install chromium; the browser test will be skipped"; \
 	fi
 
-demo: setup fashion
-	$(BIN)/innerprobe demo --out $(OUT)
+demo: setup
+	OMP_NUM_THREADS=1 $(BIN)/innerprobe demo --quick --out $(OUT)
 
-demo-quick: setup fashion
-	$(BIN)/innerprobe demo --quick --out $(OUT)
+demo-quick: demo
+
+reproduce: setup fashion
+	OMP_NUM_THREADS=1 $(BIN)/innerprobe demo --seeds 3 --out $(REPRO)
 
 test: setup-dev fashion browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	$(BIN)/ruff check src tests benchmarks
 
 test-slow: setup-dev fashion browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow
