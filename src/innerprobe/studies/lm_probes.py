@@ -58,17 +58,19 @@ def _clean(model, batch) -> tuple[np.ndarray, np.ndarray]:
 
 def _apex_part(model, batch, grid, K: int, seed: int, rows: list, quick: bool) -> dict:
     """Escape noise (MLP noise and input noise) vs the loss proxy; large-noise name / position bias."""
-    from ..perturb import apex
+    from ..perturb import Engine, escape_early_exit
 
     cand = torch.stack([batch.io, batch.s], 1)  # column 0 = IO, 1 = S
-    pos = batch.positions["end"]
+    kw = dict(samples=K, relative=True, position=batch.positions["end"], tokens=cand, seed=seed, noise_cache_mb=256)
     t0 = time.perf_counter()
-    mlp = apex(model, batch.tokens, grid, samples=K, relative=True, position=pos, tokens=cand, seed=seed)
-    inp = apex(model, batch.tokens, grid, samples=K, relative=True, position=pos, tokens=cand, seed=seed, sites=[":input"])
+    engines = {"mlp": Engine(model, batch.tokens, **kw), "input": Engine(model, batch.tokens, sites=[":input"], **kw)}
+    # early exit: a prompt leaves once its escape is known (identical to the full sweep, apex.md §4.4)
+    esc = {k: escape_early_exit(model, batch.tokens, grid, engine=e) for k, e in engines.items()}
+    last = engines["mlp"].counts(grid[-1:])[:, 0]  # [N, C'] at the largest sigma, same noise as a full sweep
     seconds = time.perf_counter() - t0
     loss, ld = _clean(model, batch)
     proxy = -loss
-    scores = {"apex_escape": mlp.arrays["escape_sigma"], "input_noise_escape": inp.arrays["escape_sigma"], "logit_margin": ld}
+    scores = {"apex_escape": esc["mlp"].sigma, "input_noise_escape": esc["input"].sigma, "logit_margin": ld}
     m = {"model": MODEL, "seeds": [seed]}
     out = {"rho": {}}
     for name, sc in scores.items():
@@ -78,14 +80,14 @@ def _apex_part(model, batch, grid, K: int, seed: int, rows: list, quick: bool) -
     for base in ("input_noise_escape", "logit_margin"):
         ci = bootstrap(scores["apex_escape"], _rho_diff, paired=(scores[base], proxy), n_resamples=600 if quick else 2000, seed=seed)
         rows.append(row("spearman_difference_apex_minus_baseline", ci, condition={"baseline": base}, **m))
-    for name, res in (("mlp", mlp), ("input", inp)):
-        rows.append(row("right_censored_share", res.data["right_censored"], condition={"noise": name}, **m))
-        rows.append(row("left_censored_share", res.data["left_censored"], condition={"noise": name}, **m))
-    counts = mlp.arrays["counts"][:, -1]  # [N, C'] at the largest sigma; columns are candidate slots
-    cls = mlp.arrays["classes"]
+    for name, e in esc.items():
+        rates = e.rates()
+        rows.append(row("right_censored_share", rates["right_censored"], condition={"noise": name}, **m))
+        rows.append(row("left_censored_share", rates["left_censored"], condition={"noise": name}, **m))
+    cls = np.asarray(engines["mlp"].classes)
     share = np.zeros((len(batch), 2))
-    for j in (0, 1):
-        share[:, j] = counts[:, cls == j].sum(-1) / K
+    for j in (0, 1):  # candidate columns (a non-finite column, if any, counts for neither)
+        share[:, j] = last[:, :len(cls)][:, cls == j].sum(-1) / K
     first_is_io = (batch.positions["io"] < batch.positions["s1"]).numpy()
     p_first = np.where(first_is_io, share[:, 0], share[:, 1])
     sig_max = {"sigma_over_rms": float(grid[-1])}
@@ -93,7 +95,7 @@ def _apex_part(model, batch, grid, K: int, seed: int, rows: list, quick: bool) -
     rows.append(row("large_noise_share_first_named", bootstrap(p_first, seed=seed), condition=sig_max, **m))
     rows.append(row("apex_seconds", seconds, condition={"prompts": len(batch), "sigmas": len(grid), "K": K}, **m))
     out.update(scores=scores, proxy=proxy, share_S=float(share[:, 1].mean()), share_first=float(p_first.mean()),
-               sites=mlp.data["sites"], input_site=inp.data["sites"], seconds=seconds)
+               sites=[str(r) for r in engines["mlp"].rsites], input_site=[str(r) for r in engines["input"].rsites], seconds=seconds)
     return out
 
 
