@@ -189,13 +189,12 @@ def _offset_backward(x, out, grad, kernel, stride, padding, dilation, T, detach,
     for e in es[1:]:
         s += e
     g = grad / s
-    if not detach:  # d/dx_i of sum_j w_j x_j: w_i (1 + (x_i - p) / T), p the soft pool value
+    if not detach:  # d/dx_i of sum_j w_j x_j = w_i (1 + (x_i - p) / T) = w_i (a + b x_i), p the soft pool value
         p = sum(e * v for e, (_, v) in zip(es, views)) / s  # e is 0 outside the input
+        a, b = g * (1 - p * (1.0 / T)), g * (1.0 / T)
     gxp = torch.zeros_like(xp)
     for e, ((y0, x0), v) in zip(es, views):
-        gk = e.mul_(g)
-        if not detach:
-            gk = gk * (1 + (v - p) * (1.0 / T))
+        gk = e.mul_(g) if detach else e.mul_(torch.addcmul(a, b, v))
         gxp[..., y0:y0 + sh * (ho - 1) + 1:sh, x0:x0 + sw * (wo - 1) + 1:sw] += gk
     return gxp[..., ph:ph + h, pw:pw + w]
 
@@ -212,10 +211,10 @@ def _tiled_backward(x, out, grad, kernel, T, detach):
     g = grad.reshape(n, c, 1, ho * wo)
     if detach:
         gx = e.mul_(g / s)
-    else:
-        wts = e / s
+    else:  # g w_i (1 + (x_i - p) / T) = w_i (a + b x_i)
+        wts = e.div_(s)
         p = (wts * xs).sum(2, keepdim=True)
-        gx = g * wts * (1 + (xs - p) * (1.0 / T))
+        gx = wts.mul_(torch.addcmul(g * (1 - p * (1.0 / T)), g * (1.0 / T), xs))
     gx = gx.view(n, c, kh, kw, ho, wo).permute(0, 1, 4, 2, 5, 3).reshape(n, c, ho * kh, wo * kw)
     if ho * kh != h or wo * kw != w:  # floor mode drops the remainder: no gradient there
         gx = F.pad(gx, (0, w - wo * kw, 0, h - ho * kh))
