@@ -45,10 +45,15 @@ def test_every_canonical_site_on_a_gqa_llama():
     assert vals["L1.pattern"].shape == (3, H, 7, 7) and vals["L0.mlp_post"].shape == (3, 7, 2 * D)
     torch.testing.assert_close(vals["L0.resid_post"], vals["L1.resid_pre"])
     torch.testing.assert_close(vals["L0.resid_mid"], vals["L0.resid_pre"] + vals["L0.attn_out"])
-    with pytest.raises(SiteError, match="read but not edited"):
+    x = tokens(1)
+    torch.testing.assert_close(vals["L1.pattern"], model(x, output_attentions=True).attentions[1])
+    outs = []
+    for site in ("L1.pattern[heads=1]", "L1.z[heads=1]"):  # a zero pattern is a zero head output
         with HookSession(model) as hs:
-            hs.edit("L0.pattern[heads=1]", lambda v, rs: torch.zeros_like(v))
-            hs.run(tokens(1))
+            hs.edit(site, lambda v, rs: torch.zeros_like(v))
+            outs.append(hs.run(x).logits)
+    torch.testing.assert_close(outs[0], outs[1])
+    assert (outs[0] - model(x).logits).abs().max() > 1e-2
 
 
 def zero_cols(lo, hi):

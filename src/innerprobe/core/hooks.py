@@ -194,9 +194,6 @@ class HookSession:
                 raise
             if new is None:
                 return value
-            if s.read_only:  # e.g. an HF attention pattern: a copy returned after the model used it
-                raise SiteError(f"site {s} can be read but not edited: the model has already used this value",
-                                hint="edit the site that feeds it (e.g. L{l}.q / L{l}.k), or use a TransformerLens model")
             mask = s.mask_like(value)
             return new if mask is None else torch.where(mask, new, value)
 

@@ -33,7 +33,6 @@ class Site:
     head_axis: int | None = None  # layout: heads live on this axis (e.g. [B, T, H, D] hook tensors)
     chunk: tuple[int, int] | None = None  # layout: (i, n): the i-th of n equal parts of the last axis
     part: tuple[int, int] | None = None  # layout: (i, n): the i-th of n equal parts of each head's block (GPT-NeoX qkv)
-    read_only: bool = field(default=False, compare=False)  # a copy of a value the model has already used (edits refused)
     alias: str | None = field(default=None, compare=False)  # canonical name it came from, if any
 
     def __post_init__(self):

@@ -95,6 +95,8 @@ def resolve(model: nn.Module, spec, *, allow_empty: bool = False) -> list[Resolv
             units=site.units if site.units is not None else base.units,
             alias=canon,
         )
+        if "/" in base.module or "#" in base.module:  # a functional-call site (e.g. an eager attention softmax)
+            return [ResolvedSite(r.site.with_(alias=canon), r.module) for r in _resolve_call(model, merged, allow_empty)]
         if base.module not in modules:
             raise SiteError(f"site {canon} maps to module {base.module!r}, which {type(model).__name__} does not have",
                             hint="the model was changed after it was built; rebuild it or name the module directly")

@@ -1,8 +1,8 @@
 """Hugging Face GPT-2 family (``GPT2Model`` / ``GPT2LMHeadModel``, ``config.model_type == "gpt2"``).
 
 Sites: q/k/v are the projected per-head vectors (chunks of the fused ``c_attn`` output), ``z`` the
-``c_proj`` input; ``L{l}.pattern`` only with ``attn_implementation="eager"`` (the attention module's
-second output; read-only, since the model has already used it when the hook sees it).
+``c_proj`` input; ``L{l}.pattern`` only with ``attn_implementation="eager"``: the output of the
+attention's softmax call (a functional-call site, core/functional.py), so it can be read and edited.
 Graph: the eager attention math re-expressed per head from the model's own weights.
 Refused by name: ``scale_attn_by_inverse_layer_idx``, ``reorder_and_upcast_attn``, cross-attention.
 """
@@ -43,7 +43,7 @@ def sites(model: nn.Module) -> dict[str, Site]:
             out[f"L{l}.{n}"] = Site(f"{b}.attn.c_attn", "output", n_heads=H, chunk=(i, 3))
         out[f"L{l}.z"] = Site(f"{b}.attn.c_proj", "input", 0, n_heads=H)
         if eager(model):
-            out[f"L{l}.pattern"] = Site(f"{b}.attn", "output", 1, head_axis=1, read_only=True)
+            out[f"L{l}.pattern"] = Site(f"{b}.attn/softmax#0", head_axis=1)
         out[f"L{l}.attn_out"] = Site(f"{b}.attn", "output", 0)
         out[f"L{l}.resid_mid"] = Site(f"{b}.ln_2", "input", 0)
         out[f"L{l}.mlp_in"] = Site(f"{b}.mlp", "input", 0)

@@ -6,7 +6,7 @@ Sites (layer ``l``): ``L{l}.q`` = ``q_proj`` output, per query head (``n_heads``
 ``L{l}.v`` = ``k_proj`` / ``v_proj`` outputs, indexed by **their own K/V heads** (``n_kv_heads``):
 query head ``h`` reads K/V head ``h // (n_heads // n_kv_heads)``. ``L{l}.z`` = ``o_proj`` input per
 query head. ``L{l}.mlp_post`` = ``act(gate) * up`` (the ``down_proj`` input). ``L{l}.pattern`` only
-with ``attn_implementation="eager"`` (read-only). No ``pos_embed``: positions are rotary, inside
+with ``attn_implementation="eager"`` (the softmax call inside attention, editable). No ``pos_embed``: positions are rotary, inside
 attention. Graph nodes and the GQA convention: :mod:`.residual`.
 Refused by name: ``attention_mask`` padding (graphs take unpadded token ids), models whose
 check fails (the error names ``rope_parameters``, ``sliding_window``, ``layer_types``).
@@ -65,7 +65,7 @@ def sites(model: nn.Module) -> dict[str, Site]:
         out[f"L{l}.v"] = Site(f"{b}.self_attn.v_proj", n_heads=n_kv)
         out[f"L{l}.z"] = Site(f"{b}.self_attn.o_proj", "input", 0, n_heads=H)
         if eager:
-            out[f"L{l}.pattern"] = Site(f"{b}.self_attn", "output", 1, head_axis=1, read_only=True)
+            out[f"L{l}.pattern"] = Site(f"{b}.self_attn/softmax#0", head_axis=1)
         out[f"L{l}.attn_out"] = Site(f"{b}.self_attn", "output", 0)
         out[f"L{l}.resid_mid"] = Site(f"{b}.post_attention_layernorm", "input", 0)
         out[f"L{l}.mlp_in"] = Site(f"{b}.mlp", "input", 0)

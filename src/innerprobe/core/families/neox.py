@@ -4,7 +4,7 @@
 
 Sites: q/k/v are parts of the fused ``query_key_value`` output, which GPT-NeoX lays out *per
 head* (``[q_h, k_h, v_h]`` blocks of ``3 * d_head``): ``Site(part=(i, 3))``. ``z`` = ``dense`` input.
-With the parallel residual there is no ``resid_mid``. ``L{l}.pattern`` only with eager attention.
+With the parallel residual there is no ``resid_mid``. ``L{l}.pattern`` only with eager attention (the softmax call, editable).
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def sites(model: nn.Module) -> dict[str, Site]:
             out[f"L{l}.{n}"] = Site(f"{b}.attention.query_key_value", n_heads=H, part=(i, 3))
         out[f"L{l}.z"] = Site(f"{b}.attention.dense", "input", 0, n_heads=H)
         if eager:
-            out[f"L{l}.pattern"] = Site(f"{b}.attention", "output", 1, head_axis=1, read_only=True)
+            out[f"L{l}.pattern"] = Site(f"{b}.attention/softmax#0", head_axis=1)
         out[f"L{l}.attn_out"] = Site(f"{b}.attention", "output", 0)
         if not cfg.use_parallel_residual:
             out[f"L{l}.resid_mid"] = Site(f"{b}.post_attention_layernorm", "input", 0)
