@@ -4,7 +4,7 @@ path patch on a Llama graph equals an independent two-pass hook implementation (
 import pytest
 import torch
 
-from innerprobe import HookSession, SiteError, resolve
+from innerprobe import HookSession, resolve
 from innerprobe.core.families import build_graph, canonical_sites
 from innerprobe.patch import Hypothesis, evaluate, prepare
 
