@@ -9,9 +9,18 @@ from torch import nn
 
 from innerprobe.core.hooks import count_hooks
 from innerprobe.errors import ConfigError, ModelError
-from innerprobe.pullback import (ExcitationPullback, Gradient, GuidedBackprop, InputXGradient, IntegratedGradients, PullbackAscent,
-                                 SmoothGrad, gradient_rules, pullback_ascent, pullback_rules)
-
+from innerprobe.pullback import (
+    ExcitationPullback,
+    Gradient,
+    GuidedBackprop,
+    InputXGradient,
+    IntegratedGradients,
+    PullbackAscent,
+    SmoothGrad,
+    gradient_rules,
+    pullback_ascent,
+    pullback_rules,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients", "ignore:Setting backward hooks")
 

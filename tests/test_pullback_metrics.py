@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from innerprobe.pullback import Gradient, GuidedBackprop, ExcitationPullback
+from innerprobe.pullback import Gradient, GuidedBackprop
 from innerprobe.pullback import metrics as M
 
 

@@ -11,8 +11,18 @@ from torch import nn
 
 from innerprobe.core.hooks import count_hooks
 from innerprobe.errors import ConfigError, InnerprobeError
-from innerprobe.pullback import (ExcitationPullback, Gate, Gradient, GuidedGate, HardGate, MaxPoolSurrogate, Rules, apply_rules,
-                                 calibrate_temperatures, gradient_rules, pullback_rules)
+from innerprobe.pullback import (
+    ExcitationPullback,
+    Gate,
+    Gradient,
+    HardGate,
+    MaxPoolSurrogate,
+    Rules,
+    apply_rules,
+    calibrate_temperatures,
+    gradient_rules,
+    pullback_rules,
+)
 
 
 # ----------------------------------------------------------------------------- tiny models

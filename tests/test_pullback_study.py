@@ -6,10 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from innerprobe.zoo.localisation import STAMPS, canvases, mosaics, planted
 from innerprobe.studies.pullback_plots import image_grid
+from innerprobe.zoo.localisation import STAMPS, canvases, mosaics, planted
 
 
 def test_planted_stamps_decide_label_and_mask():
