@@ -15,7 +15,9 @@ Rows (docs/patching.md, "Benchmark"):
   over the edges both methods computed.
 * EAP and EAP-IG: time, and peak RSS of a child process (model + cached runs + the scores),
   next to the peak RSS of a child doing one plain forward + backward (``loss.backward()``, with
-  parameter gradients) of the same model on the same batch.
+  parameter gradients) of the same model on the same batch. Both peaks are taken from the moment
+  the model is built (the peak window is reset then; building a TransformerLens model has its own
+  larger transient peak, printed separately).
 * auto-circuit (Miller et al. 2024): its single-edge patching needs transformer-lens 2.x; with
   ``--auto-circuit-python`` pointing at a separate environment that has it, that row runs in a
   child process; otherwise it is skipped with the reason printed.
@@ -45,7 +47,30 @@ import torch
 
 # ----------------------------------------------------------------------------- shared helpers
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: kB
+    """Peak RSS since the process started or since :func:`reset_peak` (Linux VmHWM)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2 ** 20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # kB
+
+
+def rss_gb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 2 ** 20
+
+
+def reset_peak() -> bool:
+    """Start a new peak-RSS window (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def guard(args, stage: str) -> None:
@@ -155,9 +180,24 @@ def gpt2_row(args) -> dict:
            "prepare_s": t_prep, "sampled_edges_fast": n_fast, "sampled_edges_loop": n_loop, "strata": per,
            "fast_full_graph_s_est": tot_fast, "loop_full_graph_s_est": tot_loop, "exact_vs_loop": tot_loop / tot_fast,
            "max_abs_diff": max(diffs), "memory_budget": args.memory_budget}
+    if args.acdc_seconds > 0:
+        row["acdc_pp"] = acdc_row(args, graph, runs, metric)
     print(f"gpt2-shape: {E} edges, prepare {t_prep:.1f} s; estimated full graph: fast {tot_fast / 3600:.2f} h, "
           f"loop {tot_loop / 3600:.2f} h -> x{row['exact_vs_loop']:.2f} per edge; max|fast - loop| {row['max_abs_diff']:.1e}")
     return row
+
+
+def acdc_row(args, graph, runs, metric) -> dict:
+    """ACDC++ on the GPT-2-shaped graph within --acdc-seconds (usability: time and memory)."""
+    from innerprobe.patch.discovery import acdc_pp
+
+    t0 = time.process_time()
+    kept, rep = acdc_pp(graph, runs, metric, tau=args.acdc_tau, ig_steps=args.ig_steps, time_budget_s=args.acdc_seconds)
+    rep.update(kept=len(kept), cpu_s=time.process_time() - t0, peak_rss_gb_so_far=peak_rss_gb())
+    print(f"ACDC++ (tau {args.acdc_tau}, EAP-IG {args.ig_steps} steps, budget {args.acdc_seconds} s): EAP-IG removed "
+          f"{rep['eap_removed']}, exact removed {rep['exact_removed']}, unverified {rep['unverified']}, kept {len(kept)} "
+          f"(after dangling edges); {rep['cpu_s']:.0f} CPU s; metric {rep['metric_full']:.4f} -> {rep['metric_final']:.4f}")
+    return rep
 
 
 def child(args) -> None:
@@ -168,7 +208,10 @@ def child(args) -> None:
     from innerprobe.patch.metrics import lm_loss
 
     metric = lm_loss(x_r)
-    res = {"base_rss_gb": peak_rss_gb()}
+    import gc
+
+    gc.collect()
+    res = {"construction_peak_rss_gb": peak_rss_gb(), "base_rss_gb": rss_gb(), "peak_window_reset": reset_peak()}
     if args.child == "fwdbwd":
         t0 = time.process_time()
         metric(model(x_r)).mean().backward()
@@ -203,13 +246,17 @@ def memory_rows(args) -> dict:
     plain = run_child(args, "fwdbwd")
     eap = run_child(args, "eap")
     ig = run_child(args, "eapig")
-    print(f"plain forward + backward: {plain['s']:.1f} s, peak RSS {plain['peak_rss_gb']:.2f} GB (model alone {plain['base_rss_gb']:.2f} GB)")
+    print(f"peak RSS is measured from after the model is built (RSS then {plain['base_rss_gb']:.2f} GB; building it peaked at "
+          f"{plain['construction_peak_rss_gb']:.2f} GB; window reset: {plain['peak_window_reset']})")
+    print(f"plain forward + backward: {plain['s']:.1f} s, peak RSS {plain['peak_rss_gb']:.2f} GB")
     for name, r in (("EAP", eap), (f"EAP-IG ({args.ig_steps} steps)", ig)):
         print(f"{name}: {r['s']:.1f} s, peak RSS {r['peak_rss_gb']:.2f} GB (after prepare {r['after_prepare_rss_gb']:.2f} GB), "
               f"{r['peak_rss_gb'] / plain['peak_rss_gb']:.2f}x the plain forward + backward")
     return {"plain_fwd_bwd_peak_rss_gb": plain["peak_rss_gb"], "plain_fwd_bwd_s": plain["s"], "eap_peak_rss_gb": eap["peak_rss_gb"],
             "eap_s": eap["s"], "eap_after_prepare_rss_gb": eap["after_prepare_rss_gb"], "eapig_peak_rss_gb": ig["peak_rss_gb"],
-            "eapig_s": ig["s"], "ig_steps": args.ig_steps, "eap_over_plain_rss": eap["peak_rss_gb"] / plain["peak_rss_gb"]}
+            "eapig_s": ig["s"], "ig_steps": args.ig_steps, "eap_over_plain_rss": eap["peak_rss_gb"] / plain["peak_rss_gb"],
+            "rss_base_after_model_gb": plain["base_rss_gb"], "model_construction_peak_rss_gb": plain["construction_peak_rss_gb"],
+            "eap_increment_gb": eap["peak_rss_gb"] - eap["base_rss_gb"], "plain_increment_gb": plain["peak_rss_gb"] - plain["base_rss_gb"]}
 
 
 def auto_circuit_row(args) -> dict:
@@ -288,6 +335,8 @@ def main():
     ap.add_argument("--induction-pairs", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--auto-circuit-python", default=None)
+    ap.add_argument("--acdc-seconds", type=float, default=120.0, help="time budget of the ACDC++ row on the GPT-2 shape (0: skip)")
+    ap.add_argument("--acdc-tau", type=float, default=1e-3)
     ap.add_argument("--child", default=None, choices=["eap", "eapig", "fwdbwd"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(1)

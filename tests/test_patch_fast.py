@@ -171,6 +171,12 @@ def family_models():
 
         out.append(pytest.param(lambda: GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=13, n_positions=8)),
                                 id="hf-gpt2"))
+        import transformers as tf
+
+        small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
+                     vocab_size=13, initializer_range=0.3)
+        out.append(pytest.param(lambda: tf.LlamaForCausalLM(tf.LlamaConfig(num_key_value_heads=1, **small)), id="hf-llama-gqa"))
+        out.append(pytest.param(lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**small)), id="hf-neox-parallel"))
     except ImportError:
         pass
     return out
