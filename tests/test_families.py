@@ -43,6 +43,11 @@ def qwen2():
               num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=1, max_position_embeddings=32)
 
 
+def qwen3():
+    return hf(transformers.Qwen3ForCausalLM, transformers.Qwen3Config, hidden_size=D, intermediate_size=2 * D, head_dim=D // H,
+              num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=2, max_position_embeddings=32)
+
+
 def tl(**kw):
     tl_mod = pytest.importorskip("transformer_lens")
     torch.manual_seed(0)
@@ -57,7 +62,7 @@ def logits(out):
 
 MODELS = {
     "hf-gpt2": gpt2, "llama-gqa": llama, "llama-mha-bias": lambda: llama(kv=H, attention_bias=True, mlp_bias=True),
-    "mistral-window3": mistral, "qwen2-mqa": qwen2, "neox-parallel": lambda: neox(rotary_pct=0.25),
+    "mistral-window3": mistral, "qwen2-mqa": qwen2, "qwen3-qk-norm": qwen3, "neox-parallel": lambda: neox(rotary_pct=0.25),
     "neox-sequential": lambda: neox(use_parallel_residual=False),
     "tl": tl, "tl-split-qkv": lambda: tl(use_split_qkv_input=True), "tl-parallel_attn_mlp": lambda: tl(parallel_attn_mlp=True),
     "tl-shortformer": lambda: tl(positional_embedding_type="shortformer"), "tl-normalization_type=None": lambda: tl(normalization_type=None),
