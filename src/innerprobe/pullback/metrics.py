@@ -108,6 +108,11 @@ def _subset_masks(n: int, p: int, n_sets: int, size: int, seed: int) -> torch.Te
     return mask
 
 
+def _repeat_rows(v: torch.Tensor, m: int, s: int) -> torch.Tensor:
+    """Each of the m rows repeated s times, consecutively: [m * s, ...]."""
+    return v.unsqueeze(1).expand(m, s, *v.shape[1:]).reshape(m * s, *v.shape[1:])
+
+
 def _perturbed_drop(model, x, target, masks, baseline, chunk_size) -> torch.Tensor:
     """f_t(x) - f_t(x with masked pixels at baseline), [N, S]."""
     t = target
@@ -119,8 +124,7 @@ def _perturbed_drop(model, x, target, masks, baseline, chunk_size) -> torch.Tens
     for i in range(0, n, rows_per):
         xs, bs, ms = x[i:i + rows_per], base[i:i + rows_per], masks[i:i + rows_per]
         m = xs.shape[0]
-        rep = lambda v: v.unsqueeze(1).expand(m, s, *v.shape[1:]).reshape(m * s, *v.shape[1:])
-        xr, br = rep(xs), rep(bs)
+        xr, br = _repeat_rows(xs, m, s), _repeat_rows(bs, m, s)
         mr = _expand_pixels(ms.reshape(m * s, p), xr)
         out = _logits(model, torch.where(mr, br, xr), chunk_size)
         f = out.gather(1, t[i:i + m].repeat_interleave(s)[:, None])[:, 0].view(m, s)
