@@ -97,7 +97,7 @@ def head_scores(model: AttnTransformer, batch: InductionBatch) -> dict:
     from ..core.hooks import HookSession
 
     with HookSession(model, eval=True) as hs:
-        caps = [hs.capture(f"blocks.{l}.attn.hook_pattern")[0] for l in range(len(model.blocks))]
+        caps = [hs.capture(f"L{l}.pattern")[0] for l in range(len(model.blocks))]  # canonical site (docs/sites.md)
         hs.run(batch.tokens)
     prev, ind, dup = [], [], []
     T = batch.tokens.shape[1]
