@@ -63,6 +63,7 @@ test: setup-dev fashion browser
 
 test-slow: setup-dev fashion browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow
+	OMP_NUM_THREADS=1 INNERPROBE_FUZZ=long $(BIN)/python -m pytest -q tests/test_fuzz_api.py tests/test_fuzz_cli.py
 
 bench: setup
 	$(BIN)/python benchmarks/apex_bench.py

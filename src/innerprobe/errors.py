@@ -51,8 +51,19 @@ def nearest(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:
 
 
 def did_you_mean(word: str, candidates: Iterable[str], n: int = 5) -> str:
+    """'did you mean: ...?' with the closest names, else real names to choose from (never an empty hint):
+    those of the nearest kind (sharing the word's last dotted part, e.g. '*.relu'), else the first ones."""
+    candidates = [str(c) for c in candidates if c]
     close = nearest(word, candidates, n)
-    return f"did you mean: {', '.join(repr(c) for c in close)}?" if close else "no similar names"
+    if close:
+        return f"did you mean: {', '.join(repr(c) for c in close)}?"
+    if not candidates:
+        return "there are no names to choose from"
+    tail = str(word).rsplit(".", 1)[-1]
+    same_kind = [c for c in candidates if tail and c.rsplit(".", 1)[-1] == tail]
+    pick, what = (same_kind, f"names ending in '.{tail}'") if same_kind else (candidates, "names")
+    more = f" ({len(pick)} in all)" if len(pick) > n else ""
+    return f"no close match; {what} here: {', '.join(repr(c) for c in pick[:n])}{more}"
 
 
 def check(condition: bool, message: str, hint: str | None = None, kind: type = ConfigError) -> None:

@@ -57,13 +57,38 @@ def _click_exception_modules() -> list:
     return mods
 
 
+def command():
+    """The click command tree with the shared option grammar and checks attached (cli/options.py)."""
+    from .options import apply_grammar
+
+    cmd = typer.main.get_command(app)
+    apply_grammar(cmd)
+    return cmd
+
+
+def environment_error(e: BaseException) -> InnerprobeError:
+    """An OSError / UnicodeError that reached the top (a file that cannot be written or read) as one line."""
+    if isinstance(e, OSError):
+        where = f" {e.filename}" if e.filename else ""
+        where = where if len(where) < 120 else where[:100] + "..."
+        return InnerprobeError(f"cannot use{where}: {e.strerror or type(e).__name__}",
+                               hint="check the path: that its folders exist, are folders, and are writable")
+    return InnerprobeError(f"text that is not valid UTF-8 ({type(e).__name__}: {str(e)[:120]})",
+                           hint="pass plain UTF-8 text and file names")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning innerprobe errors into one clear line plus a hint."""
     try:
-        rv = app(args=argv, standalone_mode=False)
-    except InnerprobeError as e:
+        from .options import refuse_empty
+
+        argv = list(sys.argv[1:] if argv is None else argv)
+        refuse_empty(argv)
+        rv = command().main(args=argv, prog_name="innerprobe", standalone_mode=False)
+    except (InnerprobeError, OSError, UnicodeError) as e:
         if os.environ.get("INNERPROBE_DEBUG"):
             raise
+        e = e if isinstance(e, InnerprobeError) else environment_error(e)
         typer.secho(f"error: {e.message}", fg="red", err=True)
         if e.hint:
             typer.echo(f"hint: {e.hint}", err=True)
@@ -76,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # typer.Exit / click usage errors
         if isinstance(e, typer.Exit):
             return int(e.exit_code or 0)
+        if isinstance(e, typer.Abort) and isinstance(e.__context__, EOFError):  # click turns EOFError into Abort
+            typer.secho(f"error: unexpected end of input ({e.__context__ or 'EOF'})", fg="red", err=True)
+            return 2
         if isinstance(e, typer.Abort):
             typer.echo("aborted", err=True)
             return 130

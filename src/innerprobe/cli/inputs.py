@@ -40,7 +40,14 @@ def read_file(path: str | Path, *, what: str = "--data") -> tuple[torch.Tensor, 
     p = Path(path).expanduser()
     if p.suffix not in SUFFIXES:
         raise DataError(f"{what} {str(path)!r} is not a supported input file", hint=f"pass {FORMATS}")
-    if not p.is_file():
+    try:
+        is_dir, is_file = p.is_dir(), p.is_file()
+    except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte
+        raise DataError(f"{what} {str(path)[:60]!r} is not a usable file name ({getattr(e, 'strerror', None) or e})",
+                        hint=f"pass {FORMATS}") from None
+    if is_dir:
+        raise DataError(f"{what} {p} is a folder, not a file", hint=f"pass {FORMATS}")
+    if not is_file:
         raise DataError(f"{what} file {p} does not exist", hint=f"pass {FORMATS}")
     try:
         content = _read(p)
@@ -80,8 +87,10 @@ def _pick(content, p: Path, what: str):
 
 def _as_tensor(a, p: Path, what: str) -> torch.Tensor:
     if isinstance(a, np.ndarray):
-        if a.dtype == object or a.dtype.kind not in "biuf":
+        if a.dtype == object or a.dtype.kind not in "biufc":
             raise DataError(f"{what} {p.name} holds a {a.dtype} array, not numbers")
+        if a.ndim == 0:  # np.ascontiguousarray would make it [1]
+            raise DataError(f"{what} {p.name} holds no inputs (a single number, shape ())", hint="inputs are [N, ...], N >= 1")
         a = torch.from_numpy(np.ascontiguousarray(a))
     if not isinstance(a, torch.Tensor):
         raise DataError(f"{what} {p.name} holds a {type(a).__name__}, not a tensor or array", hint=f"pass {FORMATS}")
@@ -92,7 +101,10 @@ def _check_x(x, p: Path, what: str) -> torch.Tensor:
     x = _as_tensor(x, p, what)
     if x.dim() == 0 or len(x) == 0:
         raise DataError(f"{what} {p.name} holds no inputs (shape {tuple(x.shape)})", hint="inputs are [N, ...], N >= 1")
-    if x.is_floating_point() or x.is_complex():
+    if x.is_complex():  # x.float() would drop the imaginary part without a word
+        raise DataError(f"{what} {p.name} holds complex numbers ({x.dtype})",
+                        hint="save real inputs, e.g. numpy.real(a) or numpy.abs(a), if that is what you mean")
+    if x.is_floating_point():
         x = x.float()
         if not torch.isfinite(x).all():
             raise DataError(f"{what} {p.name} contains NaN or inf", hint="clean the inputs first")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 
 from ..errors import ConfigError, DataError
@@ -39,8 +40,8 @@ def _inputs(spec: ModelSpec, net, data: Optional[str], counterfactual: str, n: i
     if data is None:
         inp = load_inputs(None, spec, n=2 * n)
         x, y = inp.x, inp.y
-    else:
-        x = _tensor(data, "--data")
+    else:  # a file's labels 'y' (if any) define the loss that EAP / EAP-IG differentiate
+        x, y = _tensor(data, "--data", labels=True)
     if counterfactual in ("resample", "structure"):
         if len(x) < 2:
             raise DataError("need at least 2 inputs to resample counterfactuals")
@@ -62,15 +63,21 @@ def _inputs(spec: ModelSpec, net, data: Optional[str], counterfactual: str, n: i
     return x_r, x_c, loss, None, f"{len(x_r)} pairs, counterfactual: {counterfactual}"
 
 
+def _rho(r) -> str:
+    """A rank correlation, or why there is none (every exact effect tied: no ranking to compare)."""
+    return f"{r:.3f}" if r is not None and np.isfinite(r) else "undefined (all exact effects tied)"
+
+
 def _ci(lo, hi) -> str:
     return "[no CI]" if lo is None else f"[{lo:.3f}, {hi:.3f}]"
 
 
-def _tensor(path: str, what: str):
+def _tensor(path: str, what: str, *, labels: bool = False):
     if Path(path).suffix not in SUFFIXES:
         raise DataError(f"{what} {path!r} is not an input file",
                         hint=f"--counterfactual takes resample, structure or a file; --data a file: {FORMATS}")
-    return read_file(path, what=what)[0]
+    x, y = read_file(path, what=what)
+    return (x, y) if labels else x
 
 
 def register(app: typer.Typer) -> None:
@@ -82,14 +89,14 @@ def register(app: typer.Typer) -> None:
         counterfactual: str = typer.Option("structure", "--counterfactual", "-c", help="'structure' (same segment layout, new tokens; induction models), 'resample' (independent inputs) or an input file of x_c (.npy/.npz/.pt/.safetensors)"),
         baseline: str = typer.Option("none", "--baseline", help="baseline hypothesis H0 for proportion explained (text like --hypothesis); default: no paths"),
         data: Optional[str] = typer.Option(None, "--data", help="x_r inputs: a .npy/.npz/.pt/.safetensors file (default: the model's own task data, same seed)"),
-        pairs: int = typer.Option(256, "--pairs", "-n", help="number of (x_r, x_c) pairs"),
+        pairs: int = typer.Option(256, "--inputs", "--pairs", "-n", help="number of inputs: (x_r, x_c) pairs"),
         graph_kind: str = typer.Option("auto", "--graph", help="graph builder: auto, transformer, tl, hf or fx"),
         ig_steps: int = typer.Option(10, "--ig-steps", help="EAP-IG interpolation steps (with --edges)"),
         top: int = typer.Option(15, "--top", help="edges drawn in the --edges circuit diagram"),
         weights: Optional[Path] = typer.Option(None, "--weights", help="safetensors weights for a file.py:factory model"),
         seed: int = typer.Option(0, "--seed", help="seed for sampling pairs and bootstrap"),
         show_graph: bool = typer.Option(False, "--show-graph", help="print the graph's nodes and edges and exit"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder: summary.json, section.json, PNG figures"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder: summary.json, section.json, PNG figures [required unless --show-graph]"),
     ):
         """Path patching (Goldowsky-Dill et al. 2023): proportion of loss explained by path hypotheses, or every edge's effect."""
         import numpy as np
@@ -116,7 +123,7 @@ def register(app: typer.Typer) -> None:
         if not hypothesis and not edges:
             raise ConfigError("nothing to do: pass --hypothesis and/or --edges")
         if pairs < 2:
-            raise ConfigError(f"--pairs must be >= 2, got {pairs}")
+            raise ConfigError(f"--inputs (pairs) must be >= 2, got {pairs}")
         hyps = [Hypothesis.load(h) for h in (hypothesis or [])]
         for h in hyps:
             h.resolve(graph)  # validate before any work
@@ -186,12 +193,16 @@ def register(app: typer.Typer) -> None:
             if loss is not None:
                 corr = rep.correlations()
                 rho, rho_ig = corr[0]["eap"], corr[0]["eap_ig"]
-                typer.echo(f"Spearman(exact, EAP) = {rho:.3f}; Spearman(exact, EAP-IG {ig_steps}) = {rho_ig:.3f}")
-                plots.scatter(exact.numpy(), eap.numpy(), out / "eap_vs_exact.png", xlabel="exact effect", ylabel="EAP", title=f"Spearman {rho:.2f}")
+                typer.echo(f"Spearman(exact, EAP) = {_rho(rho)}; Spearman(exact, EAP-IG {ig_steps}) = {_rho(rho_ig)}")
+                plots.scatter(exact.numpy(), eap.numpy(), out / "eap_vs_exact.png", xlabel="exact effect", ylabel="EAP", title=f"Spearman {_rho(rho)}")
                 sec.figure("eap_vs_exact.png", "EAP estimates vs exact single-edge effects.")
                 tables["rank_correlation"] = corr
+            if loss is None:
+                typer.echo("EAP / EAP-IG not computed: they differentiate a loss, and these inputs have no labels "
+                           "(pass --data FILE with a 'y' array); exact effects are against KL to G(x_r)")
             for i in order[:10]:
-                typer.echo(f"  {str(graph.edges[int(i)]):<22} exact {float(exact[i]):+.4f}  EAP {float(eap[i]):+.4f}  EAP-IG {float(eapig[i]):+.4f}")
+                est = f"  EAP {float(eap[i]):+.4f}  EAP-IG {float(eapig[i]):+.4f}" if loss is not None else ""
+                typer.echo(f"  {str(graph.edges[int(i)]):<22} exact {float(exact[i]):+.4f}{est}")
         sec.save(out)
         Result("patch", rows=heads_rows, data={"model": model, "graph": graph.summary(), "delta": delta_name, "baseline": h0.name, "data": desc,
                               "baseline_aue": float(ue0.mean())},

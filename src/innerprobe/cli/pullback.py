@@ -38,8 +38,10 @@ def _load_inputs(inputs: Optional[str], spec: ModelSpec, n: int, indices: Option
             idx = [int(i) for i in indices.split(",") if i.strip()]
         except ValueError:
             raise ConfigError(f"cannot read --indices {indices!r}", hint="comma-separated integers, e.g. 0,5,9") from None
-    inp = load_inputs(inputs, spec, n=None if idx is not None else n, indices=idx, what="--inputs")
-    return inp.x.float(), inp.y, inp.description
+        if not idx:
+            raise ConfigError(f"--indices {indices!r} names no input", hint="comma-separated integers, e.g. --indices 0,5,9")
+    inp = load_inputs(inputs, spec, n=None if idx is not None else n, indices=idx, what="--data")
+    return inp.x, inp.y, inp.description  # token ids stay integer (language models)
 
 
 def register(app: typer.Typer) -> None:
@@ -47,11 +49,14 @@ def register(app: typer.Typer) -> None:
     def pullback(
         model: str = typer.Option(..., "--model", "-m", help="Zoo name (digits-cnn, digits-cnn@1), path/file.py:factory (with --weights), or a local HF folder."),
         weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors weights for a file.py:factory model."),
-        inputs: Optional[str] = typer.Option(None, "--inputs", help="A file: .npy [N, ...], .npz / .safetensors (array 'x', optional labels 'y') or .pt; or a zoo recipe / dataset name. Default: the zoo model's test images (same seed)."),
-        n: int = typer.Option(6, "--n", help="How many inputs to explain (the first N)."),
+        inputs: Optional[str] = typer.Option(None, "--data", help="Inputs: a .npy [N, ...], .npz / .safetensors (array 'x', optional labels 'y') or .pt file, or a zoo recipe / dataset name. Default: the zoo model's test images (same seed)."),
+        n: int = typer.Option(6, "--inputs", "-n", help="How many inputs to explain (the first N)."),
         indices: Optional[str] = typer.Option(None, "--indices", help="Comma-separated input indices to explain instead of the first N."),
-        target: str = typer.Option("pred", "--target", "-t", help="pred (predicted class), label (true class), all (every class: a counterfactual grid), a class index, or one per input (3,1,4)."),
-        temperature: float = typer.Option(0.3, "--temperature", "-T", help="Gate temperature T (sigmoid(z/T)); T->0 is the plain gradient."),
+        target: str = typer.Option("pred", "--target", "-t", help="Classifiers: pred (predicted class), label (true class), all (every class: a counterfactual grid), a class index, or one per input (3,1,4). Language models: pred (next token), a token id, one per input (5,7,9), or a logit difference IO-S (5-7)."),
+        position: int = typer.Option(-1, "--position", help="Language models: the position whose logits the target reads (-1: the last token)."),
+        preset: Optional[str] = typer.Option(None, "--preset", help="original (the authors' first code) or successor (their successor's defaults). Language models default to successor, on every call."),
+        layer: Optional[str] = typer.Option(None, "--layer", help="Language models: the site to attribute to (default: the token embedding)."),
+        temperature: Optional[float] = typer.Option(None, "--temperature", "-T", help="Gate temperature T; T->0 is the plain gradient. Default: 0.3 (logistic), 0.6 (probit), or the preset's."),
         gate: str = typer.Option("logistic", "--gate", help="logistic (sigmoid(z/T), original) or probit (Phi(z/T), successor; try T=0.6)."),
         pool: str = typer.Option("soft", "--pool", help="Max-pool backward: soft (softmax-weighted surrogate at T) or hard."),
         scale: str = typer.Option("global", "--scale", help="global (one T) or spread (T_l = T * std of each layer's pre-activation; for nets without BatchNorm)."),
@@ -61,23 +66,42 @@ def register(app: typer.Typer) -> None:
         """Excitation pullbacks (Satkiewicz 2025, arXiv 2507.22832) next to plain gradients, as PNG grids and raw arrays."""
         import torch
 
+        from ..core.checks import call_model
         from ..core.trees import logits_of
-        from ..errors import ConfigError
+        from ..errors import ConfigError, ModelError
         from ..pullback.attribution import ExcitationPullback, Gradient, pullback_ascent
         from ..report.sections import Section
         from ..results import Result, provenance
         from ..studies.pullback_plots import image_grid
 
         if n < 1:
-            raise ConfigError(f"--n must be >= 1, got {n}")
+            raise ConfigError(f"--inputs must be >= 1, got {n}")
         if ascent_steps < 0:
             raise ConfigError(f"--ascent-steps must be >= 0, got {ascent_steps}")
         torch.manual_seed(0)
         spec = parse_model(model)
         net = spec.load(weights)
         x, y, desc = _load_inputs(inputs, spec, n, indices)
-        with torch.no_grad():
-            logits = logits_of(net(x))
+        has_embedding = any(isinstance(m, torch.nn.Embedding) for m in net.modules())
+        if not x.is_floating_point():
+            if not has_embedding:
+                raise ConfigError(f"--data holds integers {tuple(x.shape)} but the model has no token embedding",
+                                  hint="pass float images for a classifier, or token ids [N, T] for a language model")
+            from .pullback_lm import run_lm
+
+            return run_lm(net, x, model, target, position, preset or "successor", temperature, layer, out, desc)
+        if layer is not None:
+            raise ConfigError("--layer is for language models (token ids in --data)", hint="drop --layer for an image classifier")
+        try:
+            with torch.no_grad():
+                logits = logits_of(call_model(net, x))  # a shape the model cannot take: one ModelError line
+        except ModelError:
+            if not has_embedding:
+                raise
+            logits = None  # a language model given floats: said below, with the right hint
+        if has_embedding and (logits is None or logits.dim() == 3):
+            raise ConfigError(f"--data holds floats {tuple(x.shape)} but the model is a language model",
+                              hint="pass integer token ids [N, T] (e.g. torch.save(ids.long(), 'tokens.pt'))")
         if logits.dim() != 2:
             raise ConfigError(f"the model returned logits of shape {tuple(logits.shape)}", hint="innerprobe pullback explains classifiers (logits [N, classes])")
         n_in, n_classes = x.shape[0], logits.shape[1]
@@ -85,7 +109,8 @@ def register(app: typer.Typer) -> None:
         pred = logits.argmax(-1)
         if mode == "label" and y is None:
             raise ConfigError("--target label needs labels", hint="use a zoo model's test images, or an .npz with an array 'y'")
-        ep = ExcitationPullback(net, temperature, gate=gate, pool=pool, scale=scale)
+        ep = ExcitationPullback(net, temperature, gate=gate, pool=pool, scale=scale, preset=preset)
+        temperature = ep.temperature
         gr = Gradient(net)
         classes = list(range(n_classes)) if mode == "all" else None
         if mode == "all":

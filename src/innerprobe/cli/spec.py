@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..core.checks import check_seed
 from ..errors import ConfigError, ModelError
 
 _SEED = re.compile(r"\d+\Z")
@@ -53,7 +54,7 @@ def parse_model(text: str) -> ModelSpec:
         if not _SEED.match(seed):
             raise ConfigError(f"bad seed {seed!r} in model spec {text!r}: a seed is a non-negative integer",
                               hint=f"e.g. {base}@0 or {base}@1")
-        return ModelSpec(text, base, int(seed), True)
+        return ModelSpec(text, base, check_seed(seed, f"seed in --model {base}@..."), True)  # 0 .. 2**63 - 1
     if text in RECIPES:
         return ModelSpec(text, text, 0, True)
     return ModelSpec(text, text)

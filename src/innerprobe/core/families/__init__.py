@@ -26,7 +26,7 @@ import re
 
 from torch import nn
 
-from ...errors import ConfigError
+from ...errors import ConfigError, ModelError
 from ..dag import Graph
 from ..site import Site
 from . import bridge, fx, hf_gpt2, llama, neox, tl, zoo
@@ -102,6 +102,9 @@ def build_graph(model: nn.Module, kind: str = "auto", *, check: bool = True, exa
     are checked when ``example`` is given (and by ``prepare()`` on the reference input).
     """
     fam = detect(model) if kind == "auto" else family(kind)
+    if kind != "auto" and fam.name != "fx" and not fam.matches(model):  # e.g. --graph hf on a plain nn.Sequential
+        raise ModelError(f"graph builder {kind!r} does not fit this {type(model).__name__}: it is not a {fam.name} model",
+                         hint=f"use kind 'auto' (--graph auto), which detects the family: {detect(model).name} here")
     if fam.graph is None:
         raise ConfigError(f"family {fam.name} has no graph builder")
     graph = fam.graph(model)
