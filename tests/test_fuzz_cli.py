@@ -145,7 +145,8 @@ def _pool(param) -> list[str]:
     return BAD_STR + BAD_IN[:4]
 
 
-ZERO_OK = {"--ascent-steps", "--seed", "--threshold"}  # options whose domain includes 0
+ZERO_OK = {"--ascent-steps", "--seed", "--threshold", "--position"}  # options whose domain includes 0
+SIGNED = {"--position"}  # negative values count from the end
 
 
 def must_refuse(command: str, param, value: str) -> bool:
@@ -162,6 +163,8 @@ def must_refuse(command: str, param, value: str) -> bool:
     if opts & {"--data", "--weights"}:
         return value in BAD_IN
     if pool is BAD_INT:
+        if long in SIGNED:
+            return value in ("x", "1.5")
         return value in ("-1", "x", "1.5", "99999999999999999999999", "18446744073709551616") or (
             value == "0" and long not in ZERO_OK) or (value == "1000000000" and long == "--samples")
     if pool is BAD_FLOAT:
