@@ -39,6 +39,7 @@ def graph(model: nn.Module):
         inputs=[("embed", "embed"), ("pos", "pos_embed")], input_fn=lambda x: [model.embed(x), model.pos_embed(x)],
         mix=[_mix(b.attn) for b in blocks],
         head_out=[b.attn.head_outputs for b in blocks], subsets=True,
+        head_sum=[(lambda W: lambda z: z.reshape(*z.shape[:2], -1) @ W.T)(b.attn.o_proj.weight) for b in blocks],
         mlp_fn=[b.mlp_fn if b.has_mlp else None for b in blocks],
         out_fn=lambda r: model.unembed(model.ln_final(r)), b_O=B_O,
         qk_inputs=("pos",) if short else (), notes=["pos -> q/k slots only (shortformer)"] if short else [])
