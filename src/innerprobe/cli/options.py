@@ -59,14 +59,14 @@ def _check_existing(path: Path, option: str, kind: str) -> None:
         raise ConfigError(f"{option} {path}: {target} is not writable", hint="choose a folder you can write to")
 
 
-def count(value, option: str, *, lo: int = 1, hi: int = MAX_COUNT, what: str = "") -> int:
+def count(value, option: str, *, lo: int = 1, hi: int = MAX_COUNT, label: str = "") -> int:
     """An integer option in ``[lo, hi]``, refused otherwise (``--samples 0``, ``-k 1000000000``)."""
+    name = f"{option} {label}".strip()
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{option} must be an integer, got {value!r}")
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
     if not lo <= value <= hi:
         rng = f"at least {lo}" if value < lo else f"at most {hi:,}"
-        raise ConfigError(f"{option} must be {rng}{' ' + what if what else ''}, got {value}",
-                          hint=f"e.g. {option} {max(lo, 1) if value < lo else hi}")
+        raise ConfigError(f"{name} must be {rng}, got {value}", hint=f"e.g. {option} {max(lo, 1) if value < lo else hi}")
     return value
 
 
@@ -100,7 +100,7 @@ def text(value, option: str) -> str:
 # Each long option name has one meaning and one domain in every command (issue 16.4). The checks run
 # as click callbacks, so a bad value is refused before the command starts any work.
 def _counts(lo: int, hi: int = MAX_COUNT, label: str = ""):
-    return lambda v, opt, cmd: count(v, f"{opt} {label}".strip(), lo=lo, hi=hi) if isinstance(v, int) else v
+    return lambda v, opt, cmd: count(v, opt, lo=lo, hi=hi, label=label) if isinstance(v, int) else v
 
 
 def _out(v, opt, cmd):
@@ -180,4 +180,8 @@ def refuse_empty(argv: list[str]) -> None:
             continue
         option = SHORT.get(option, option)
         if option in (*TEXT, "--out") and not given.strip():
-            raise ConfigError(f"{option} is empty", hint=f"leave {option} out for its default, or give a value")
+            raise ConfigError(f"{option} is empty", hint=_EMPTY_HINT.get(option, f"leave {option} out for its default, or give a value"))
+
+
+_EMPTY_HINT = {"--out": "name an output folder, e.g. --out out/run1 (the current folder is never assumed)",
+               "--model": "a zoo name (innerprobe zoo list), path/file.py:factory or a local Hugging Face folder"}
