@@ -190,7 +190,10 @@ def _offset_backward(x, out, grad, kernel, stride, padding, dilation, T, detach,
         s += e
     g = grad / s
     if not detach:  # d/dx_i of sum_j w_j x_j = w_i (1 + (x_i - p) / T) = w_i (a + b x_i), p the soft pool value
-        p = sum(e * v for e, (_, v) in zip(es, views)) / s  # e is 0 outside the input
+        p = torch.zeros_like(s)
+        for e, (_, v) in zip(es, views):
+            p.addcmul_(e, v)  # e is 0 outside the input
+        p.div_(s)
         a, b = g * (1 - p * (1.0 / T)), g * (1.0 / T)
     gxp = torch.zeros_like(xp)
     for e, ((y0, x0), v) in zip(es, views):
