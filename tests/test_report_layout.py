@@ -117,3 +117,11 @@ def test_large_png_is_recompressed_and_still_decodes(tmp_path):
     data = base64.b64decode(b64)
     shown = Image.open(io.BytesIO(data))
     assert shown.width == 1600 and len(data) < (tmp_path / "s" / "big.png").stat().st_size
+
+
+def test_folded_sections_start_closed(tmp_path):
+    Section("Card", open=False).save(tmp_path / "a")
+    Section("Open").save(tmp_path / "b")
+    page = build_report(tmp_path).read_text()
+    assert re.search(r'id="card"><details>\s*<summary><h2>Card</h2>', page)
+    assert re.search(r'id="open"><details open>', page)

@@ -22,11 +22,14 @@ def _card(recipe: str, metrics: dict, floors: list[dict], params: dict | None = 
                                                        "test_accuracy": 0.5 + e / 12} for e in range(1, 5)]}
 
 
-def test_quick_demo_recipes_are_the_digits_ones_plus_induction():
+def test_quick_demo_recipes_are_the_digits_ones_plus_induction_and_ioi():
     quick = zoo_section.demo_recipes(quick=True)
-    assert "induction-attn2l" in quick and all(n.startswith("digits-") or n == "induction-attn2l" for n in quick)
+    assert {"induction-attn2l", "ioi-llama"} <= set(quick)
+    assert all(n.startswith("digits-") or n in ("induction-attn2l", "ioi-llama") for n in quick)
     assert {n for n in zoo.RECIPES if n.startswith("digits-")} <= set(quick)
-    assert zoo_section.demo_recipes(quick=False) == list(zoo.RECIPES)
+    full = zoo_section.demo_recipes(quick=False)
+    assert full == [n for n in zoo.RECIPES if zoo.RECIPES[n].demo] and "fashion-cnn" in full
+    assert not any(n.startswith(("bdset-", "loc-")) for n in full)  # evaluation-set models stay with their study
 
 
 def test_metrics_table_marks_floors_met_and_not_met_and_missing():
@@ -108,8 +111,8 @@ def test_overview_reads_status_without_training(tmp_path, monkeypatch):
 
 
 def test_demo_zoo_step_records_a_failing_model_and_goes_on(tmp_path, monkeypatch):
-    from innerprobe.errors import DataError
     from innerprobe.cli import demo as rcli
+    from innerprobe.errors import DataError
 
     good = _card("digits-mlp", {"test_accuracy": 0.97}, [{"metric": "test_accuracy", "op": ">=", "threshold": 0.95, "value": 0.97, "met": True}])
 

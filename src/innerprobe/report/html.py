@@ -408,7 +408,8 @@ def _section_html(s: LoadedSection, root: Path) -> str:
     sec = s.section
     failed = sec.title.lower().startswith("failed")
     title = _inline(s.display_title or sec.title)
-    parts = [f'<section class="card{" failed" if failed else ""}" id="{s.anchor}"><details open>',
+    opened = " open" if sec.open or failed else ""
+    parts = [f'<section class="card{" failed" if failed else ""}" id="{s.anchor}"><details{opened}>',
              f"<summary><h2>{title}</h2></summary>"]
     src = f"from <code>{html.escape(str(s.source.relative_to(root)))}</code>"
     run = _run_line(sec.run or {})

@@ -6,7 +6,8 @@ A section is ``section.json`` in a result folder::
      "rows": [result rows],              # headline figures (innerprobe.results.row), shown first
      "tables": [{"caption", "columns", "rows", "fold"?}],
      "figures": [{"file": "name.png", "caption": str}],
-     "run": {"command": str, "model": str, "created": str}}   # who made it; tells runs apart
+     "run": {"command": str, "model": str, "created": str},   # who made it; tells runs apart
+     "open": bool}                       # false: the section starts folded
 
 Figure files are relative to the section's folder. ``innerprobe report DIR`` collects every
 ``section.json`` below DIR, sorted by (order, title), and embeds the figures. Labels for people
@@ -36,6 +37,7 @@ class Section:
     figures: list[dict] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
     run: dict = field(default_factory=dict)
+    open: bool = True  # shown unfolded; per-model detail (zoo cards) starts folded
 
     def table(self, caption: str, columns: list[str], rows: list[list], *, fold: bool | None = None) -> Section:
         """Add a table; ``fold`` folds it away by default (None: fold long tables)."""
@@ -92,6 +94,9 @@ class Section:
         run = d.get("run") or {}
         if not isinstance(run, dict):
             raise TypeError("'run' must be an object")
+        if not isinstance(d.get("open", True), bool):
+            raise TypeError("'open' must be true or false")
+        kw["open"] = d.get("open", True)
         kw["figures"] = [f if isinstance(f, dict) else {"file": str(f)} for f in kw["figures"]]
         return cls(title=title, order=order, run=run, **kw)
 

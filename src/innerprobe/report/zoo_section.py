@@ -16,12 +16,14 @@ _FIRST = ("test_accuracy", "train_accuracy", "clean_accuracy", "attack_success",
 
 
 def demo_recipes(quick: bool) -> list[str]:
-    """The recipes the demo trains: all of them, or (quick) the 8x8-digits ones plus induction-attn2l."""
+    """The recipes the demo shows: every demo recipe, or (quick) the 8x8-digits ones, induction-attn2l and
+    ioi-llama (one seed). Recipes that exist for one study's evaluation (``Recipe.demo`` False) are left out."""
     from .. import zoo
 
-    names = list(zoo.RECIPES)
+    names = [n for n, r in zoo.RECIPES.items() if r.demo]
     if quick:
-        names = [n for n in names if zoo.RECIPES[n].dataset == "digits" or zoo.RECIPES[n].kind == "induction"]
+        names = [n for n in names if zoo.RECIPES[n].dataset == "digits" or zoo.RECIPES[n].kind == "induction"
+                 or n == "ioi-llama"]
     return names
 
 
@@ -215,7 +217,7 @@ def model_section(folder: str | Path, name: str, seed: int, model, card: dict, *
     folder.mkdir(parents=True, exist_ok=True)
     n_floors = len(card.get("floors") or [])
     n_met = sum(bool(f.get("met")) for f in card.get("floors") or [])
-    sec = Section(title=f"Zoo: {name} (seed {seed})", order=order)
+    sec = Section(title=f"Zoo: {name} (seed {seed})", order=order, open=False)
     secs = card.get("train_seconds")
     sec.paragraphs.append(
         f"**{card.get('description', name)}.** {card.get('n_parameters', '?')} parameters"

@@ -70,6 +70,8 @@ TRAIN_DEFAULTS = {"lr": 2e-3, "batch_size": 64, "n_train": 0}
 class SetRecipe(Recipe):
     """A classifier recipe of the eval set: ``family='none'`` is the clean twin, else :func:`~.data.poison`."""
 
+    demo = False  # evaluation-set models: the study that needs them trains them
+
     def data(self, seed: int, params: dict) -> D.DataSplit:
         split = D.load_dataset(self.dataset)
         if params["n_train"]:

@@ -83,6 +83,8 @@ def mosaics(x: torch.Tensor, y: torch.Tensor, n: int, seed: int):
 class LocRecipe(Recipe):
     """A localisation recipe: ``kind`` of data is ``random`` / ``corners`` (planted stamps) or ``canvas`` (mosaics)."""
 
+    demo = False  # evaluation-set models: the study that needs them trains them
+
     def data(self, seed: int, params: dict) -> D.DataSplit:
         digits = D.load_dataset("digits")
         s = int(seed) * 7

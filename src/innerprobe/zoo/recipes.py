@@ -17,7 +17,7 @@ import copy
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -65,6 +65,8 @@ class Recipe:
     params: dict
     dataset: str | None = None
     floors_fn: Callable[[dict, dict], list[Floor]] = field(default=lambda params, config: [], repr=False)
+    #: Shown (and trained) by ``innerprobe demo``; recipes that exist for one study's evaluation say False.
+    demo: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ params
     def resolve(self, overrides: dict) -> dict:
