@@ -238,9 +238,9 @@ def preset_rules(preset: str, *, functional: bool = False, **overrides) -> Rules
         raise ConfigError(f"unknown preset {preset!r}", hint="preset='original' (the authors' first code) or 'successor'")
     kw.update(overrides)
     rules = pullback_rules(functional=functional, **kw)
-    if preset == "original":  # the first code swaps nn.ReLU and nn.MaxPool2d only
-        keep = (nn.ReLU, nn.MaxPool2d)
-        rules.entries = [(s, r) for s, r in rules.entries if s in keep]
+    # the module classes each code swaps (the first: ReLU and MaxPool2d; the successor adds SiLU, GELU, LayerNorm)
+    keep = (nn.ReLU, nn.MaxPool2d) if preset == "original" else (nn.ReLU, nn.MaxPool2d, nn.SiLU, nn.GELU, nn.LayerNorm)
+    rules.entries = [(s, r) for s, r in rules.entries if s in keep]
     rules.description = f"preset {preset}: {rules.description}"
     return rules
 
