@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..core.checks import check_inputs
 from ..core.hooks import HookSession
 from ..core.sites import Site, resolve
 from ..core.trees import logits_of
@@ -23,6 +24,7 @@ from ..errors import ConfigError
 def patch_run(model: nn.Module, site, base, source, *, source_value: torch.Tensor | None = None):
     """Model output on ``base`` with the value at ``site`` (selectors respected) taken from
     ``source`` (or from ``source_value``, a tensor captured earlier)."""
+    base = check_inputs(base, model, name="base inputs")  # shape/dtype/device/NaN: one innerprobe error line
     rs = resolve(model, site)
     if len(rs) != 1:
         raise ConfigError(f"site {site} resolves to {len(rs)} places; patch one at a time", hint=", ".join(str(r) for r in rs[:5]))
