@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.checks import expand_path
 from ..errors import ConfigError, DataError
 from .spec import ModelSpec, parse_model
 
@@ -37,7 +38,7 @@ class Inputs:
 
 def read_file(path: str | Path, *, what: str = "--data") -> tuple[torch.Tensor, torch.Tensor | None]:
     """(x, y or None) from a .npy / .npz / .pt / .pth / .safetensors file, checked."""
-    p = Path(path).expanduser()
+    p = expand_path(path)
     if p.suffix not in SUFFIXES:
         raise DataError(f"{what} {str(path)!r} is not a supported input file", hint=f"pass {FORMATS}")
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..core.checks import SEED_MAX
+from ..core.checks import SEED_MAX, expand_path
 from ..errors import ConfigError
 
 NAME_MAX = 255  # bytes per path component on the file systems innerprobe runs on
@@ -34,7 +34,7 @@ def out_path(value, option: str = "--out", *, kind: str = "dir") -> Path:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise ConfigError(f"{option} {text!r} is not valid text (a lone surrogate)", hint=f"pass a plain path, e.g. {option} out/run1") from None
-    path = Path(text).expanduser()
+    path = expand_path(text)
     long = [part for part in path.parts if len(part.encode()) > NAME_MAX]
     if long:
         raise ConfigError(f"{option}: the name {long[0][:30]}... is {len(long[0].encode())} bytes long; "

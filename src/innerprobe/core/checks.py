@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import operator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,14 @@ from torch import nn
 from ..errors import ConfigError, ModelError
 
 SEED_MAX = 2**63 - 1  # torch.manual_seed, numpy and JSON all hold it exactly
+
+
+def expand_path(text) -> Path:
+    """``Path(text).expanduser()``, keeping the text as it is when '~user' names no user (or holds a NUL byte)."""
+    try:
+        return Path(text).expanduser()
+    except (RuntimeError, ValueError):
+        return Path(text)
 
 
 def describe_tensor(x: torch.Tensor) -> str:

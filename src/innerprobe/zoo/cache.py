@@ -26,7 +26,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..core.checks import check_seed
+from ..core.checks import check_seed, expand_path
 from ..errors import CacheError
 
 CARD = "card.json"
@@ -34,7 +34,7 @@ WEIGHTS = "model.safetensors"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("INNERPROBE_CACHE") or Path.home() / ".cache" / "innerprobe").expanduser()
+    return expand_path(os.environ.get("INNERPROBE_CACHE") or Path.home() / ".cache" / "innerprobe")
 
 
 def checked_root() -> Path:

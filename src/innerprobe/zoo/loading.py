@@ -19,7 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..core.checks import check_seed
+from ..core.checks import check_seed, expand_path
 from ..errors import ConfigError, ModelError, did_you_mean
 
 _FILE_SPEC = re.compile(r"^(?P<file>.+\.py):(?P<factory>[A-Za-z_][A-Za-z0-9_]*)$")
@@ -93,7 +93,7 @@ _HINT = "use a zoo name (innerprobe zoo list), path/to/file.py:factory with --we
 
 def load_safetensors_into(model: nn.Module, weights: str | Path) -> nn.Module:
     """Load a ``.safetensors`` state dict into ``model`` strictly, with a clear error on any mismatch."""
-    wpath = Path(weights).expanduser()
+    wpath = expand_path(weights)
     if wpath.suffix != ".safetensors":
         raise ModelError(f"weights file {wpath} is not .safetensors; innerprobe never unpickles weights",
                          hint="convert it once with: from safetensors.torch import save_file; save_file(torch.load(f, weights_only=True), 'w.safetensors')")
@@ -125,7 +125,7 @@ def load_safetensors_into(model: nn.Module, weights: str | Path) -> nn.Module:
 
 
 def _from_file(file: str, factory: str, weights) -> nn.Module:
-    fpath = Path(file).expanduser()
+    fpath = expand_path(file)
     if not _is(fpath.is_file):
         raise ModelError(f"model file {fpath} does not exist", hint="path/to/file.py:factory, relative to the current folder")
     name = f"_innerprobe_user_{abs(hash(str(fpath.resolve())))}"
