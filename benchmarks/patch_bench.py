@@ -200,6 +200,17 @@ def acdc_row(args, graph, runs, metric) -> dict:
     return rep
 
 
+def acdc_only(args) -> dict:
+    from innerprobe.core.graph import build_graph
+    from innerprobe.patch.metrics import lm_loss
+    from innerprobe.patch.path import prepare
+
+    model = gpt2_model(args.seed)
+    x_r, x_c = gpt2_pairs(args)
+    graph = build_graph(model)
+    return acdc_row(args, graph, prepare(graph, x_r, x_c), lm_loss(x_r))
+
+
 def child(args) -> None:
     """--child eap|eapig|fwdbwd: one measurement in a fresh process; prints a JSON line."""
     torch.set_num_threads(1)
@@ -322,7 +333,7 @@ def induction_row(args) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", default="induction,gpt2", help="comma list of induction, gpt2, memory (memory = EAP rows)")
+    ap.add_argument("--rows", default="induction,gpt2", help="comma list of induction, gpt2, memory (EAP rows), acdc (ACDC++ alone)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write the figures here")
     ap.add_argument("--max-rss", type=float, default=5.0, help="stop (GB of this process's peak RSS) after a stage that exceeds it")
@@ -335,7 +346,8 @@ def main():
     ap.add_argument("--induction-pairs", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--auto-circuit-python", default=None)
-    ap.add_argument("--acdc-seconds", type=float, default=120.0, help="time budget of the ACDC++ row on the GPT-2 shape (0: skip)")
+    ap.add_argument("--acdc-seconds", type=float, default=120.0,
+                    help="wall-clock budget of the ACDC++ row on the GPT-2 shape, EAP-IG included (0: skip)")
     ap.add_argument("--acdc-tau", type=float, default=1e-3)
     ap.add_argument("--child", default=None, choices=["eap", "eapig", "fwdbwd"], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -348,6 +360,8 @@ def main():
         res["induction"] = induction_row(args)
     if "gpt2" in rows:
         res["gpt2_shape"] = gpt2_row(args)
+    elif "acdc" in rows:  # ACDC++ alone on the GPT-2 shape
+        res["gpt2_shape"] = {"acdc_pp": acdc_only(args)}
     if "memory" in rows or "gpt2" in rows:
         res.setdefault("gpt2_shape", {}).update(memory_rows(args))
         res["auto_circuit"] = auto_circuit_row(args)
