@@ -62,7 +62,13 @@ def _model(ref: dict, shared_model: nn.Module | None) -> nn.Module:
     return _MODELS[key]
 
 
+#: Edges per task unless ``shard`` says otherwise: fixed, so that results do not depend on the number of workers
+#: (edge effects batch edges; float rounding depends on the batch, so other shard sizes agree to ~1e-7).
+EDGE_SHARD = 32
+
+
 def _shards(n: int, shard: int | None, workers: int | None) -> list[tuple[int, int]]:
+    """Row ranges of ``shard`` each (default for inputs: four tasks per worker; counts do not depend on it)."""
     if shard is None:
         shard = max(1, math.ceil(n / (4 * (workers or 1))))
     if isinstance(shard, bool) or not isinstance(shard, int) or shard < 1:
@@ -174,38 +180,46 @@ def merge_apex(parts: list[dict], sigmas, options: dict, *, labels=None, model_n
 
 
 # ----------------------------------------------------------------------------- all-edge patching
-def edge_effects(model, x_r, x_c, *, weights=None, graph: str = "auto", metric: str = "kl", mask=None,
+EDGE_METRICS = ("kl", "lm_loss", "label_loss")
+
+
+def edge_effects(model, x_r, x_c, *, weights=None, graph: str = "auto", metric: str = "kl", mask=None, labels=None,
                  executor: str = "local", workers: int | None = None, address: str | None = None, store=None,
                  shard: int | None = None, progress: bool | None = None) -> tuple[list[str], np.ndarray]:
     """Every edge's exact single-edge effect (metric with the edge patched to x_c minus on x_r), in edge order.
 
-    ``metric`` 'kl' (KL to the reference output, per example, over ``mask``ed positions) or 'loss' (the
-    next-token loss of ``x_r``, for language models). Returns (edge names, effects [E]).
+    ``metric``: 'kl' (KL to the reference output, per example, over ``mask``ed positions), 'lm_loss' (next-token
+    loss of ``x_r`` over ``mask``ed positions) or 'label_loss' (cross-entropy against ``labels``); the same
+    functions as :mod:`innerprobe.patch.metrics`. Returns (edge names, effects [E]).
     """
     from .core.graph import build_graph
 
-    if metric not in ("kl", "loss"):
-        raise ConfigError(f"unknown edge metric {metric!r}", hint="use 'kl' or 'loss'")
+    if metric not in EDGE_METRICS:
+        raise ConfigError(f"unknown edge metric {metric!r}", hint=f"use one of: {', '.join(EDGE_METRICS)}")
+    if (metric == "label_loss") != (labels is not None):
+        raise ConfigError("labels go with metric 'label_loss' (and it needs them)")
     ref, shared = _model_ref(model, weights)
     names = [str(e) for e in build_graph(shared["model"], graph).edges]
     shared.update(x_r=torch.as_tensor(x_r), x_c=torch.as_tensor(x_c))
     shared["mask"] = None if mask is None else torch.as_tensor(mask)
+    shared["labels"] = None if labels is None else torch.as_tensor(labels)
+    extra = [t for t in (shared["mask"], shared["labels"]) if t is not None]
     base = {"model": ref, "graph": graph, "metric": metric, "edges": len(names),
-            "data": array_hash(shared["x_r"], shared["x_c"], *([] if mask is None else [shared["mask"]]))}
-    payload = {k: Shared(k) for k in ("x_r", "x_c", "mask")} | {"model_obj": Shared("model")}
+            "data": array_hash(shared["x_r"], shared["x_c"], *extra)}
+    payload = {k: Shared(k) for k in ("x_r", "x_c", "mask", "labels")} | {"model_obj": Shared("model")}
     tasks = [Task("innerprobe.scale:edge_shard", {**base, "edge_range": [a, b]}, payload)
-             for a, b in _shards(len(names), shard, workers)]
+             for a, b in _shards(len(names), shard or EDGE_SHARD, workers)]
     parts = run_tasks(tasks, executor=executor, workers=workers, address=address, store=store, shared=shared,
                       progress=progress, label="edge shards")
     return names, np.concatenate([p["effects"] for p in parts])
 
 
 def edge_shard(model: dict, graph: str, metric: str, edges: int, data: str, edge_range: list, model_obj=None,
-               x_r=None, x_c=None, mask=None) -> dict:
+               x_r=None, x_c=None, mask=None, labels=None) -> dict:
     """One edge task: exact single-edge effects of edges ``edge_range[0]:edge_range[1]``, batched by receiver."""
     from .patch.path import evaluate_edges
 
-    g, runs, delta, base = _edge_setup(model, graph, metric, data, model_obj, x_r, x_c, mask)
+    g, runs, delta, base = _edge_setup(model, graph, metric, data, model_obj, x_r, x_c, mask, labels)
     a, b = edge_range
     pos = {n: k for k, n in enumerate(g.order)}
     idx = sorted(range(a, b), key=lambda i: (pos[g.edges[i].dst], i))
@@ -221,10 +235,10 @@ def edge_shard(model: dict, graph: str, metric: str, edges: int, data: str, edge
 
 
 
-def _edge_setup(model, graph, metric, data, model_obj, x_r, x_c, mask):
+def _edge_setup(model, graph, metric, data, model_obj, x_r, x_c, mask, labels):
     """Graph, prepared runs and metric for one model and data, built once per worker."""
     from .core.graph import build_graph
-    from .patch.metrics import kl_div, lm_loss
+    from .patch.metrics import kl_div, label_loss, lm_loss
     from .patch.path import prepare
 
     key = (model["hash"], graph, metric, data)
@@ -238,8 +252,10 @@ def _edge_setup(model, graph, metric, data, model_obj, x_r, x_c, mask):
 
             def delta(o):
                 return kl(clean, o)
-        else:
+        elif metric == "lm_loss":
             delta = lm_loss(x_r, mask)
+        else:
+            delta = label_loss(labels)
         with torch.no_grad():
             base = float(delta(clean).double().mean())
         _RUNS.clear()

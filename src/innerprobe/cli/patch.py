@@ -8,6 +8,7 @@ import numpy as np
 import typer
 
 from ..errors import ConfigError, DataError
+from .executor import address_option, executor_kwargs, executor_option, workers_option
 from .inputs import FORMATS, SUFFIXES, load_inputs, read_file
 from .spec import ModelSpec, parse_model
 
@@ -17,10 +18,11 @@ HYP_HELP = ("a hypothesis file (.txt/.hyp) or its text, ';' between lines: 'all'
 
 
 def _inputs(spec: ModelSpec, net, data: Optional[str], counterfactual: str, n: int, seed: int):
-    """(x_r, x_c, loss_fn or None, mask or None, description)."""
+    """(x_r, x_c, loss_fn or None, mask or None, description, metric) where ``metric`` names the loss for
+    sharded runs (innerprobe.scale.edge_effects): {"metric": "kl"|"lm_loss"|"label_loss", "mask", "labels"}."""
     import torch
 
-    from ..patch.metrics import lm_loss
+    from ..patch.metrics import label_loss, lm_loss
 
     gen = torch.Generator().manual_seed(seed)
     cfg = getattr(net, "cfg", None)
@@ -35,7 +37,8 @@ def _inputs(spec: ModelSpec, net, data: Optional[str], counterfactual: str, n: i
             xc = sample_induction(n, gen, **kw).tokens
         else:
             xc = _tensor(counterfactual, "--counterfactual")[:n]
-        return xr.tokens, xc, lm_loss(xr.tokens, xr.predictable), xr.predictable, f"induction task ({n} pairs), loss on predictable tokens"
+        return (xr.tokens, xc, lm_loss(xr.tokens, xr.predictable), xr.predictable,
+                f"induction task ({n} pairs), loss on predictable tokens", {"metric": "lm_loss", "mask": xr.predictable})
     y = None
     if data is None:
         inp = load_inputs(None, spec, n=2 * n)
@@ -54,13 +57,12 @@ def _inputs(spec: ModelSpec, net, data: Optional[str], counterfactual: str, n: i
         x_r, x_c = x[:n], _tensor(counterfactual, "--counterfactual")[:n]
     if x_r.shape != x_c.shape:
         raise DataError(f"reference inputs {tuple(x_r.shape)} and counterfactuals {tuple(x_c.shape)} differ in shape")
-    loss = None
+    loss, metric = None, {"metric": "kl"}
     if y is not None and x_r.dtype.is_floating_point:
-        yy = y[: len(x_r)]
-        loss = lambda out: torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), yy.repeat(out.numel() // (out.shape[-1] * len(yy))), reduction="none").view(out.shape[:-1])  # noqa: E731
+        loss, metric = label_loss(y[: len(x_r)]), {"metric": "label_loss", "labels": y[: len(x_r)]}
     elif not x_r.dtype.is_floating_point:
-        loss = lm_loss(x_r)
-    return x_r, x_c, loss, None, f"{len(x_r)} pairs, counterfactual: {counterfactual}"
+        loss, metric = lm_loss(x_r), {"metric": "lm_loss"}
+    return x_r, x_c, loss, None, f"{len(x_r)} pairs, counterfactual: {counterfactual}", metric
 
 
 def _rho(r) -> str:
@@ -97,6 +99,9 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="seed for sampling pairs and bootstrap"),
         show_graph: bool = typer.Option(False, "--show-graph", help="print the graph's nodes and edges and exit"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder: summary.json, section.json, PNG figures [required unless --show-graph]"),
+        executor: str = executor_option(),
+        workers: Optional[int] = workers_option(),
+        address: Optional[str] = address_option(),
     ):
         """Path patching (Goldowsky-Dill et al. 2023): proportion of loss explained by path hypotheses, or every edge's effect."""
         import numpy as np
@@ -120,6 +125,7 @@ def register(app: typer.Typer) -> None:
             return
         if out is None:
             raise ConfigError("--out is required", hint="e.g. --out runs/patch")
+        remote = executor_kwargs(executor, workers, address)
         if not hypothesis and not edges:
             raise ConfigError("nothing to do: pass --hypothesis and/or --edges")
         if pairs < 2:
@@ -128,7 +134,7 @@ def register(app: typer.Typer) -> None:
         for h in hyps:
             h.resolve(graph)  # validate before any work
         h0 = Hypothesis.load(baseline)
-        x_r, x_c, loss, mask, desc = _inputs(spec, net, data, counterfactual, pairs, seed)
+        x_r, x_c, loss, mask, desc, metric_spec = _inputs(spec, net, data, counterfactual, pairs, seed)
         runs = prepare(graph, x_r, x_c)
         clean = runs.clean["out"]
         kl = kl_div(mask)
@@ -161,7 +167,14 @@ def register(app: typer.Typer) -> None:
                       [[r["hypothesis"], f"{r['proportion']:.3f} {_ci(r['lo'], r['hi'])}", f"{r['aue']:.4f}", f"{r['kl']:.4f}"] for r in rows])
         if edges:
             metric = loss if loss is not None else (lambda o: kl(clean, o))  # noqa: E731
-            rep = edge_report(graph, runs, metric, ig_steps=ig_steps, estimates=loss is not None, progress=True)
+            sharded = None
+            if remote is not None:  # exact effects as edge shards on the executor (docs/scale.md)
+                from .. import scale
+
+                sharded = scale.edge_effects(net, x_r, x_c, graph=graph_kind, store=out / "tasks", progress=True,
+                                             **metric_spec, **remote)[1]
+            rep = edge_report(graph, runs, metric, ig_steps=ig_steps, estimates=loss is not None, progress=True,
+                              exact=sharded)
             exact = rep.exact
             nan = torch.full_like(exact, float("nan"))
             eap, eapig = (rep.eap, rep.eap_ig) if loss is not None else (nan, nan)

@@ -35,6 +35,19 @@ def lm_loss(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> Callable[
     return loss
 
 
+def label_loss(labels: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Per-example cross-entropy of a classifier's outputs ``[(K,) B, C]`` against ``labels`` [B]."""
+    labels = torch.as_tensor(labels).long()
+
+    def loss(out: torch.Tensor) -> torch.Tensor:
+        flat = out.reshape(-1, out.shape[-1])
+        y = labels.to(out.device).repeat(flat.shape[0] // len(labels))
+        return F.cross_entropy(flat, y, reduction="none").view(out.shape[:-1])
+
+    loss.name = "cross-entropy"
+    return loss
+
+
 def signed_loss(loss: Callable) -> Callable:
     """delta(ref, patched) = L(patched) - L(ref), per example."""
     def delta(ref_out, patched_out):
