@@ -115,8 +115,11 @@ def test_screen_stage_on_a_planted_sink_and_a_symmetric_model():
 def test_verdict_names_the_target_and_not_the_clean_twin(models):
     bd, clean, x = models
     rb, rc = scan(bd, x), scan(clean, x)
-    assert rb.data["suspect"] == TARGET and rb.data["probability"] > 0.5 and len(rb.data["agree"]) >= 2
-    assert rc.data["suspect"] is None
+    # the shipped threshold (0.8, chosen on the eval set) is not reached by this toy model (P ~ 0.37): the test
+    # checks the ranking, the agreement and that a lower threshold names it; the clean twin is never named
+    assert rb.data["top_class"] == TARGET and len(rb.data["agree"]) >= 2
+    assert scan(bd, x, threshold=0.2).data["suspect"] == TARGET
+    assert rc.data["suspect"] is None and scan(clean, x, threshold=0.2).data["suspect"] is None
     assert rb.data["probability"] > rc.data["probability"]
     assert len(rb.tables["classes"]) == C and rb.arrays["mm_images"].shape == (C, 1, SIZE, SIZE)
     assert set(rb.data["stages"]) == {"screen", "triggers", "cleanse"}
@@ -223,3 +226,25 @@ def test_cli_refuses_bad_options_in_one_line(files, capsys, extra, match):
     assert main(["scan", "--model", f"{files}/net.py:make", "--data", f"{files}/x.npy", *extra]) == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
+
+
+def test_verdict_probability_reads_the_gap_over_the_runner_up():
+    from innerprobe.perturb.scan import verdict as V
+
+    s_far, s_near = np.array([3.0, 0.0, -1.0]), np.array([3.0, 2.9, -1.0])
+    assert V.platt_features(s_far) == [3.0, 3.0] and V.platt_features(s_near) == [3.0, pytest.approx(0.1)]
+    gap = {"platt": [0.5, 1.0, -2.0]}
+    assert V.probability(s_far, gap) > V.probability(s_near, gap)  # same top score, a class that stands out
+    old = {"platt": [0.5, -2.0]}  # a two-entry calibration (no gap term) is still read
+    assert V.probability(s_far, old) == V.probability(s_near, old) == pytest.approx(1 / (1 + np.exp(0.5)))
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(40):
+        f = {"a": rng.normal(size=5)}
+        if i % 2:
+            f["a"][i % 5] += 4.0
+        rows.append({**f, "target": i % 5 if i % 2 else None})
+    cal = V.fit(rows, ("a",))
+    assert len(cal["platt"]) == 3 and cal["coef"][0] > 0
+    p = [V.probability(V.class_scores(r, cal), cal) for r in rows]
+    assert np.mean(p[1::2]) > np.mean(p[0::2])

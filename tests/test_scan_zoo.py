@@ -10,16 +10,19 @@ from innerprobe.zoo import models as M
 
 
 def test_members_split_by_seed_with_clean_twins():
-    dev, held = bs.members("dev"), bs.members("held-out")
-    for part in (dev, held):
+    dev, dev2, held = bs.members("dev"), bs.members("dev2"), bs.members("held-out")
+    for part in (dev, dev2, held):
         bd = [m for m in part if m.backdoored]
         clean = [m for m in part if not m.backdoored]
         assert len(bd) == len(clean) == 32
         assert {(m.recipe, m.seed) for m in bd} == {(m.recipe, m.seed) for m in clean}  # twins: same arch and seed
         assert {m.family for m in bd} == set(D.TRIGGER_FAMILIES) and len({m.recipe for m in bd}) == 8
         assert all(0.01 <= m.rate <= 0.10 for m in bd)
-    assert not {m.seed for m in dev} & {m.seed for m in held}
-    assert bs.members() == dev + held
+    seeds = [{m.seed for m in p} for p in (dev, dev2, held)]
+    assert not seeds[0] & seeds[1] and not seeds[0] & seeds[2] and not seeds[1] & seeds[2]
+    assert min(seeds[2]) == 200 and max(seeds[2]) == 273  # the fresh held-out split, never tuned on
+    assert bs.members() == dev + dev2 + held
+    assert "held-out" not in bs.TUNING_SPLITS
     with pytest.raises(ConfigError):
         bs.members("test")
 

@@ -122,7 +122,8 @@ def register(app: typer.Typer) -> None:
         threshold: Optional[float] = typer.Option(
             None,
             "--threshold",
-            help="P(backdoored) at or above which a class may be named (default: the calibrated 0.5)",
+            help="P(backdoored) at or above which a class may be named "
+            "(default: the calibrated threshold, 0.8 for --method full)",
         ),
         seed: int = typer.Option(0, "--seed", help="seed of the noise and the random starts"),
         out: Optional[Path] = typer.Option(

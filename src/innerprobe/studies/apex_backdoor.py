@@ -3,15 +3,16 @@
 APEX (Ren, Luo, Li 2026, arXiv 2602.03586, claim D): at large activation noise a backdoored model's
 predictions concentrate on its target class. This study measures that observable on the backdoor
 eval set (:mod:`innerprobe.zoo.backdoor_set`) and evaluates the scan (docs/scan.md) the way TrojAI
-does: every threshold and the probability calibration are fitted on the **dev** seeds only, and
-the figures are reported on the **held-out** seeds: TPR (right class named), wrong-class rate and
+does: every threshold and the probability calibration are fitted on the tuning seeds only (**dev**
+0-73 and **dev2** 100-173), and the figures are reported separately for the tuning models
+(in-sample) and for the **held-out** seeds 200-273 (never tuned on): TPR (right class named), wrong-class rate and
 FPR with Clopper-Pearson intervals, ROC-AUC and cross-entropy of the probability, seconds per model;
 for the full scan and for each stage alone (the APEX screen alone is the paper's observable used
 as a detector).
 
 ``run(out, seeds=3, quick=False)`` (``seeds`` is unused: the eval set fixes its seeds); ``quick``
 scans four cached or quickly trained digits models with the shipped calibration.
-``write_calibration()`` refits the shipped ``perturb/scan/calibration.json`` from the dev split.
+``write_calibration()`` refits the shipped ``perturb/scan/calibration.json`` from dev + dev2.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from ..zoo import cache_root
 MIN_ATTACK_SUCCESS = 0.5
 N_INPUTS = 64
 EVAL_VERSION = 1
+#: the full scan's probability threshold, chosen by leave-one-seed-out on dev + dev2 (P >= 0.5 / 0.6 / 0.7 / 0.8 /
+#: 0.9 with 2 agreeing stages: 34/60, 34/60, 33/60, 30/60, 18/60 named at 7/64, 4/64, 3/64, 2/64, 0/64 false
+#: alarms); the stages alone keep 0.5 (not swept)
+FULL_THRESHOLD = 0.8
 
 
 # ----------------------------------------------------------------------------- evidence per member (cached)
@@ -52,7 +57,7 @@ def record(m: bs.Member) -> dict:
     path = _record_path(m)
     if path.exists():
         try:
-            return json.loads(path.read_text())
+            return {**json.loads(path.read_text()), "split": m.split}  # the split is the member's, not the cache's
         except ValueError:
             path.unlink(missing_ok=True)
     model, card = bs.load(m)
@@ -93,7 +98,7 @@ def _fit_rows(recs):
 
 
 def calibrate(dev: list[dict]) -> dict:
-    """Per method: logistic class model + Platt map fitted on dev records; agreement rule for 'full'."""
+    """Per method: logistic class model + Platt map fitted on tuning records (dev + dev2); agreement rule for 'full'."""
     dev = [r for r in dev if effective(r)]
     rows = _fit_rows(dev)
     n_bd = sum(r["target"] is not None for r in dev)
@@ -102,9 +107,9 @@ def calibrate(dev: list[dict]) -> dict:
     for method, names in V.FEATURES.items():
         c = V.fit(rows, names)
         c.update(
-            threshold=0.5,
+            threshold=FULL_THRESHOLD if method == "full" else 0.5,
             min_agree=2 if method == "full" else 1,
-            fitted_on=f"backdoor eval set, dev split: {n_bd} backdoored + {len(dev) - n_bd} clean models, "
+            fitted_on=f"backdoor eval set, dev + dev2 splits: {n_bd} backdoored + {len(dev) - n_bd} clean models, "
             f"seeds {seeds[0]}..{seeds[-1]}",
         )
         cal[method] = c
@@ -112,14 +117,14 @@ def calibrate(dev: list[dict]) -> dict:
 
 
 def write_calibration(path: Path | None = None) -> Path:
-    """Refit the shipped calibration from the dev split and record the held-out rates it was validated with."""
-    dev = [record(m) for m in bs.members("dev")]
+    """Refit the shipped calibration from dev + dev2 and record the held-out rates it was validated with."""
+    dev = [record(m) for sp in bs.TUNING_SPLITS for m in bs.members(sp)]
     cal = calibrate(dev)
     held = [record(m) for m in bs.members("held-out")]
     for method, c in cal.items():
         s = summary([r for r in held if effective(r)], c, method)
         c["validated_on"] = (
-            f"held-out split of the backdoor eval set ({s['n_bd']} backdoored + {s['n_clean']} clean small "
+            f"held-out split (seeds 200-273) of the backdoor eval set ({s['n_bd']} backdoored + {s['n_clean']} clean small "
             f"digits / Fashion-MNIST MLPs and CNNs, 4 trigger families): right class named "
             f"{s['tp']}/{s['n_bd']}, false alarms {s['fp']}/{s['n_clean']}; nothing beyond that is validated"
         )
@@ -129,6 +134,41 @@ def write_calibration(path: Path | None = None) -> Path:
 
 
 # ----------------------------------------------------------------------------- evaluation
+
+
+def leave_one_seed_out(recs: list[dict], method: str = "full") -> list[dict]:
+    """Decisions for every record with the calibration refitted without its seed (its twin left out too).
+
+    How the verdict was chosen (docs/scan.md): run on the tuning records only; each decision has the
+    probability ``p``, the ``top`` class and the number of agreeing stages ``n_agree``.
+    """
+    recs = [r for r in recs if effective(r)]
+    out = []
+    for seed in sorted({r["seed"] for r in recs}):
+        cal = V.fit(_fit_rows([r for r in recs if r["seed"] != seed]), V.FEATURES[method])
+        cal.update(threshold=0.0, min_agree=0)
+        out += decisions([r for r in recs if r["seed"] == seed], cal, method)
+    return out
+
+
+def sweep(ds: list[dict], thresholds=(0.5, 0.6, 0.7, 0.8, 0.9), min_agree: int = 2) -> list[dict]:
+    """Named / wrong / false alarms of leave-one-seed-out decisions at each probability threshold."""
+    bd = [d for d in ds if d["target"] is not None]
+    cl = [d for d in ds if d["target"] is None]
+    out = []
+    for t in thresholds:
+        named = [d for d in ds if d["p"] >= t and d["n_agree"] >= min_agree]
+        out.append(
+            {
+                "threshold": t,
+                "tp": sum(d["top"] == d["target"] for d in named if d["target"] is not None),
+                "wrong": sum(d["top"] != d["target"] for d in named if d["target"] is not None),
+                "fp": sum(d["target"] is None for d in named),
+                "n_bd": len(bd),
+                "n_clean": len(cl),
+            }
+        )
+    return out
 
 
 def decisions(recs: list[dict], cal: dict, method: str) -> list[dict]:
@@ -146,6 +186,7 @@ def decisions(recs: list[dict], cal: dict, method: str) -> list[dict]:
                 "top": d["top"],
                 "p": d["probability"],
                 "seconds": secs,
+                "n_agree": len(d["agree"]),
                 "family": r["family"],
                 "recipe": r["recipe"],
             }
@@ -234,15 +275,20 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False):
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     recs = [record(m) for m in _members(quick)]
-    dev = [r for r in recs if r["split"] == "dev"]
+    dev = [r for r in recs if r["split"] in bs.TUNING_SPLITS]
     held = [r for r in recs if r["split"] == "held-out" and effective(r)]
     failed = [r["key"] for r in recs if not effective(r)]
     cal = calibrate(dev) if dev else V.load_calibration()
-    rows, table = [], []
+    rows, table, dev_table = [], [], []
+    tuned = [r for r in dev if effective(r)]
     for method in METHODS:
         s = summary(held, cal[method], method)
         rows += _rows(s, method, "held-out")
         table.append(_table_row(method, s))
+        if tuned:
+            sd = summary(tuned, cal[method], method)
+            rows += _rows(sd, method, "dev+dev2 (in-sample)")
+            dev_table.append(_table_row(method, sd))
     obs = observable(held)
     if obs["n"] > 1:
         gm = t_interval(obs["log_ratio"])
@@ -252,7 +298,7 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False):
     rows.append(
         row("target_top_class_rate", proportion(obs["rank1"], obs["n"]), condition={"noise": "input", "sigma_rel": 64})
     )
-    sec = _section(table, obs, held, failed, cal, quick, s_full=summary(held, cal["full"], "full"))
+    sec = _section(table, obs, held, failed, cal, quick, s_full=summary(held, cal["full"], "full"), dev_table=dev_table)
     sec.save(out)
     res = Result(
         "study:apex-backdoor",
@@ -286,7 +332,7 @@ def _table_row(method: str, s: dict) -> list:
     ]
 
 
-def _section(table, obs, held, failed, cal, quick, s_full) -> Section:
+def _section(table, obs, held, failed, cal, quick, s_full, dev_table=()) -> Section:
     stage_rows = [r for r in table if r[0] != "full" and r[4] != "n/a"]
     best = max(stage_rows, key=lambda r: r[4]) if stage_rows else None
     full = next(r for r in table if r[0] == "full")
@@ -302,9 +348,9 @@ def _section(table, obs, held, failed, cal, quick, s_full) -> Section:
         "digits CNNs max-pool/avg-pool/tanh, a Fashion-MNIST MLP and CNN), four trigger families (corner patch, "
         "single pixel, blended random pattern, label-consistent), seeded targets and 1-10% poisoning, each backdoored "
         "model with a clean twin of the same architecture and seed. Calibration and thresholds were fitted on the "
-        "dev seeds only"
+        "dev + dev2 seeds (0-73, 100-173) only"
         + (" (quick mode: the shipped calibration, four models)" if quick else "")
-        + f"; the table is on {len(held)} held-out models.",
+        + f"; the first table is on {len(held)} held-out models (seeds 200-273, never tuned on).",
         "The paper's observable (input noise, 64 x RMS): the target is the top large-noise class in "
         f"{obs['rank1']}/{obs['n']} held-out backdoored models{share}"
         + "; used as a detector on its own it is the 'apex' row.",
@@ -323,6 +369,12 @@ def _section(table, obs, held, failed, cal, quick, s_full) -> Section:
         table,
     )
     sec.table("Full scan by trigger family (held-out)", ["family", "named", "wrong class", "backdoored"], per_family)
+    if dev_table:
+        sec.table(
+            "Tuning models dev + dev2 (in-sample: the calibration was fitted on them; Clopper-Pearson 95%)",
+            ["method", "right class named", "wrong class", "false alarms", "ROC-AUC", "cross-entropy", "seconds/model"],
+            list(dev_table),
+        )
     return sec
 
 

@@ -1,4 +1,4 @@
-"""The backdoor eval set: backdoored models and their clean twins, split by seed into dev and held-out.
+"""The backdoor eval set: backdoored models and their clean twins, split by seed into dev, dev2 and held-out.
 
 Built for the backdoor scan's evaluation (docs/scan.md), in the manner of the TrojAI rounds:
 eight small architectures (digits MLPs with ReLU / GELU / tanh, digits CNNs with max-pool /
@@ -7,9 +7,11 @@ average-pool / tanh, a Fashion-MNIST MLP and CNN on a 6000-image subset), four t
 label-consistent), seeded targets and poisoning rates (1-10%), and for every backdoored model a
 clean twin of the same architecture and seed (same initialisation, same batch order, no poison).
 
-Replicate 0 of each (architecture, family) cell is the **dev** split (every threshold and the
-probability calibration are fitted there); replicate 1 is **held-out** (reported only): 32 backdoored
-models and 32 clean twins in each split.
+Replicate 0 of each (architecture, family) cell is the **dev** split (seeds 0-73), replicate 1 the
+**dev2** split (seeds 100-173; it was the held-out split until its figures had been looked at, so it
+is tuning data now), replicate 2 the **held-out** split (seeds 200-273; reported only, never tuned
+on). Every threshold and the probability calibration are fitted on dev + dev2: 32 backdoored models
+and 32 clean twins in each split.
 
 >>> from innerprobe.zoo import backdoor_set as bs
 >>> members = bs.members("dev")            # list of Member(recipe, seed, overrides, ...)
@@ -29,8 +31,10 @@ from .recipes import RECIPES, Floor, Recipe, Trained, _seed
 from .training import accuracy, fit
 
 VERSION = 2  # 2: label-consistent poisoning blends in other-class images (was uniform noise, attacks failed)
-SPLITS = ("dev", "held-out")
-REPLICATES = {"dev": (0,), "held-out": (1,)}
+SPLITS = ("dev", "dev2", "held-out")
+REPLICATES = {"dev": (0,), "dev2": (1,), "held-out": (2,)}
+#: the splits thresholds and calibration are fitted on (everything but held-out)
+TUNING_SPLITS = ("dev", "dev2")
 
 #: name -> (dataset, arch config, training config)
 ARCHS: dict[str, tuple[str, dict, dict]] = {

@@ -6,9 +6,15 @@ verdict combines them per class with a logistic model,
 
     s_c = b + sum_f w_f * clip(feature_f[c], -10, 10),
 
-fitted on the dev split of the backdoor eval set (class rows: is c the target of a backdoored
-model?), and turns the top class's score into a probability that the model is backdoored with a
-Platt fit on the dev models, ``P = sigmoid(a * max_c s_c + b')``. A class is named only when
+fitted on the tuning splits (dev + dev2) of the backdoor eval set (class rows: is c the target of a
+backdoored model?), and turns the top class's score **and its gap over the runner-up** into a
+probability that the model is backdoored with a Platt fit on the tuning models,
+
+    P = sigmoid(a * s_(1) + g * (s_(1) - s_(2)) + b'),   s_(1) >= s_(2) the two largest class scores,
+
+so a model is judged by how far its top class stands out of its own classes rather than by an
+absolute score alone (chosen by leave-one-seed-out on dev + dev2: ROC-AUC 0.81 -> 0.85). A
+calibration with a two-entry ``platt`` ``[a, b']`` (no gap term) is still read. A class is named only when
 ``P >= threshold`` **and** independent statistics agree: at least ``min_agree`` of the stages that
 ran rank it first. The coefficients live in ``calibration.json`` next to this file, written by
 ``innerprobe.studies.apex_backdoor.calibrate`` from dev models only.
@@ -63,9 +69,18 @@ def class_scores(features: dict, cal: dict) -> np.ndarray:
     return X @ np.asarray(cal["coef"], float) + float(cal["intercept"])
 
 
+def platt_features(scores: np.ndarray) -> list[float]:
+    """``[s_(1), s_(1) - s_(2)]``: the top class score and its gap over the runner-up."""
+    o = np.sort(np.asarray(scores, float))[::-1]
+    return [float(o[0]), float(o[0] - o[1]) if len(o) > 1 else 0.0]
+
+
 def probability(scores: np.ndarray, cal: dict) -> float:
-    a, b = cal["platt"]
-    return float(1.0 / (1.0 + np.exp(-(a * float(np.max(scores)) + b))))
+    """Calibrated P(backdoored) from the class scores (Platt map over :func:`platt_features`)."""
+    pl = [float(v) for v in cal["platt"]]
+    top, gap = platt_features(scores)
+    z = pl[0] * top + pl[-1] + (pl[1] * gap if len(pl) == 3 else 0.0)
+    return float(1.0 / (1.0 + np.exp(-z)))
 
 
 def agreeing_stages(features: dict, names, cls: int) -> list[str]:
@@ -99,7 +114,7 @@ def decide(features: dict, cal: dict, *, threshold: float | None = None, min_agr
 
 
 def fit(rows: list[dict], names, *, l2: float = 1.0) -> dict:
-    """Fit the class-level logistic model and the Platt map on dev ``rows`` (each: per-class features + ``target``)."""
+    """Fit the class-level logistic model and the Platt map on tuning ``rows`` (per-class features + ``target``)."""
     from sklearn.linear_model import LogisticRegression
 
     X = np.concatenate([design(r, names) for r in rows])
@@ -109,8 +124,8 @@ def fit(rows: list[dict], names, *, l2: float = 1.0) -> dict:
     clf = LogisticRegression(C=l2, class_weight="balanced", max_iter=2000).fit(X, y)
     coef, icpt = clf.coef_[0].tolist(), float(clf.intercept_[0])
     cal = {"features": list(names), "coef": coef, "intercept": icpt, "platt": [1.0, 0.0]}
-    top = np.array([np.max(class_scores(r, cal)) for r in rows])[:, None]
+    top = np.array([platt_features(class_scores(r, cal)) for r in rows])
     lab = np.array([r["target"] is not None for r in rows]).astype(int)
     pl = LogisticRegression(C=l2).fit(top, lab)
-    cal["platt"] = [float(pl.coef_[0][0]), float(pl.intercept_[0])]
+    cal["platt"] = [float(pl.coef_[0][0]), float(pl.coef_[0][1]), float(pl.intercept_[0])]
     return cal
