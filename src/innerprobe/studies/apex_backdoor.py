@@ -52,14 +52,19 @@ def _record_path(m: bs.Member) -> Path:
     return d / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
 
-def record(m: bs.Member) -> dict:
-    """All stages' per-class features for one member (default settings, seed 0), with seconds; cached on disk."""
+def record(m: bs.Member, *, compute: bool = True) -> dict | None:
+    """All stages' per-class features for one member (default settings, seed 0), with seconds; cached on disk.
+
+    ``compute=False``: None when the record is not cached (nothing is trained or scanned).
+    """
     path = _record_path(m)
     if path.exists():
         try:
             return {**json.loads(path.read_text()), "split": m.split}  # the split is the member's, not the cache's
         except ValueError:
             path.unlink(missing_ok=True)
+    if not compute:
+        return None
     model, card = bs.load(m)
     x = bs.clean_inputs(m, N_INPUTS, seed=1)
     t0 = time.perf_counter()
@@ -149,6 +154,19 @@ def leave_one_seed_out(recs: list[dict], method: str = "full") -> list[dict]:
         cal.update(threshold=0.0, min_agree=0)
         out += decisions([r for r in recs if r["seed"] == seed], cal, method)
     return out
+
+
+def loso_report(method: str = "full") -> dict:
+    """Leave-one-seed-out on dev + dev2 (the figures docs/scan.md gives for how the verdict was chosen)."""
+    ds = leave_one_seed_out([record(m) for sp in bs.TUNING_SPLITS for m in bs.members(sp)], method)
+    y = np.array([d["target"] is not None for d in ds], float)
+    p = np.clip(np.array([d["p"] for d in ds]), 1e-6, 1 - 1e-6)
+    return {
+        "roc_auc": _auc(p, y),
+        "cross_entropy": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
+        "top_class_is_target": sum(d["top"] == d["target"] for d in ds if d["target"] is not None),
+        "sweep": {k: sweep(ds, min_agree=k) for k in (1, 2)},
+    }
 
 
 def sweep(ds: list[dict], thresholds=(0.5, 0.6, 0.7, 0.8, 0.9), min_agree: int = 2) -> list[dict]:
@@ -269,12 +287,17 @@ def _members(quick: bool) -> list[bs.Member]:
     return dev[:4]
 
 
-def run_backdoor(out: Path, seeds: int = 3, quick: bool = False):
-    """Paper's observable and the scan's held-out figures (full scan and each stage alone); see the module docstring."""
+def run_backdoor(out: Path, seeds: int = 3, quick: bool = False, cached_only: bool = False):
+    """Paper's observable and the scan's held-out figures (full scan and each stage alone); see the module docstring.
+
+    ``cached_only``: evaluate only members whose records are cached (the missing ones are listed in the data).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    recs = [record(m) for m in _members(quick)]
+    got = {m.key: record(m, compute=not cached_only) for m in _members(quick)}
+    missing = sorted(k for k, r in got.items() if r is None)
+    recs = [r for r in got.values() if r is not None]
     dev = [r for r in recs if r["split"] in bs.TUNING_SPLITS]
     held = [r for r in recs if r["split"] == "held-out" and effective(r)]
     failed = [r["key"] for r in recs if not effective(r)]
@@ -296,15 +319,24 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False):
             row("target_share_log_ratio", gm, condition={"noise": "input", "sigma_rel": 64, "split": "held-out"})
         )
     rows.append(
-        row("target_top_class_rate", proportion(obs["rank1"], obs["n"]), condition={"noise": "input", "sigma_rel": 64})
+        row(
+            "target_top_class_rate",
+            proportion(obs["rank1"], obs["n"]),
+            condition={"noise": "input", "sigma_rel": 64, "split": "held-out"},
+        )
     )
     sec = _section(table, obs, held, failed, cal, quick, s_full=summary(held, cal["full"], "full"), dev_table=dev_table)
+    if missing:
+        sec.paragraphs.append(
+            f"Not evaluated (no cached record; cached_only run): {len(missing)} members: {', '.join(missing)}."
+        )
     sec.save(out)
     res = Result(
         "study:apex-backdoor",
         rows=rows,
         data={
             "failed_attacks": failed,
+            "missing_records": missing,
             "n_held_out": len(held),
             "n_dev": sum(effective(r) for r in dev),
             "seconds": time.perf_counter() - t0,
