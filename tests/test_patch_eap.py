@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from test_patch_paths import D, random_dag
 
 from innerprobe.core.graph import build_graph
 from innerprobe.errors import ConfigError
@@ -10,7 +11,6 @@ from innerprobe.patch.eap import eap_scores
 from innerprobe.patch.metrics import bootstrap_proportion, kl_div, lm_loss, proportion
 from innerprobe.patch.path import prepare
 from innerprobe.zoo.transformer import build_transformer
-from test_patch_paths import D, random_dag
 
 
 def test_eap_is_exact_in_a_linear_graph_with_a_linear_metric():
