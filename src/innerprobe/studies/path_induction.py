@@ -123,7 +123,8 @@ def _hypothesis_table(graph, runs, rows_h, loss, kl, ind, *, seed: int, n_boot: 
         table.append({"seed": seed, "key": key, "hypothesis": label, "edge_set": edges is not None,
                       "n_edges": None if edges is None else len(edges), "loss": float(loss(outs[i]).mean()),
                       "kl": float(kl(runs.clean["out"], outs[i]).mean()), "proportion": c.estimate, "lo": c.lo,
-                      "hi": c.hi, "proportion_vs_ind_resampled": c2.estimate, "lo2": c2.lo, "hi2": c2.hi})
+                      "hi": c.hi, "proportion_vs_ind_resampled": c2.estimate, "lo_vs_ind_resampled": c2.lo,
+                      "hi_vs_ind_resampled": c2.hi})
     return table, ue, resolved, float(np.mean(ue_base) + clean_loss.mean())
 
 
@@ -273,7 +274,8 @@ def run(out: Path, seeds: int = 3, quick: bool = False) -> Result:
     keys = [r["key"] for r in per_seed[0]["table"]]
     labels = [r["hypothesis"] for r in per_seed[0]["table"]]
     summary = {"none": _summary(per_seed, keys, labels, "proportion", "lo", "hi"),
-               "ind_resampled": _summary(per_seed, keys, labels, "proportion_vs_ind_resampled", "lo2", "hi2")}
+               "ind_resampled": _summary(per_seed, keys, labels, "proportion_vs_ind_resampled", "lo_vs_ind_resampled",
+                                        "hi_vs_ind_resampled")}
     structure_rows = _summary(structure, keys, labels, "proportion", "lo", "hi")
     second = None if quick else _second_model(n_pairs, n_boot, ig)
     for p in per_seed:
@@ -299,7 +301,7 @@ def run(out: Path, seeds: int = 3, quick: bool = False) -> Result:
               "second_model": None if second is None else strip(second)},
         tables={"hypotheses": [r for p in per_seed for r in p["table"]],
                 "hypotheses_structure": [r for p in structure for r in p["table"]],
-                "edges_seed0": per_seed[0]["edge_scores"], **({"second_model": second["table"]} if second else {})},
+                "edges": [{"seed": 0, **e} for e in per_seed[0]["edge_scores"]], **({"second_model": second["table"]} if second else {})},
         provenance=provenance(seed=list(range(seeds)), model=RECIPE, config={"n_pairs": n_pairs, "quick": quick,
                                                                             "second": SECOND}))
     result.save(out / "summary.json")
