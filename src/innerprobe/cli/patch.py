@@ -82,6 +82,61 @@ def _tensor(path: str, what: str, *, labels: bool = False):
     return (x, y) if labels else x
 
 
+def _hypothesis_rows(graph, runs, hyps, h0, delta, kl, ue0, sec, out: Path, *, model: str, counterfactual: str,
+                     seed: int):
+    """Per hypothesis: proportion explained (ratio of means, bootstrap CI), AUE, KL; a circuit figure for edge sets.
+    Returns (table records, headline rows)."""
+    from ..patch import plots
+    from ..patch.path import evaluate
+    from ..patch.workflow import proportion_ci
+    from ..results import row
+
+    clean = runs.clean["out"]
+    rows, heads_rows = [], []
+    for h in hyps:
+        o = evaluate(graph, runs, h)
+        ue = delta(o).numpy()
+        ci = proportion_ci(ue, ue0, seed=seed)
+        est, lo, hi = ci.estimate, ci.lo, ci.hi
+        heads_rows.append(row("proportion_explained", ci, model=model, seeds=[seed], condition={
+            "hypothesis": h.name, "baseline": h0.name, "counterfactual": counterfactual}))
+        r = h.resolve(graph)
+        rows.append({"hypothesis": h.name, "edge_set": r.edges is not None, "proportion": est, "lo": lo, "hi": hi,
+                     "aue": float(ue.mean()), "kl": float(kl(clean, o).mean())})
+        typer.echo(f"{h.name}: proportion explained {est:.3f} {_ci(lo, hi)}  (AUE {ue.mean():.4f}, "
+                   f"baseline AUE {ue0.mean():.4f})")
+        if r.edges is not None and r.edges:
+            fname = f"hypothesis_{len(rows)}.png"
+            plots.draw_circuit(graph, set(r.edges), out / fname, title=h.name[:80])
+            sec.figure(fname, f"Edges of hypothesis '{h.name}'.")
+    return rows, heads_rows
+
+
+def _head_panels(graph, runs, metric, clean, exact) -> dict | None:
+    """Per-head [layers, heads] panels: node-patching effect and the summed exact effects of edges into Q, K, V."""
+    import numpy as np
+
+    from ..patch.path import avoid_node, edge_mask, evaluate_edges
+
+    heads = [n for n in graph.nodes.values() if n.head is not None]
+    if not heads:
+        return None
+    L, H = 1 + max(n.layer for n in heads), 1 + max(n.head for n in heads)
+    o = evaluate_edges(graph, runs, edge_mask(graph, [avoid_node(graph, n.name) for n in heads]))
+    node = np.zeros((L, H))
+    for n, oo in zip(heads, o):
+        node[n.layer, n.head] = float(metric(oo).mean() - metric(clean).mean())
+    panels = {"node patching effect": node}
+    for s in ("q", "k", "v"):
+        arr = np.zeros((L, H))
+        for i, e in enumerate(graph.edges):
+            if e.slot == s:
+                nd = graph.nodes[e.dst]
+                arr[nd.layer, nd.head] += float(exact[i])
+        panels[f"sum of edge effects into {s}"] = arr
+    return panels
+
+
 def register(app: typer.Typer) -> None:
     @app.command("patch")
     def patch(
@@ -104,17 +159,16 @@ def register(app: typer.Typer) -> None:
         address: Optional[str] = address_option(),
     ):
         """Path patching (Goldowsky-Dill et al. 2023): proportion of loss explained by path hypotheses, or every edge's effect."""
-        import numpy as np
         import torch
 
         from ..core.graph import build_graph
         from ..patch import plots
         from ..patch.hypothesis import Hypothesis
         from ..patch.metrics import kl_div
-        from ..patch.path import edge_mask, evaluate, evaluate_edges, prepare
-        from ..patch.workflow import edge_report, proportion_ci
+        from ..patch.path import evaluate, prepare
+        from ..patch.workflow import edge_report
         from ..report.sections import Section
-        from ..results import Result, provenance, row
+        from ..results import Result, provenance
 
         spec = parse_model(model)
         net = spec.load(weights)
@@ -145,22 +199,9 @@ def register(app: typer.Typer) -> None:
         sec = Section(f"Path patching: {model}", order=45)
         sec.paragraphs.append(f"{graph.summary().splitlines()[0]}. Data: {desc}. delta = {delta_name}; baseline H0 = {h0.name}. "
                               f"Command: innerprobe patch --model {model} ...")
-        rows, tables, heads_rows = [], {}, []
-        for h in hyps:
-            o = evaluate(graph, runs, h)
-            ue = delta(o).numpy()
-            ci = proportion_ci(ue, ue0, seed=seed)
-            est, lo, hi = ci.estimate, ci.lo, ci.hi
-            heads_rows.append(row("proportion_explained", ci, model=model, condition={"hypothesis": h.name, "baseline": h0.name,
-                                                                                      "counterfactual": counterfactual}, seeds=[seed]))
-            r = h.resolve(graph)
-            rows.append({"hypothesis": h.name, "edge_set": r.edges is not None, "proportion": est, "lo": lo, "hi": hi,
-                         "aue": float(ue.mean()), "kl": float(kl(clean, o).mean())})
-            typer.echo(f"{h.name}: proportion explained {est:.3f} {_ci(lo, hi)}  (AUE {ue.mean():.4f}, baseline AUE {ue0.mean():.4f})")
-            if r.edges is not None and r.edges:
-                fname = f"hypothesis_{len(rows)}.png"
-                plots.draw_circuit(graph, set(r.edges), out / fname, title=h.name[:80])
-                sec.figure(fname, f"Edges of hypothesis '{h.name}'.")
+        tables = {}
+        rows, heads_rows = _hypothesis_rows(graph, runs, hyps, h0, delta, kl, ue0, sec, out, model=model,
+                                            counterfactual=counterfactual, seed=seed)
         if rows:
             tables["hypotheses"] = rows
             sec.table("Proportion explained (ratio of means, 95% bootstrap CI over pairs)", ["hypothesis", "proportion [CI]", "AUE", "KL"],
@@ -183,24 +224,8 @@ def register(app: typer.Typer) -> None:
             topk = {graph.edges[int(i)]: float(exact[i]) for i in order[:top]}
             plots.draw_circuit(graph, topk, out / "edges_circuit.png", title=f"top {top} edges by exact effect ({delta_name})")
             sec.figure("edges_circuit.png", f"The {top} edges with the largest exact single-edge effect; width ~ effect.")
-            heads = [n for n in graph.nodes.values() if n.head is not None]
-            if heads:
-                from ..patch.path import avoid_node
-
-                L = 1 + max(n.layer for n in heads)
-                H = 1 + max(n.head for n in heads)
-                o = evaluate_edges(graph, runs, edge_mask(graph, [avoid_node(graph, n.name) for n in heads]))
-                node = np.zeros((L, H))
-                for n, oo in zip(heads, o):
-                    node[n.layer, n.head] = float(metric(oo).mean() - metric(clean).mean())
-                panels = {"node patching effect": node}
-                for s in ("q", "k", "v"):
-                    arr = np.zeros((L, H))
-                    for i, e in enumerate(graph.edges):
-                        if e.slot == s:
-                            nd = graph.nodes[e.dst]
-                            arr[nd.layer, nd.head] += float(exact[i])
-                    panels[f"sum of edge effects into {s}"] = arr
+            panels = _head_panels(graph, runs, metric, clean, exact)
+            if panels:
                 plots.head_heatmaps(panels, out / "heads.png", title=f"{model}: per-head effects ({delta_name})")
                 sec.figure("heads.png", "Per head: node-patching effect and the summed exact effects of edges into its Q, K and V.")
             if loss is not None:
