@@ -115,11 +115,12 @@ def test_screen_stage_on_a_planted_sink_and_a_symmetric_model():
 def test_verdict_names_the_target_and_not_the_clean_twin(models):
     bd, clean, x = models
     rb, rc = scan(bd, x), scan(clean, x)
-    # the shipped threshold (0.8, chosen on the eval set) is not reached by this toy model (P ~ 0.37): the test
-    # checks the ranking, the agreement and that a lower threshold names it; the clean twin is never named
+    # the shipped threshold (0.8, chosen on the eval set) is not reached by this toy model (P ~ 0.2): the test
+    # checks the ranking, the agreement and that a threshold between the twins' probabilities names it only
     assert rb.data["top_class"] == TARGET and len(rb.data["agree"]) >= 2
-    assert scan(bd, x, threshold=0.2).data["suspect"] == TARGET
-    assert rc.data["suspect"] is None and scan(clean, x, threshold=0.2).data["suspect"] is None
+    mid = (rb.data["probability"] + rc.data["probability"]) / 2
+    assert scan(bd, x, threshold=mid).data["suspect"] == TARGET
+    assert rc.data["suspect"] is None and scan(clean, x, threshold=mid).data["suspect"] is None
     assert rb.data["probability"] > rc.data["probability"]
     assert len(rb.tables["classes"]) == C and rb.arrays["mm_images"].shape == (C, 1, SIZE, SIZE)
     assert set(rb.data["stages"]) == {"screen", "triggers", "cleanse"}

@@ -4,7 +4,7 @@ Each stage gives every class a score relative to the model's other classes (a ro
 is fitted to the model's own classes, so no threshold depends on one architecture's scale). The
 verdict combines them per class with a logistic model,
 
-    s_c = b + sum_f w_f * clip(feature_f[c], -10, 10),
+    s_c = b + sum_f w_f * sign(v) log(1 + |v|),   v = feature_f[c],
 
 fitted on the tuning splits (dev + dev2) of the backdoor eval set (class rows: is c the target of a
 backdoored model?), and turns the top class's score **and its gap over the runner-up** into a
@@ -30,7 +30,6 @@ import numpy as np
 from ...errors import ConfigError
 
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
-CLIP = 10.0
 
 #: the features each method reads (names of per-class arrays in the stage outputs)
 FEATURES = {
@@ -44,8 +43,14 @@ STAGE_OF = {"mm_z": "triggers", "nc_z": "cleanse", "natural": None, "hist_z": "s
 
 
 def design(features: dict, names) -> np.ndarray:
-    """[C, F] matrix of clipped per-class features."""
-    return np.stack([np.clip(np.asarray(features[n], float), -CLIP, CLIP) for n in names], 1)
+    """[C, F] matrix of per-class features, compressed as sign(v) log(1 + |v|).
+
+    The compression (not a clip at +-10 as in the first round) keeps the order among large z-scores,
+    e.g. the histogram z of 20-50 that clean CNNs reach; chosen by leave-one-seed-out on dev + dev2
+    (ROC-AUC 0.847 -> 0.862, docs/scan.md).
+    """
+    v = np.stack([np.asarray(features[n], float) for n in names], 1)
+    return np.sign(v) * np.log1p(np.abs(v))
 
 
 def load_calibration(path: Path | None = None) -> dict:
