@@ -174,6 +174,8 @@ def register(app: typer.Typer) -> None:
         net = spec.load(weights)
         graph = build_graph(net, graph_kind)
         if show_graph:
+            if data is not None:  # never ignored: a --data given with --show-graph is still checked
+                _tensor(data, "--data")
             typer.echo(graph.summary())
             typer.echo("edges: " + ", ".join(str(e) for e in graph.edges))
             return
