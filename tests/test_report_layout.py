@@ -125,3 +125,12 @@ def test_folded_sections_start_closed(tmp_path):
     page = build_report(tmp_path).read_text()
     assert re.search(r'id="card"><details>\s*<summary><h2>Card</h2>', page)
     assert re.search(r'id="open"><details open>', page)
+
+
+def test_a_result_file_without_section_shows_its_rows(tmp_path):
+    from innerprobe.results import Result
+
+    r = Result("apex", data={"n": 3}, rows=[row("escape_noise_median", 0.25, model="digits-mlp", seeds=[0])])
+    r.save(tmp_path / "run" / "apex.json")
+    page = build_report(tmp_path).read_text()
+    assert "Escape noise median" in page and "1 seed" in page

@@ -74,7 +74,7 @@ def _result_section(path: Path) -> Section | None:
     if bits:
         sec.paragraphs.append("Provenance: " + ", ".join(str(b) for b in bits))
     data = d.get("data") if isinstance(d.get("data"), dict) else {}
-    rows = data.get("rows")
+    rows = d.get("rows")  # Result.save writes the headline rows at the top level
     if isinstance(rows, list) and all(isinstance(r, dict) and "metric" in r for r in rows):
         sec.rows = rows
     scalars = [[k, v] for k, v in data.items() if not isinstance(v, (dict, list))]
