@@ -7,8 +7,8 @@ tl = pytest.importorskip("transformer_lens")
 from innerprobe.core.graph import build_graph  # noqa: E402
 from innerprobe.core.hooks import count_hooks  # noqa: E402
 from innerprobe.patch.activation import patch_run  # noqa: E402
-from innerprobe.patch.path import avoid_node, evaluate, prepare  # noqa: E402
 from innerprobe.patch.hypothesis import Hypothesis  # noqa: E402
+from innerprobe.patch.path import avoid_node, evaluate, prepare  # noqa: E402
 
 pytestmark = pytest.mark.oracle
 

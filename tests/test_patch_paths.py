@@ -4,13 +4,20 @@ import random
 
 import pytest
 import torch
-from torch import nn
 
 from innerprobe.core.graph import Edge, Graph, Group, Node, build_graph
 from innerprobe.core.hooks import count_hooks
 from innerprobe.errors import ConfigError
 from innerprobe.patch.hypothesis import Hypothesis
-from innerprobe.patch.path import avoid_node, edge_mask, evaluate, evaluate_edges, evaluate_paths, evaluate_tree, prepare
+from innerprobe.patch.path import (
+    avoid_node,
+    edge_mask,
+    evaluate,
+    evaluate_edges,
+    evaluate_paths,
+    evaluate_tree,
+    prepare,
+)
 from innerprobe.zoo.transformer import build_transformer
 
 D = 3

@@ -1,4 +1,5 @@
 """APEX engine invariants (docs/apex.md, 'How it is computed'), on tiny models built here."""
+
 import math
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from innerprobe import ConfigError, HookSession, ModelError, SiteError, count_hooks
+from innerprobe import ConfigError, ModelError, SiteError, count_hooks
 from innerprobe.perturb import Engine, apex, escape_bisect, escape_noise, mix_seed, sample_dependence
 from innerprobe.perturb import sweep as sweep_mod
 
@@ -25,13 +26,21 @@ class Recorder(nn.Module):
 
 def mlp(seed=0, width=16):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(12, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 5))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(12, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 5)
+    )
 
 
 def cnn(seed=0):
     torch.manual_seed(seed)
-    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                      nn.Linear(4 * 3 * 3, 5))
+    m = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 5),
+    )
     m[1].running_mean.uniform_(-0.1, 0.1)
     m[1].running_var.uniform_(0.5, 1.5)
     return m.eval()
@@ -43,13 +52,16 @@ def data(n=6, seed=1):
 
 
 def state(model):
-    return ({k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()],
-            [p.requires_grad for p in model.parameters()], count_hooks(model))
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+        count_hooks(model),
+    )
 
 
 def same_state(a, b):
-    return (a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
-            and a[1:] == b[1:])
+    return a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0]) and a[1:] == b[1:]
 
 
 # ----------------------------------------------------------------------------- sigma = 0
@@ -139,15 +151,18 @@ def looped_reference(model, x, sigmas, K, site_names, seed=0):
             with torch.no_grad():
                 h = {}
                 hd = mods[name].register_forward_hook(lambda mod, a, o, h=h: h.update(s=o.shape[1:]))
-                model(x[i:i + 1])
+                model(x[i : i + 1])
                 hd.remove()
             g.manual_seed(mix_seed(seed, i, j, 0))
             xis[name] = torch.randn((K, *h["s"]), generator=g)
         for s, sig in enumerate(sigmas):
             for k in range(K):
-                hds = [mods[n].register_forward_hook(lambda mod, a, o, n=n: o + sig * xis[n][k:k + 1]) for n in site_names]
+                hds = [
+                    mods[n].register_forward_hook(lambda mod, a, o, n=n: o + sig * xis[n][k : k + 1])
+                    for n in site_names
+                ]
                 with torch.no_grad():
-                    z = model(x[i:i + 1])[0]
+                    z = model(x[i : i + 1])[0]
                 for hd in hds:
                     hd.remove()
                 logits[i, s, k] = z
@@ -190,8 +205,10 @@ def test_crn_survival_is_monotone_on_linear_toy():
     # logits = h + sigma*xi with h = [m, 0, 0]: each pass keeps class 0 iff m/sigma > max_c(xi_c - xi_0)
     m = nn.Sequential(nn.Linear(1, 3), nn.ReLU(), nn.Linear(3, 3))
     with torch.no_grad():
-        m[0].weight.copy_(torch.tensor([[1.0], [0.0], [0.0]])); m[0].bias.zero_()
-        m[2].weight.copy_(torch.eye(3)); m[2].bias.zero_()
+        m[0].weight.copy_(torch.tensor([[1.0], [0.0], [0.0]]))
+        m[0].bias.zero_()
+        m[2].weight.copy_(torch.eye(3))
+        m[2].bias.zero_()
     x = torch.tensor([[0.5], [1.0], [2.0]])
     c = Engine(m, x, samples=64).counts(np.geomspace(0.05, 50, 25))
     assert (np.diff(c[:, :, 0], axis=1) <= 0).all()
@@ -206,7 +223,7 @@ def test_input_site_equals_hand_written_input_noise_loop():
         g.manual_seed(mix_seed(0, i, 0, 0))
         xi = torch.randn((K, *x.shape[1:]), generator=g)
         with torch.no_grad():
-            ref = m(x[i:i + 1] + sig * xi)
+            ref = m(x[i : i + 1] + sig * xi)
         assert torch.allclose(logits[i, 0], ref, atol=1e-6)
 
 
@@ -224,8 +241,10 @@ def test_escape_noise_matches_hand_computation():
 
     m = nn.Sequential(nn.Linear(1, 3), nn.ReLU(), nn.Linear(3, 3))
     with torch.no_grad():
-        m[0].weight.copy_(torch.tensor([[1.0], [0.0], [0.0]])); m[0].bias.zero_()
-        m[2].weight.copy_(torch.eye(3)); m[2].bias.zero_()
+        m[0].weight.copy_(torch.tensor([[1.0], [0.0], [0.0]]))
+        m[0].bias.zero_()
+        m[2].weight.copy_(torch.eye(3))
+        m[2].bias.zero_()
     x = torch.tensor([[0.5], [1.0], [2.0]])
     K = 4000
     sig = np.geomspace(0.1, 20, 40)
@@ -318,6 +337,7 @@ def test_bad_sites_models_inputs_kinds():
 
         def forward(self, x):
             return {"hidden": self.act(x)}
+
     with pytest.raises(ModelError, match="no logits"):
         Engine(NoLogits(), torch.rand(2, 3))
     with pytest.raises(ModelError, match="classes"):
@@ -385,10 +405,15 @@ def test_escape_readouts_on_hand_made_counts():
     # input 0: survival 1, 0.8, 0.2, 0 -> crossing between 0.2 and 0.4 at t = 0.3/0.6
     # input 1: never escapes; input 2: already escaped at 0.1; input 3: many weak rivals
     counts = np.zeros((4, 4, 3), int)
-    counts[0, :, 0] = [10, 8, 2, 0]; counts[0, :, 1] = [0, 2, 6, 7]; counts[0, :, 2] = [0, 0, 2, 3]
+    counts[0, :, 0] = [10, 8, 2, 0]
+    counts[0, :, 1] = [0, 2, 6, 7]
+    counts[0, :, 2] = [0, 0, 2, 3]
     counts[1, :, 1] = K
-    counts[2, :, 2] = [4, 3, 2, 1]; counts[2, :, 0] = [6, 7, 8, 9]
-    counts[3, :, 0] = [10, 4, 4, 1]; counts[3, :, 1] = [0, 3, 3, 5]; counts[3, :, 2] = [0, 3, 3, 4]
+    counts[2, :, 2] = [4, 3, 2, 1]
+    counts[2, :, 0] = [6, 7, 8, 9]
+    counts[3, :, 0] = [10, 4, 4, 1]
+    counts[3, :, 1] = [0, 3, 3, 5]
+    counts[3, :, 2] = [0, 3, 3, 4]
     y0 = np.array([0, 1, 2, 0])
     e = escape_noise(counts, sig, y0)
     assert np.isclose(e.sigma[0], np.exp(np.log(0.2) + 0.5 * np.log(2)))
@@ -418,6 +443,6 @@ def test_noise_cache_gives_identical_counts():
     sig = np.geomspace(0.05, 5, 5)
     plain = Engine(m, x, samples=8).counts(sig)
     cached = Engine(m, x, samples=8, noise_cache_mb=1)
-    first = np.concatenate([cached.counts(sig[i:i + 1]) for i in range(5)], axis=1)
+    first = np.concatenate([cached.counts(sig[i : i + 1]) for i in range(5)], axis=1)
     assert (first == plain).all() and cached._store
     assert (cached.counts(sig) == plain).all()  # served from the store

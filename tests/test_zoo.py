@@ -21,7 +21,6 @@ from innerprobe.zoo import models as M
 from innerprobe.zoo.recipes import RECIPES, Recipe, _classifier_floors
 from innerprobe.zoo.training import fit
 
-
 # ----------------------------------------------------------------------------- data
 
 def test_digits_split_is_fixed_and_partitions_the_dataset():

@@ -112,7 +112,6 @@ def register(app: typer.Typer) -> None:
         ep = ExcitationPullback(net, temperature, gate=gate, pool=pool, scale=scale, preset=preset)
         temperature = ep.temperature
         gr = Gradient(net)
-        classes = list(range(n_classes)) if mode == "all" else None
         if mode == "all":
             targets = torch.arange(n_classes)
             pb = torch.stack([ep.attribute(x, c) for c in range(n_classes)], 1)  # [N, C, ...]
