@@ -140,8 +140,8 @@ def scan(
     gives one input's shape). ``input_range``: (lo, hi) of valid inputs (default: the range of ``x``,
     else (0, 1)). ``sites``: where the APEX screen's noise enters (a keyword of :data:`SITE_KEYWORDS`
     or a site spec). An option that no running stage reads is refused, never ignored.
-    ``data``: ``suspect`` (class index or None), ``probability`` (calibrated on the eval set's dev
-    split), ``agree`` (stages ranking the top class first), per-stage ``stages`` (top class, top
+    ``data``: ``suspect`` (class index or None), ``probability`` (calibrated on the eval set's dev +
+    dev2 splits), ``agree`` (stages ranking the top class first), per-stage ``stages`` (top class, top
     score, seconds) and ``seconds``; ``tables['classes']`` one row per class; ``arrays``: the
     synthesised triggers (``mm_images``, ``nc_mask``, ``nc_pattern``).
     """
@@ -307,7 +307,7 @@ def _calibration(calibration, method, data_free):
     key = "triggers" if (method == "full" and data_free) else method
     if key not in cal:
         raise ConfigError(
-            f"the scan calibration has no entry for method {key!r}", hint="re-run the calibration on the dev split"
+            f"the scan calibration has no entry for method {key!r}", hint="re-run the calibration on the dev + dev2 splits"
         )
     return cal[key]
 
