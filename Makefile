@@ -60,6 +60,7 @@ reproduce: setup fashion
 test: setup-dev fashion browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 test-slow: setup-dev fashion browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow

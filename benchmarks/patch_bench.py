@@ -31,6 +31,7 @@ memory bandwidth); absolute figures still vary between runs.
 
     python benchmarks/patch_bench.py [--rows induction,gpt2] [--seed 0] [--json PATH] [--max-rss 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,15 +53,15 @@ def peak_rss_gb() -> float:
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2 ** 20
+                    return int(line.split()[1]) / 2**20
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB
 
 
 def rss_gb() -> float:
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 2 ** 20
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 2**20
 
 
 def reset_peak() -> bool:
@@ -99,16 +100,30 @@ def fast_effects(graph, runs, metric, idx, budget) -> tuple[float, torch.Tensor]
 def gpt2_model(seed: int):
     import transformer_lens as tl
 
-    cfg = tl.HookedTransformerConfig(n_layers=12, d_model=768, n_ctx=1024, d_head=64, n_heads=12, d_mlp=3072, d_vocab=1000,
-                                     act_fn="gelu_new", normalization_type="LN", use_split_qkv_input=True,
-                                     use_hook_mlp_in=True, seed=seed, device="cpu")
+    cfg = tl.HookedTransformerConfig(
+        n_layers=12,
+        d_model=768,
+        n_ctx=1024,
+        d_head=64,
+        n_heads=12,
+        d_mlp=3072,
+        d_vocab=1000,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        use_split_qkv_input=True,
+        use_hook_mlp_in=True,
+        seed=seed,
+        device="cpu",
+    )
     return tl.HookedTransformer(cfg).eval()
 
 
 def gpt2_pairs(args):
     g = torch.Generator().manual_seed(args.seed + 1)
-    return (torch.randint(0, 1000, (args.pairs, args.tokens), generator=g),
-            torch.randint(0, 1000, (args.pairs, args.tokens), generator=g))
+    return (
+        torch.randint(0, 1000, (args.pairs, args.tokens), generator=g),
+        torch.randint(0, 1000, (args.pairs, args.tokens), generator=g),
+    )
 
 
 def tl_loop(model, graph, runs, metric, x_r, idx) -> tuple[float, torch.Tensor]:
@@ -135,6 +150,7 @@ def tl_loop(model, graph, runs, metric, x_r, idx) -> tuple[float, torch.Tensor]:
                     act = act.clone()
                     act[:, :, h] += d
                     return act
+
             out[k] = metric(model.run_with_hooks(x_r, fwd_hooks=[(name, fn)])).mean() - base
     return time.process_time() - t0, out
 
@@ -173,17 +189,34 @@ def gpt2_row(args) -> dict:
         tot_fast += len(idx) * tf / len(pick)
         tot_loop += len(idx) * tl_ / len(el)
         n_fast, n_loop = n_fast + len(pick), n_loop + len(el)
-        print(f"  {name:>4}: {len(idx):5d} edges  fast {tf / len(pick):7.3f} s/edge  loop {tl_ / len(el):7.3f} s/edge  "
-              f"max|diff| {diffs[-1]:.1e}", flush=True)
+        print(
+            f"  {name:>4}: {len(idx):5d} edges  fast {tf / len(pick):7.3f} s/edge  loop {tl_ / len(el):7.3f} s/edge  "
+            f"max|diff| {diffs[-1]:.1e}",
+            flush=True,
+        )
     E = len(graph.edges)
-    row = {"edges": E, "nodes": len(graph.nodes), "pairs": args.pairs, "tokens": args.tokens, "seed": args.seed,
-           "prepare_s": t_prep, "sampled_edges_fast": n_fast, "sampled_edges_loop": n_loop, "strata": per,
-           "fast_full_graph_s_est": tot_fast, "loop_full_graph_s_est": tot_loop, "exact_vs_loop": tot_loop / tot_fast,
-           "max_abs_diff": max(diffs), "memory_budget": args.memory_budget}
+    row = {
+        "edges": E,
+        "nodes": len(graph.nodes),
+        "pairs": args.pairs,
+        "tokens": args.tokens,
+        "seed": args.seed,
+        "prepare_s": t_prep,
+        "sampled_edges_fast": n_fast,
+        "sampled_edges_loop": n_loop,
+        "strata": per,
+        "fast_full_graph_s_est": tot_fast,
+        "loop_full_graph_s_est": tot_loop,
+        "exact_vs_loop": tot_loop / tot_fast,
+        "max_abs_diff": max(diffs),
+        "memory_budget": args.memory_budget,
+    }
     if args.acdc_seconds > 0:
         row["acdc_pp"] = acdc_row(args, graph, runs, metric)
-    print(f"gpt2-shape: {E} edges, prepare {t_prep:.1f} s; estimated full graph: fast {tot_fast / 3600:.2f} h, "
-          f"loop {tot_loop / 3600:.2f} h -> x{row['exact_vs_loop']:.2f} per edge; max|fast - loop| {row['max_abs_diff']:.1e}")
+    print(
+        f"gpt2-shape: {E} edges, prepare {t_prep:.1f} s; estimated full graph: fast {tot_fast / 3600:.2f} h, "
+        f"loop {tot_loop / 3600:.2f} h -> x{row['exact_vs_loop']:.2f} per edge; max|fast - loop| {row['max_abs_diff']:.1e}"
+    )
     return row
 
 
@@ -194,9 +227,11 @@ def acdc_row(args, graph, runs, metric) -> dict:
     t0 = time.process_time()
     kept, rep = acdc_pp(graph, runs, metric, tau=args.acdc_tau, ig_steps=args.ig_steps, time_budget_s=args.acdc_seconds)
     rep.update(kept=len(kept), cpu_s=time.process_time() - t0, peak_rss_gb_so_far=peak_rss_gb())
-    print(f"ACDC++ (tau {args.acdc_tau}, EAP-IG {args.ig_steps} steps, budget {args.acdc_seconds} s): EAP-IG removed "
-          f"{rep['eap_removed']}, exact removed {rep['exact_removed']}, unverified {rep['unverified']}, kept {len(kept)} "
-          f"(after dangling edges); {rep['cpu_s']:.0f} CPU s; metric {rep['metric_full']:.4f} -> {rep['metric_final']:.4f}")
+    print(
+        f"ACDC++ (tau {args.acdc_tau}, EAP-IG {args.ig_steps} steps, budget {args.acdc_seconds} s): EAP-IG removed "
+        f"{rep['eap_removed']}, exact removed {rep['exact_removed']}, unverified {rep['unverified']}, kept {len(kept)} "
+        f"(after dangling edges); {rep['cpu_s']:.0f} CPU s; metric {rep['metric_full']:.4f} -> {rep['metric_final']:.4f}"
+    )
     return rep
 
 
@@ -236,20 +271,40 @@ def child(args) -> None:
         runs = prepare(graph, x_r, x_c)
         res["after_prepare_rss_gb"] = peak_rss_gb()
         t0 = time.process_time()
-        eap_scores(graph, runs, metric, ig_steps=args.ig_steps if args.child == "eapig" else 0, memory_budget=args.memory_budget)
+        eap_scores(
+            graph,
+            runs,
+            metric,
+            ig_steps=args.ig_steps if args.child == "eapig" else 0,
+            memory_budget=args.memory_budget,
+        )
         res["s"] = time.process_time() - t0
     res["peak_rss_gb"] = peak_rss_gb()
     print(json.dumps(res))
 
 
 def run_child(args, kind: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--seed", str(args.seed), "--pairs", str(args.pairs),
-           "--tokens", str(args.tokens), "--ig-steps", str(args.ig_steps)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--seed",
+        str(args.seed),
+        "--pairs",
+        str(args.pairs),
+        "--tokens",
+        str(args.tokens),
+        "--ig-steps",
+        str(args.ig_steps),
+    ]
     cmd += ["--memory-budget", str(args.memory_budget)] if args.memory_budget else []
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
-        raise SystemExit(f"child {kind} failed: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
+        raise SystemExit(
+            f"child {kind} failed: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}"
+        )
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
@@ -257,17 +312,31 @@ def memory_rows(args) -> dict:
     plain = run_child(args, "fwdbwd")
     eap = run_child(args, "eap")
     ig = run_child(args, "eapig")
-    print(f"peak RSS is measured from after the model is built (RSS then {plain['base_rss_gb']:.2f} GB; building it peaked at "
-          f"{plain['construction_peak_rss_gb']:.2f} GB; window reset: {plain['peak_window_reset']})")
+    print(
+        f"peak RSS is measured from after the model is built (RSS then {plain['base_rss_gb']:.2f} GB; building it peaked at "
+        f"{plain['construction_peak_rss_gb']:.2f} GB; window reset: {plain['peak_window_reset']})"
+    )
     print(f"plain forward + backward: {plain['s']:.1f} s, peak RSS {plain['peak_rss_gb']:.2f} GB")
     for name, r in (("EAP", eap), (f"EAP-IG ({args.ig_steps} steps)", ig)):
-        print(f"{name}: {r['s']:.1f} s, peak RSS {r['peak_rss_gb']:.2f} GB (after prepare {r['after_prepare_rss_gb']:.2f} GB), "
-              f"{r['peak_rss_gb'] / plain['peak_rss_gb']:.2f}x the plain forward + backward")
-    return {"plain_fwd_bwd_peak_rss_gb": plain["peak_rss_gb"], "plain_fwd_bwd_s": plain["s"], "eap_peak_rss_gb": eap["peak_rss_gb"],
-            "eap_s": eap["s"], "eap_after_prepare_rss_gb": eap["after_prepare_rss_gb"], "eapig_peak_rss_gb": ig["peak_rss_gb"],
-            "eapig_s": ig["s"], "ig_steps": args.ig_steps, "eap_over_plain_rss": eap["peak_rss_gb"] / plain["peak_rss_gb"],
-            "rss_base_after_model_gb": plain["base_rss_gb"], "model_construction_peak_rss_gb": plain["construction_peak_rss_gb"],
-            "eap_increment_gb": eap["peak_rss_gb"] - eap["base_rss_gb"], "plain_increment_gb": plain["peak_rss_gb"] - plain["base_rss_gb"]}
+        print(
+            f"{name}: {r['s']:.1f} s, peak RSS {r['peak_rss_gb']:.2f} GB (after prepare {r['after_prepare_rss_gb']:.2f} GB), "
+            f"{r['peak_rss_gb'] / plain['peak_rss_gb']:.2f}x the plain forward + backward"
+        )
+    return {
+        "plain_fwd_bwd_peak_rss_gb": plain["peak_rss_gb"],
+        "plain_fwd_bwd_s": plain["s"],
+        "eap_peak_rss_gb": eap["peak_rss_gb"],
+        "eap_s": eap["s"],
+        "eap_after_prepare_rss_gb": eap["after_prepare_rss_gb"],
+        "eapig_peak_rss_gb": ig["peak_rss_gb"],
+        "eapig_s": ig["s"],
+        "ig_steps": args.ig_steps,
+        "eap_over_plain_rss": eap["peak_rss_gb"] / plain["peak_rss_gb"],
+        "rss_base_after_model_gb": plain["base_rss_gb"],
+        "model_construction_peak_rss_gb": plain["construction_peak_rss_gb"],
+        "eap_increment_gb": eap["peak_rss_gb"] - eap["base_rss_gb"],
+        "plain_increment_gb": plain["peak_rss_gb"] - plain["base_rss_gb"],
+    }
 
 
 def auto_circuit_row(args) -> dict:
@@ -295,10 +364,12 @@ def induction_loop(model, graph, runs, loss, x_r) -> tuple[float, torch.Tensor]:
             if e.dst == "out":
                 hs.edit("unembed:input" if not model.cfg["ln"] else "ln_final:input", lambda v, rs, d=diff: v + d)
             else:
+
                 def add(v, rs, d=diff, h=dst.head):
                     v = v.clone()
                     v[:, :, h] += d
                     return v
+
                 hs.edit(f"blocks.{dst.layer}.attn.hook_{e.slot}_input", add)
             effects[i] = loss(hs.run(x_r)).mean() - base
     return time.process_time() - t0, effects
@@ -325,19 +396,36 @@ def induction_row(args) -> dict:
         tl_, el = induction_loop(model, graph, runs, loss, xr.tokens)
         best_f, best_l = min(best_f, tf), min(best_l, tl_)
     diff = float((ef - el).abs().max())
-    print(f"induction-attn2l seed {args.seed}: {E} edges, {args.induction_pairs} pairs; best of {args.repeats}: "
-          f"loop {best_l * 1e3:.0f} ms, fast {best_f * 1e3:.0f} ms -> x{best_l / best_f:.2f}; max|fast - loop| {diff:.1e}")
-    return {"edges": E, "pairs": args.induction_pairs, "loop_s": best_l, "fast_s": best_f, "exact_vs_loop": best_l / best_f,
-            "max_abs_diff": diff, "seed": args.seed}
+    print(
+        f"induction-attn2l seed {args.seed}: {E} edges, {args.induction_pairs} pairs; best of {args.repeats}: "
+        f"loop {best_l * 1e3:.0f} ms, fast {best_f * 1e3:.0f} ms -> x{best_l / best_f:.2f}; max|fast - loop| {diff:.1e}"
+    )
+    return {
+        "edges": E,
+        "pairs": args.induction_pairs,
+        "loop_s": best_l,
+        "fast_s": best_f,
+        "exact_vs_loop": best_l / best_f,
+        "max_abs_diff": diff,
+        "seed": args.seed,
+    }
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", default="induction,gpt2", help="comma list of induction, gpt2, memory (EAP rows), acdc (ACDC++ alone)")
+    ap.add_argument(
+        "--rows", default="induction,gpt2", help="comma list of induction, gpt2, memory (EAP rows), acdc (ACDC++ alone)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write the figures here")
-    ap.add_argument("--max-rss", type=float, default=5.0, help="stop (GB of this process's peak RSS) after a stage that exceeds it")
-    ap.add_argument("--memory-budget", default=None, help="the evaluator's / EAP-IG's working-memory budget (default: the library's)")
+    ap.add_argument(
+        "--max-rss", type=float, default=5.0, help="stop (GB of this process's peak RSS) after a stage that exceeds it"
+    )
+    ap.add_argument(
+        "--memory-budget",
+        default=None,
+        help="the evaluator's / EAP-IG's working-memory budget (default: the library's)",
+    )
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--sample", type=int, default=12, help="edges per receiver-layer stratum (fast evaluator)")
@@ -346,8 +434,12 @@ def main():
     ap.add_argument("--induction-pairs", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--auto-circuit-python", default=None)
-    ap.add_argument("--acdc-seconds", type=float, default=120.0,
-                    help="wall-clock budget of the ACDC++ row on the GPT-2 shape, EAP-IG included (0: skip)")
+    ap.add_argument(
+        "--acdc-seconds",
+        type=float,
+        default=120.0,
+        help="wall-clock budget of the ACDC++ row on the GPT-2 shape, EAP-IG included (0: skip)",
+    )
     ap.add_argument("--acdc-tau", type=float, default=1e-3)
     ap.add_argument("--child", default=None, choices=["eap", "eapig", "fwdbwd"], help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -21,6 +21,7 @@ in-place ReLU module called twice, on 3x64x64): the overlapping, padded soft max
 
 Target: pullback <= 1.3x autograd.grad. Ratios are printed whichever way they point.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,9 +74,17 @@ class BasicBlock(nn.Module):
 def resnet_stem(width: int = 16, classes: int = 10) -> nn.Module:
     """Conv 7x7 s2 + BN + ReLU + MaxPool2d(3, 2, 1) + 2 basic blocks + global average pool + linear."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                          nn.MaxPool2d(3, 2, 1), BasicBlock(width), BasicBlock(width), nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten(), nn.Linear(width, classes))
+    model = nn.Sequential(
+        nn.Conv2d(3, width, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+        BasicBlock(width),
+        BasicBlock(width),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, classes),
+    )
     with torch.no_grad():
         model.train()
         model(torch.rand(32, 3, 64, 64))
@@ -89,7 +98,9 @@ def import_zennit():
     except ModuleNotFoundError as e:
         if not str(e.name).startswith("torchvision"):
             return None
-        tv, models, resnet = (types.ModuleType(n) for n in ("torchvision", "torchvision.models", "torchvision.models.resnet"))
+        tv, models, resnet = (
+            types.ModuleType(n) for n in ("torchvision", "torchvision.models", "torchvision.models.resnet")
+        )
         resnet.Bottleneck = type("Bottleneck", (nn.Module,), {})
         resnet.BasicBlock = type("BasicBlock", (nn.Module,), {})
         tv.models, models.resnet = models, resnet
@@ -138,10 +149,16 @@ def bench(name: str, model: nn.Module, x: torch.Tensor, reps: int) -> list[dict]
             xi = x.detach().clone().requires_grad_(True)
             with apply_rules(model, r):
                 return torch.autograd.grad(model(xi)[:, target].sum(), xi)[0]
+
         return f
 
-    fns = {"autograd.grad": plain, "pullback (rules)": mech, "ExcitationPullback": api,
-           "pullback, hard max-pool": with_rules(hard_pool), "pullback, detached pool": with_rules(detached)}
+    fns = {
+        "autograd.grad": plain,
+        "pullback (rules)": mech,
+        "ExcitationPullback": api,
+        "pullback, hard max-pool": with_rules(hard_pool),
+        "pullback, detached pool": with_rules(detached),
+    }
     zennit = import_zennit()
     if zennit is not None:
         comp = zennit.composites.BetaSmooth(beta_smooth=1 / 0.3)
@@ -188,18 +205,26 @@ def summary(rows: list[dict]) -> dict:
     out = {}
     for key in dict.fromkeys(r["key"] for r in rows):
         by = {r["method"]: r for r in rows if r["key"] == key}
-        out[key] = {"pullback_vs_grad": by["pullback (rules)"]["ratio_vs_grad"],
-                    "relu_only_vs_grad": by["pullback, hard max-pool"]["ratio_vs_grad"],
-                    "pullback_detached_pool_vs_grad": by["pullback, detached pool"]["ratio_vs_grad"],
-                    "api_vs_grad": by["ExcitationPullback"]["ratio_vs_grad"],
-                    "grad_ms": by["autograd.grad"]["median_ms"], "model": by["autograd.grad"]["model"]}
+        out[key] = {
+            "pullback_vs_grad": by["pullback (rules)"]["ratio_vs_grad"],
+            "relu_only_vs_grad": by["pullback, hard max-pool"]["ratio_vs_grad"],
+            "pullback_detached_pool_vs_grad": by["pullback, detached pool"]["ratio_vs_grad"],
+            "api_vs_grad": by["ExcitationPullback"]["ratio_vs_grad"],
+            "grad_ms": by["autograd.grad"]["median_ms"],
+            "model": by["autograd.grad"]["model"],
+        }
     return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--batch", type=int, default=256, help="digits batch size (the CNNs use batch/4 (deep) and batch/8 (stem) images)")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=256,
+        help="digits batch size (the CNNs use batch/4 (deep) and batch/8 (stem) images)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write the ratios per model to this JSON file")
     ap.add_argument("--only", choices=("digits_cnn", "deep_cnn", "resnet_stem"), default=None)
     args = ap.parse_args(argv)
@@ -213,10 +238,16 @@ def main(argv=None):
     torch.manual_seed(1)
     if args.only in (None, "deep_cnn"):
         xd = torch.rand(max(1, args.batch // 4), 3, 32, 32)
-        rows += [{**r, "key": "deep_cnn"} for r in bench(f"deep synthetic CNN, 8 conv-BN-ReLU (batch {len(xd)})", deep_cnn(), xd, args.reps)]
+        rows += [
+            {**r, "key": "deep_cnn"}
+            for r in bench(f"deep synthetic CNN, 8 conv-BN-ReLU (batch {len(xd)})", deep_cnn(), xd, args.reps)
+        ]
     if args.only in (None, "resnet_stem"):
         xs = torch.rand(max(1, args.batch // 8), 3, 64, 64)
-        rows += [{**r, "key": "resnet_stem"} for r in bench(f"ResNet stem 3x64x64, MaxPool2d(3,2,1) (batch {len(xs)})", resnet_stem(), xs, args.reps)]
+        rows += [
+            {**r, "key": "resnet_stem"}
+            for r in bench(f"ResNet stem 3x64x64, MaxPool2d(3,2,1) (batch {len(xs)})", resnet_stem(), xs, args.reps)
+        ]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, reps {args.reps} (median, interleaved)")
     print(f"{'model':<56} {'method':<24} {'median ms':>10} {'x autograd.grad':>16}")
     for r in rows:

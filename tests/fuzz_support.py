@@ -4,6 +4,7 @@ Profiles: ``INNERPROBE_FUZZ=fast`` (default: derandomised, few examples, the def
 fast) or ``INNERPROBE_FUZZ=long`` (random, many examples; ``make test-slow`` runs it). With
 ``INNERPROBE_FUZZ_STATS=path.json`` each test adds its number of generated cases per target there.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,17 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 
-_COMMON = {"deadline": None, "database": None, "print_blob": True,
-           "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                     HealthCheck.filter_too_much, HealthCheck.data_too_large]}
+_COMMON = {
+    "deadline": None,
+    "database": None,
+    "print_blob": True,
+    "suppress_health_check": [
+        HealthCheck.too_slow,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+    ],
+}
 settings.register_profile("fast", max_examples=30, derandomize=True, **_COMMON)
 settings.register_profile("long", max_examples=400, **_COMMON)
 PROFILE = os.environ.get("INNERPROBE_FUZZ", "fast")

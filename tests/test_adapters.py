@@ -1,5 +1,6 @@
 """Canonical transformer sites agree across Hugging Face GPT-2 and TransformerLens (built from configs,
 with converted weights), and head selection acts on the right head in both."""
+
 import pytest
 import torch
 
@@ -20,21 +21,59 @@ def pair():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=L, n_head=H, n_embd=D, vocab_size=V, n_positions=16, bos_token_id=0,
-                                    eos_token_id=0, attn_implementation="eager")).eval()
-    cfg = HookedTransformerConfig(n_layers=L, n_heads=H, d_model=D, d_head=D // H, d_mlp=4 * D, d_vocab=V, n_ctx=16,
-                                  act_fn="gelu_new", normalization_type="LN", default_prepend_bos=False)
+    hf = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=L,
+            n_head=H,
+            n_embd=D,
+            vocab_size=V,
+            n_positions=16,
+            bos_token_id=0,
+            eos_token_id=0,
+            attn_implementation="eager",
+        )
+    ).eval()
+    cfg = HookedTransformerConfig(
+        n_layers=L,
+        n_heads=H,
+        d_model=D,
+        d_head=D // H,
+        d_mlp=4 * D,
+        d_vocab=V,
+        n_ctx=16,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        default_prepend_bos=False,
+    )
     tl = HookedTransformer(cfg)
     tl.load_state_dict(convert_gpt2_weights(hf, cfg), strict=False)
     return hf, tl.eval()
 
 
 def as_heads(site_value, name):
-    return site_value.reshape(*site_value.shape[:2], H, -1) if site_value.dim() == 3 and name.endswith((".z", ".q", ".k", ".v")) else site_value
+    return (
+        site_value.reshape(*site_value.shape[:2], H, -1)
+        if site_value.dim() == 3 and name.endswith((".z", ".q", ".k", ".v"))
+        else site_value
+    )
 
 
-@pytest.mark.parametrize("name", ["L0.z", "L1.z", "L0.q", "L1.v", "L0.attn_out", "L1.mlp_out", "L0.mlp_in",
-                                  "L1.resid_pre", "L1.resid_post", "logits", "embed"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "L0.z",
+        "L1.z",
+        "L0.q",
+        "L1.v",
+        "L0.attn_out",
+        "L1.mlp_out",
+        "L0.mlp_in",
+        "L1.resid_pre",
+        "L1.resid_post",
+        "logits",
+        "embed",
+    ],
+)
 def test_canonical_sites_match_between_hf_and_tl(pair, name):
     hf, tl = pair
     x = torch.randint(0, V, (2, 7), generator=torch.Generator().manual_seed(1))
@@ -69,8 +108,17 @@ def test_zeroing_one_head_agrees(pair):
 def test_split_qkv_inputs_in_transformer_lens():
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    cfg = HookedTransformerConfig(n_layers=1, n_heads=2, d_model=8, d_head=4, d_vocab=11, n_ctx=6, act_fn="relu",
-                                  attn_only=True, use_split_qkv_input=True)
+    cfg = HookedTransformerConfig(
+        n_layers=1,
+        n_heads=2,
+        d_model=8,
+        d_head=4,
+        d_vocab=11,
+        n_ctx=6,
+        act_fn="relu",
+        attn_only=True,
+        use_split_qkv_input=True,
+    )
     tl = HookedTransformer(cfg).eval()
     sites = canonical_sites(tl)
     assert sites["L0.q"].module == "blocks.0.hook_q_input" and sites["L0.q"].head_axis == 2

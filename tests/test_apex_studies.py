@@ -1,4 +1,5 @@
 """APEX study helpers (fast) and the quick studies end to end (slow: they train / load zoo models)."""
+
 import json
 
 import pytest
@@ -21,8 +22,15 @@ def test_hugging_face_sequence_classifier():
     transformers = pytest.importorskip("transformers")
     from innerprobe.perturb import Engine
 
-    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                                  num_labels=3, max_position_embeddings=16)
+    cfg = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+        max_position_embeddings=16,
+    )
     torch.manual_seed(0)
     model = transformers.BertForSequenceClassification(cfg).eval()
     ids = torch.randint(0, 50, (4, 6))
@@ -36,7 +44,9 @@ def test_hugging_face_sequence_classifier():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["apex-transition", "apex-regularity", "apex-random-labels", "apex-transitions", "apex-backdoor"])
+@pytest.mark.parametrize(
+    "name", ["apex-transition", "apex-regularity", "apex-random-labels", "apex-transitions", "apex-backdoor"]
+)
 def test_quick_study_writes_summary_and_section(name, tmp_path):
     from innerprobe.studies import get_study
 

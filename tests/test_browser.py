@@ -26,9 +26,13 @@ def _report(tmp_path: Path) -> Path:
 
     for k in range(3):
         folder = tmp_path / f"s{k}"
-        s = Section(f"Study {k}" if k else "Repeated", order=k, paragraphs=["A `site` and a very long word " + "x" * 300])
-        s.rows = [row("proportion_explained", CI(0.8, 0.7, 0.9, 0.95, "t", 3), model="m", seeds=[0, 1, 2]),
-                  row("escape_noise", 0.3, model="m", seeds=[0])]
+        s = Section(
+            f"Study {k}" if k else "Repeated", order=k, paragraphs=["A `site` and a very long word " + "x" * 300]
+        )
+        s.rows = [
+            row("proportion_explained", CI(0.8, 0.7, 0.9, 0.95, "t", 3), model="m", seeds=[0, 1, 2]),
+            row("escape_noise", 0.3, model="m", seeds=[0]),
+        ]
         s.table("wide", [f"column {i}" for i in range(40)], [list(range(40))] * 20)
         for i in range(5):
             fig, ax = new_figure(size=(9.0, 3.0))
@@ -46,9 +50,17 @@ def browser():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)

@@ -1,4 +1,5 @@
 """The command line: help everywhere, one-line errors, python -m, demo that survives a failing study."""
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,12 @@ def test_python_m_version():
 
 
 def test_wrong_study_name_is_one_line_plus_hint_exit_2(monkeypatch):
-    r = subprocess.run([sys.executable, "-m", "innerprobe", "study", "no-such-study", "--out", "unused"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "innerprobe", "study", "no-such-study", "--out", "unused"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert lines[0] == "error: unknown study 'no-such-study'" and lines[1].startswith("hint: ") and len(lines) == 2
@@ -82,7 +87,7 @@ def test_report_command_writes_page(tmp_path, capsys):
     assert "Hello section" in (tmp_path / "r.html").read_text()
 
 
-FAKE_STUDIES = textwrap.dedent('''
+FAKE_STUDIES = textwrap.dedent("""
     from innerprobe.report.sections import Section
     from innerprobe.core.stats import t_interval
     from innerprobe.results import Result, provenance, row
@@ -104,7 +109,7 @@ FAKE_STUDIES = textwrap.dedent('''
     def after(out, seeds=3, quick=False):
         CALLS.append(("after", seeds, quick))
         Section("Study after the failure", order=60).save(out)
-''')
+""")
 
 
 def _fake_registry(tmp_path, monkeypatch):
@@ -112,7 +117,11 @@ def _fake_registry(tmp_path, monkeypatch):
     (tmp_path / "mods" / "fake_ip_studies.py").write_text(FAKE_STUDIES)
     monkeypatch.syspath_prepend(str(tmp_path / "mods"))
     sys.modules.pop("fake_ip_studies", None)
-    monkeypatch.setattr(studies, "STUDIES", {"good": "fake_ip_studies:good", "bad": "fake_ip_studies:bad", "after": "fake_ip_studies:after"})
+    monkeypatch.setattr(
+        studies,
+        "STUDIES",
+        {"good": "fake_ip_studies:good", "bad": "fake_ip_studies:bad", "after": "fake_ip_studies:after"},
+    )
     import innerprobe.cli.demo as rcli
 
     def no_zoo(run, *, quick):  # no training in the fast test

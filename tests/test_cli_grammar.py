@@ -2,6 +2,7 @@
 meaning (one value type, one short flag) wherever it appears, a short flag names one option,
 booleans read ``--flag/--no-flag``, counts are ``--inputs/-n`` (never a file), input files are
 ``--data``, and a required ``--out`` is marked so."""
+
 from collections import defaultdict
 
 import pytest

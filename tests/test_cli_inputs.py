@@ -1,4 +1,5 @@
 """cli.inputs and cli.spec: one loader (same formats and errors everywhere), one model-spec parser (@seed honoured)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,12 @@ Y = np.array([1, 2, 3, 0])
 def _write_all(tmp_path, x, y=None):
     from safetensors.torch import save_file
 
-    paths = {"npy": tmp_path / "x.npy", "npz": tmp_path / "x.npz", "pt": tmp_path / "x.pt",
-             "safetensors": tmp_path / "x.safetensors"}
+    paths = {
+        "npy": tmp_path / "x.npy",
+        "npz": tmp_path / "x.npz",
+        "pt": tmp_path / "x.pt",
+        "safetensors": tmp_path / "x.safetensors",
+    }
     np.save(paths["npy"], x)
     d = {"x": x} if y is None else {"x": x, "y": y}
     np.savez(paths["npz"], **d)
@@ -42,14 +47,17 @@ def test_integer_tokens_stay_integer(tmp_path):
         assert x.dtype == torch.int64 and torch.equal(x, torch.as_tensor(tokens).long()), kind
 
 
-@pytest.mark.parametrize("name,content,msg", [
-    ("x.csv", "1,2", "not a supported input file"),
-    ("missing.npy", None, "does not exist"),
-    ("bad.npy", "not numpy", "cannot read"),
-    ("bad.pt", "pickle", "cannot read"),
-    ("nan.npy", "nan", "NaN or inf"),
-    ("keys.npz", "keys", "none named 'x'"),
-])
+@pytest.mark.parametrize(
+    "name,content,msg",
+    [
+        ("x.csv", "1,2", "not a supported input file"),
+        ("missing.npy", None, "does not exist"),
+        ("bad.npy", "not numpy", "cannot read"),
+        ("bad.pt", "pickle", "cannot read"),
+        ("nan.npy", "nan", "NaN or inf"),
+        ("keys.npz", "keys", "none named 'x'"),
+    ],
+)
 def test_bad_files_are_one_line_data_errors(tmp_path, name, content, msg):
     p = tmp_path / name
     if content == "pickle":

@@ -1,5 +1,6 @@
 """Model families built from small configs (no downloads): every graph equals its model, the all / none
 hypotheses reproduce the reference / counterfactual runs, unsupported options are refused by name."""
+
 import pytest
 import torch
 
@@ -20,39 +21,93 @@ def hf(cls, cfg_cls, **kw):
 
 
 def llama(kv=2, **kw):
-    return hf(transformers.LlamaForCausalLM, transformers.LlamaConfig, hidden_size=D, intermediate_size=2 * D,
-              num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=kv, max_position_embeddings=32, **kw)
+    return hf(
+        transformers.LlamaForCausalLM,
+        transformers.LlamaConfig,
+        hidden_size=D,
+        intermediate_size=2 * D,
+        num_hidden_layers=L,
+        num_attention_heads=H,
+        num_key_value_heads=kv,
+        max_position_embeddings=32,
+        **kw,
+    )
 
 
 def gpt2(**kw):
-    return hf(transformers.GPT2LMHeadModel, transformers.GPT2Config, n_embd=D, n_layer=L, n_head=H, n_positions=16, **kw)
+    return hf(
+        transformers.GPT2LMHeadModel, transformers.GPT2Config, n_embd=D, n_layer=L, n_head=H, n_positions=16, **kw
+    )
 
 
 def neox(**kw):
-    return hf(transformers.GPTNeoXForCausalLM, transformers.GPTNeoXConfig, hidden_size=D, intermediate_size=2 * D,
-              num_hidden_layers=L, num_attention_heads=H, max_position_embeddings=32, **kw)
+    return hf(
+        transformers.GPTNeoXForCausalLM,
+        transformers.GPTNeoXConfig,
+        hidden_size=D,
+        intermediate_size=2 * D,
+        num_hidden_layers=L,
+        num_attention_heads=H,
+        max_position_embeddings=32,
+        **kw,
+    )
 
 
 def mistral():
-    return hf(transformers.MistralForCausalLM, transformers.MistralConfig, hidden_size=D, intermediate_size=2 * D,
-              num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=2, max_position_embeddings=32, sliding_window=3)
+    return hf(
+        transformers.MistralForCausalLM,
+        transformers.MistralConfig,
+        hidden_size=D,
+        intermediate_size=2 * D,
+        num_hidden_layers=L,
+        num_attention_heads=H,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        sliding_window=3,
+    )
 
 
 def qwen2():
-    return hf(transformers.Qwen2ForCausalLM, transformers.Qwen2Config, hidden_size=D, intermediate_size=2 * D,
-              num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=1, max_position_embeddings=32)
+    return hf(
+        transformers.Qwen2ForCausalLM,
+        transformers.Qwen2Config,
+        hidden_size=D,
+        intermediate_size=2 * D,
+        num_hidden_layers=L,
+        num_attention_heads=H,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+    )
 
 
 def qwen3():
-    return hf(transformers.Qwen3ForCausalLM, transformers.Qwen3Config, hidden_size=D, intermediate_size=2 * D, head_dim=D // H,
-              num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=2, max_position_embeddings=32)
+    return hf(
+        transformers.Qwen3ForCausalLM,
+        transformers.Qwen3Config,
+        hidden_size=D,
+        intermediate_size=2 * D,
+        head_dim=D // H,
+        num_hidden_layers=L,
+        num_attention_heads=H,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
 
 
 def tl(**kw):
     tl_mod = pytest.importorskip("transformer_lens")
     torch.manual_seed(0)
-    cfg = dict(n_layers=L, n_heads=H, d_model=D, d_head=D // H, d_mlp=2 * D, d_vocab=V, n_ctx=16, act_fn="gelu",
-               initializer_range=INIT)
+    cfg = dict(
+        n_layers=L,
+        n_heads=H,
+        d_model=D,
+        d_head=D // H,
+        d_mlp=2 * D,
+        d_vocab=V,
+        n_ctx=16,
+        act_fn="gelu",
+        initializer_range=INIT,
+    )
     return tl_mod.HookedTransformer(tl_mod.HookedTransformerConfig(**{**cfg, **kw})).eval()
 
 
@@ -61,11 +116,19 @@ def logits(out):
 
 
 MODELS = {
-    "hf-gpt2": gpt2, "llama-gqa": llama, "llama-mha-bias": lambda: llama(kv=H, attention_bias=True, mlp_bias=True),
-    "mistral-window3": mistral, "qwen2-mqa": qwen2, "qwen3-qk-norm": qwen3, "neox-parallel": lambda: neox(rotary_pct=0.25),
+    "hf-gpt2": gpt2,
+    "llama-gqa": llama,
+    "llama-mha-bias": lambda: llama(kv=H, attention_bias=True, mlp_bias=True),
+    "mistral-window3": mistral,
+    "qwen2-mqa": qwen2,
+    "qwen3-qk-norm": qwen3,
+    "neox-parallel": lambda: neox(rotary_pct=0.25),
     "neox-sequential": lambda: neox(use_parallel_residual=False),
-    "tl": tl, "tl-split-qkv": lambda: tl(use_split_qkv_input=True), "tl-parallel_attn_mlp": lambda: tl(parallel_attn_mlp=True),
-    "tl-shortformer": lambda: tl(positional_embedding_type="shortformer"), "tl-normalization_type=None": lambda: tl(normalization_type=None),
+    "tl": tl,
+    "tl-split-qkv": lambda: tl(use_split_qkv_input=True),
+    "tl-parallel_attn_mlp": lambda: tl(parallel_attn_mlp=True),
+    "tl-shortformer": lambda: tl(positional_embedding_type="shortformer"),
+    "tl-normalization_type=None": lambda: tl(normalization_type=None),
     "tl-rms-rotary": lambda: tl(normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=4),
     "tl-attn-only": lambda: tl(attn_only=True),
 }

@@ -1,5 +1,6 @@
 """Hypotheses over sites, positions, complements and path patterns; mean / zero ablation. Every compiled
 evaluation is checked against the listed-path evaluators (memoised and brute-force treeification)."""
+
 import pytest
 import torch
 
@@ -10,17 +11,35 @@ from innerprobe.patch.compiled import evaluate_compiled
 from innerprobe.patch.path import avoid_node, evaluate_edges, evaluate_tree, position_edge_mask
 from innerprobe.zoo.transformer import build_transformer
 
-TEXTS = ["all", "none", "edge embed -> a1.*:q", "embed -> ... -> a1.1 -> out", "... -> a0.1 -> ...m* -> a1.0:q -> ...",
-         "all except edge a0.1 -> a1.0:q", "except path ... -> a0.0 -> ...",
-         "edge embed -> a0.*; edge a0.* -> out; embed -> m0 -> out",
-         "edge embed -> a0.*; edge a0.* -> out; edge pos -> a0.*; edge a1.* -> out"]
+TEXTS = [
+    "all",
+    "none",
+    "edge embed -> a1.*:q",
+    "embed -> ... -> a1.1 -> out",
+    "... -> a0.1 -> ...m* -> a1.0:q -> ...",
+    "all except edge a0.1 -> a1.0:q",
+    "except path ... -> a0.0 -> ...",
+    "edge embed -> a0.*; edge a0.* -> out; embed -> m0 -> out",
+    "edge embed -> a0.*; edge a0.* -> out; edge pos -> a0.*; edge a1.* -> out",
+]
 
 
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
-    model = build_transformer({"n_layers": 2, "n_heads": 2, "d_model": 16, "d_head": 8, "vocab": 11, "n_ctx": 6,
-                               "ln": True, "d_mlp": 16, "init_std": 1.0})
+    model = build_transformer(
+        {
+            "n_layers": 2,
+            "n_heads": 2,
+            "d_model": 16,
+            "d_head": 8,
+            "vocab": 11,
+            "n_ctx": 6,
+            "ln": True,
+            "d_mlp": 16,
+            "init_std": 1.0,
+        }
+    )
     graph = build_graph(model)
     g = torch.Generator().manual_seed(3)
     return model, graph, torch.randint(0, 11, (3, 5), generator=g), torch.randint(0, 11, (3, 5), generator=g)
@@ -62,9 +81,15 @@ def test_positions_absolute_negative_named_and_per_example(setup):
     mask = position_edge_mask(graph, h, 3, 5, positions={"END": end})
     torch.testing.assert_close(got, evaluate_edges(graph, runs, mask, method="reference")[0], atol=1e-6, rtol=1e-6)
     # -1 == 4 == the site's own pos selector; per example END=4 everywhere is the same
-    outs = [evaluate(graph, runs, Hypothesis.parse(t), positions={"END": 4}) for t in
-            ("all except edge a0.1 -> a1.0:q @ -1", "all except edge a0.1 -> a1.0:q @ 4",
-             "all except edge a0.1 -> L1.q[heads=0;pos=-1]", "all except edge a0.1 -> a1.0:q @ END")]
+    outs = [
+        evaluate(graph, runs, Hypothesis.parse(t), positions={"END": 4})
+        for t in (
+            "all except edge a0.1 -> a1.0:q @ -1",
+            "all except edge a0.1 -> a1.0:q @ 4",
+            "all except edge a0.1 -> L1.q[heads=0;pos=-1]",
+            "all except edge a0.1 -> a1.0:q @ END",
+        )
+    ]
     for o in outs[1:]:
         torch.testing.assert_close(o, outs[0], atol=1e-6, rtol=1e-6)
     # causal attention: restricting the receiver's query at the last position leaves earlier logits clean
@@ -88,8 +113,9 @@ def test_mean_and_zero_node_ablation_equal_site_ablation(setup):
 
 
 def test_30k_edge_graph_path_patterns_without_listing_paths():
-    model = build_transformer({"n_layers": 12, "n_heads": 12, "d_model": 12, "d_head": 2, "vocab": 7, "n_ctx": 4,
-                               "d_mlp": 8})
+    model = build_transformer(
+        {"n_layers": 12, "n_heads": 12, "d_model": 12, "d_head": 2, "vocab": 7, "n_ctx": 4, "d_mlp": 8}
+    )
     graph = build_graph(model)
     assert len(graph.edges) > 30_000
     x_r, x_c = torch.randint(0, 7, (1, 3)), torch.randint(0, 7, (1, 3))
@@ -113,5 +139,9 @@ def test_resolve_takes_graph_short_names_as_sites(setup):
     assert str(resolve(model, "m1")[0]) == "L1.mlp_out" and str(resolve(model, "out")[0]) == "logits"
     torch.testing.assert_close(patch_run(model, "a0.1", x_r, x_c), patch_run(model, "L0.z[heads=1]", x_r, x_c))
     runs = prepare(graph, x_r, x_c)
-    torch.testing.assert_close(evaluate(graph, runs, avoid_node(graph, graph.node("L0.z[heads=1]").name)),
-                               patch_run(model, "a0.1", x_r, x_c), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        evaluate(graph, runs, avoid_node(graph, graph.node("L0.z[heads=1]").name)),
+        patch_run(model, "a0.1", x_r, x_c),
+        atol=1e-5,
+        rtol=1e-5,
+    )

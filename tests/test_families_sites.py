@@ -1,6 +1,7 @@
 """Canonical sites on a GQA Llama and on TransformerBridges: every site resolves and is reached; per-head
 ablations through a site equal the same ablation written by hand with hooks; a position-aware IOI-style
 path patch on a Llama graph equals an independent two-pass hook implementation (both conventions)."""
+
 import pytest
 import torch
 
@@ -17,9 +18,17 @@ DH = D // H
 
 def llama(layers=2):
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=2 * D, num_hidden_layers=layers,
-                                   num_attention_heads=H, num_key_value_heads=KV, max_position_embeddings=32,
-                                   initializer_range=0.3, attn_implementation="eager")
+    cfg = transformers.LlamaConfig(
+        vocab_size=V,
+        hidden_size=D,
+        intermediate_size=2 * D,
+        num_hidden_layers=layers,
+        num_attention_heads=H,
+        num_key_value_heads=KV,
+        max_position_embeddings=32,
+        initializer_range=0.3,
+        attn_implementation="eager",
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -61,15 +70,19 @@ def zero_cols(lo, hi):
         t = t.clone()
         t[..., lo:hi] = 0
         return t
+
     return fn
 
 
-@pytest.mark.parametrize("site,module,port,lo,hi", [
-    ("L1.z[heads=3]", "model.layers.1.self_attn.o_proj", "input", 3 * DH, 4 * DH),
-    ("L1.q[heads=2]", "model.layers.1.self_attn.q_proj", "output", 2 * DH, 3 * DH),
-    ("L0.k[heads=1]", "model.layers.0.self_attn.k_proj", "output", DH, 2 * DH),  # K/V heads index their own heads
-    ("L1.v[heads=0]", "model.layers.1.self_attn.v_proj", "output", 0, DH),
-])
+@pytest.mark.parametrize(
+    "site,module,port,lo,hi",
+    [
+        ("L1.z[heads=3]", "model.layers.1.self_attn.o_proj", "input", 3 * DH, 4 * DH),
+        ("L1.q[heads=2]", "model.layers.1.self_attn.q_proj", "output", 2 * DH, 3 * DH),
+        ("L0.k[heads=1]", "model.layers.0.self_attn.k_proj", "output", DH, 2 * DH),  # K/V heads index their own heads
+        ("L1.v[heads=0]", "model.layers.1.self_attn.v_proj", "output", 0, DH),
+    ],
+)
 def test_llama_per_head_ablation_equals_hand_hooks(site, module, port, lo, hi):
     model = llama()
     x = tokens(2)
@@ -78,8 +91,11 @@ def test_llama_per_head_ablation_equals_hand_hooks(site, module, port, lo, hi):
         by_site = hs.run(x).logits
     mod = dict(model.named_modules())[module]
     f = zero_cols(lo, hi)
-    h = (mod.register_forward_pre_hook(lambda m, a: (f(a[0]),) + a[1:]) if port == "input"
-         else mod.register_forward_hook(lambda m, a, o: f(o)))
+    h = (
+        mod.register_forward_pre_hook(lambda m, a: (f(a[0]),) + a[1:])
+        if port == "input"
+        else mod.register_forward_hook(lambda m, a, o: f(o))
+    )
     try:
         with torch.no_grad():
             by_hand = model(x).logits
@@ -115,9 +131,14 @@ def ioi_by_hand(model, sender, receiver, end, x_r, x_c, recompute_mlps):
 
     def record(x):
         z, mlp = {}, {}
-        hooks = [layers[i].self_attn.o_proj.register_forward_pre_hook(lambda m, a, i=i: z.__setitem__(i, a[0].clone()))
-                 for i in range(len(layers))]
-        hooks += [layers[i].mlp.register_forward_hook(lambda m, a, o, i=i: mlp.__setitem__(i, o.clone())) for i in range(len(layers))]
+        hooks = [
+            layers[i].self_attn.o_proj.register_forward_pre_hook(lambda m, a, i=i: z.__setitem__(i, a[0].clone()))
+            for i in range(len(layers))
+        ]
+        hooks += [
+            layers[i].mlp.register_forward_hook(lambda m, a, o, i=i: mlp.__setitem__(i, o.clone()))
+            for i in range(len(layers))
+        ]
         with torch.no_grad():
             model(x)
         for h in hooks:
@@ -131,8 +152,9 @@ def ioi_by_hand(model, sender, receiver, end, x_r, x_c, recompute_mlps):
         def pre(m, a):
             z = z_r[i].clone()
             if i == ls:
-                z[..., hs_ * DH:(hs_ + 1) * DH] = z_c[i][..., hs_ * DH:(hs_ + 1) * DH]
+                z[..., hs_ * DH : (hs_ + 1) * DH] = z_c[i][..., hs_ * DH : (hs_ + 1) * DH]
             return (z,)
+
         return pre
 
     hooks = [layers[i].self_attn.o_proj.register_forward_pre_hook(freeze_z(i)) for i in range(lr)]
@@ -148,7 +170,7 @@ def ioi_by_hand(model, sender, receiver, end, x_r, x_c, recompute_mlps):
 
     def put_q(m, a, o):
         o = o.clone()
-        o[rows, end, hr * DH:(hr + 1) * DH] = q["q"][rows, end, hr * DH:(hr + 1) * DH]
+        o[rows, end, hr * DH : (hr + 1) * DH] = q["q"][rows, end, hr * DH : (hr + 1) * DH]
         return o
 
     h = layers[lr].self_attn.q_proj.register_forward_hook(put_q)
@@ -182,15 +204,30 @@ def bridges():
     vocab = {f"t{i}": i for i in range(V)}
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="t0"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="t0", eos_token="t0", unk_token="t0", pad_token="t0")
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="t0", eos_token="t0", unk_token="t0", pad_token="t0"
+    )
     path = tempfile.mkdtemp()
     fast.save_pretrained(path)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)  # local: no download
     torch.manual_seed(0)
-    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=H, n_embd=D, vocab_size=V, n_positions=16,
-                                                                initializer_range=0.3, attn_implementation="eager")).eval()
-    return {"gpt2": tl.TransformerBridge.boot_transformers("gpt2", hf_model=gpt2, tokenizer=tokenizer),
-            "llama": tl.TransformerBridge.boot_transformers("meta-llama/Llama-3.2-1B", hf_model=llama(), tokenizer=tokenizer)}
+    gpt2 = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            n_layer=2,
+            n_head=H,
+            n_embd=D,
+            vocab_size=V,
+            n_positions=16,
+            initializer_range=0.3,
+            attn_implementation="eager",
+        )
+    ).eval()
+    return {
+        "gpt2": tl.TransformerBridge.boot_transformers("gpt2", hf_model=gpt2, tokenizer=tokenizer),
+        "llama": tl.TransformerBridge.boot_transformers(
+            "meta-llama/Llama-3.2-1B", hf_model=llama(), tokenizer=tokenizer
+        ),
+    }
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

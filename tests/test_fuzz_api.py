@@ -4,6 +4,7 @@ empty batches, non-tensors, junk model specs and seeds, garbage / pickled / trun
 Every call must either raise an innerprobe error (a one-line message) or give a correct result
 (the right shape, finite), and leave the model exactly as it came in. Budget: see fuzz_support.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -26,7 +27,9 @@ def mlp():
 
 def cnn():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3)).train()
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3)
+    ).train()
 
 
 MODELS = {"mlp": mlp(), "cnn": cnn()}
@@ -47,7 +50,9 @@ def inputs(draw):
         return "x.npy", ()
     batch = draw(st.sampled_from([0, 1, 2, 3]))
     tail = draw(st.sampled_from([GOOD_SHAPE] * 4 + [(1, 5, 5), (16,), (4, 4), (2, 4, 4), ()]))
-    dtype = draw(st.sampled_from([torch.float32] * 4 + [torch.float64, torch.float16, torch.int64, torch.bool, torch.complex64]))
+    dtype = draw(
+        st.sampled_from([torch.float32] * 4 + [torch.float64, torch.float16, torch.int64, torch.bool, torch.complex64])
+    )
     value = draw(st.sampled_from(["rand"] * 4 + ["nan", "inf", "huge", "zeros"]))
     device = draw(st.sampled_from(["cpu"] * 6 + ["meta"]))
     shape = (batch, *tail) if tail != () or batch else ()
@@ -61,7 +66,7 @@ def inputs(draw):
     elif value == "zeros":
         x = torch.zeros_like(x)
     x = x.to(dtype).to(device)
-    valid = (batch > 0 and dtype == torch.float32 and device == "cpu" and (value not in ("nan", "inf") or x.numel() == 0))
+    valid = batch > 0 and dtype == torch.float32 and device == "cpu" and (value not in ("nan", "inf") or x.numel() == 0)
     return x, valid and tail  # the tail shape decides per model (accepts())
 
 
@@ -95,7 +100,10 @@ def _methods():
     return {
         "HookSession.run": (hook_run, "raw"),
         "run_with_cache": (lambda m, x: run_with_cache(m, "2", x)[1]["2"], "raw"),
-        "patch_run": (lambda m, x: patch_run(m, "2", x, x.flip(0) if isinstance(x, torch.Tensor) and x.dim() else x), "raw"),
+        "patch_run": (
+            lambda m, x: patch_run(m, "2", x, x.flip(0) if isinstance(x, torch.Tensor) and x.dim() else x),
+            "raw",
+        ),
         "apex": (a, "any"),
         "Gradient": (attr(Gradient), "like_x"),
         "InputXGradient": (attr(InputXGradient), "like_x"),
@@ -110,8 +118,12 @@ METHODS = _methods()
 
 
 def snapshot(m):
-    return ({k: v.clone() for k, v in m.state_dict().items()}, [x.training for x in m.modules()],
-            [p.requires_grad for p in m.parameters()], count_hooks(m))
+    return (
+        {k: v.clone() for k, v in m.state_dict().items()},
+        [x.training for x in m.modules()],
+        [p.requires_grad for p in m.parameters()],
+        count_hooks(m),
+    )
 
 
 def assert_untouched(m, snap):
@@ -158,9 +170,32 @@ def test_methods_refuse_or_answer_correctly(name, data, model_name):
     check_outcome(name, fn, expect, MODELS[model_name], x, valid)
 
 
-SPEC_PIECES = st.sampled_from(["digits-mlp", "digits-cnn", "nope", "x.py", "a.py:make", "/", ".", "", " ", "@", "@0",
-                               "@-1", "@x", "@99999999999999999999999", "@18446744073709551616", "a" * 300, "\x00",
-                               "\udcff", ":", "..", "~", "digits-mlp@1"])
+SPEC_PIECES = st.sampled_from(
+    [
+        "digits-mlp",
+        "digits-cnn",
+        "nope",
+        "x.py",
+        "a.py:make",
+        "/",
+        ".",
+        "",
+        " ",
+        "@",
+        "@0",
+        "@-1",
+        "@x",
+        "@99999999999999999999999",
+        "@18446744073709551616",
+        "a" * 300,
+        "\x00",
+        "\udcff",
+        ":",
+        "..",
+        "~",
+        "digits-mlp@1",
+    ]
+)
 
 
 class _Reached(Exception):
@@ -204,15 +239,21 @@ def _weight_bytes(kind: str, model: nn.Module) -> bytes:
 
     good = save({k: v.contiguous() for k, v in model.state_dict().items()})
     return {
-        "good": good, "truncated": good[: len(good) // 2], "empty": b"", "garbage": b"\x89garbage\x00" * 7,
-        "pickle": pickle.dumps({"weight": [1, 2, 3]}), "wrong_shapes": save({"1.weight": torch.zeros(2, 2)}),
+        "good": good,
+        "truncated": good[: len(good) // 2],
+        "empty": b"",
+        "garbage": b"\x89garbage\x00" * 7,
+        "pickle": pickle.dumps({"weight": [1, 2, 3]}),
+        "wrong_shapes": save({"1.weight": torch.zeros(2, 2)}),
         "json_header_only": good[:8],
     }[kind]
 
 
 @examples(20, 300)
-@given(kind=st.sampled_from(["good", "truncated", "empty", "garbage", "pickle", "wrong_shapes", "json_header_only"]),
-       suffix=st.sampled_from([".safetensors", ".pt", ".bin", "", ".safetensors/"]))
+@given(
+    kind=st.sampled_from(["good", "truncated", "empty", "garbage", "pickle", "wrong_shapes", "json_header_only"]),
+    suffix=st.sampled_from([".safetensors", ".pt", ".bin", "", ".safetensors/"]),
+)
 def test_weight_files_refuse_or_load(kind, suffix, tmp_path_factory):
     from innerprobe.zoo.loading import load_safetensors_into
 

@@ -9,6 +9,7 @@ exit 130 -- and leave no ``.tmp`` file behind. A value outside an option's domai
 (exit 2), never replaced. Zoo models are never trained here (``zoo.load`` is stubbed).
 Budget and profiles: see fuzz_support (``INNERPROBE_FUZZ=long`` for ``make test-slow``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -90,7 +91,23 @@ def _fake_study(out, seeds):
 M = "model.py:make"
 BASE = {
     "perturb": ["perturb", "-m", M, "--data", "good.npz", "-o", "out/p", "-k", "2", "--sigmas", "0.1,1", "-n", "3"],
-    "scan": ["scan", "-m", M, "--data", "good.npz", "-n", "3", "-k", "2", "--steps", "2", "--restarts", "1", "-o", "out/s"],
+    "scan": [
+        "scan",
+        "-m",
+        M,
+        "--data",
+        "good.npz",
+        "-n",
+        "3",
+        "-k",
+        "2",
+        "--steps",
+        "2",
+        "--restarts",
+        "1",
+        "-o",
+        "out/s",
+    ],
     "patch": ["patch", "-m", M, "--data", "good.npz", "-H", "all", "-o", "out/h", "-n", "3"],
     "pullback": ["pullback", "-m", M, "--data", "good.npz", "-n", "2", "-o", "out/b", "--ascent-steps", "1"],
     "report": ["report", "report_in", "-o", "out/r.html"],
@@ -102,11 +119,35 @@ BASE = {
 BAD_INT = ["0", "-1", "", "x", "1.5", "1000000000", "99999999999999999999999", "18446744073709551616"]
 BAD_FLOAT = ["nan", "inf", "-inf", "1e309", "-1", "x", ""]
 BAD_STR = ["", " ", "nope", ",", "a" * 5000, "\udcff", "0:1:0", "-1"]
-BAD_IN = ["", "dir.npy", "garbage.npy", "pickle.npy", "pickle.pt", "empty.npy", "zerod.npy", "str.npy", "complex.npy",
-          "nan.npy", "empty_batch.npy", "missing.npz", "afile", "a" * 300 + ".npy", "hyp_bad.txt"]
+BAD_IN = [
+    "",
+    "dir.npy",
+    "garbage.npy",
+    "pickle.npy",
+    "pickle.pt",
+    "empty.npy",
+    "zerod.npy",
+    "str.npy",
+    "complex.npy",
+    "nan.npy",
+    "empty_batch.npy",
+    "missing.npz",
+    "afile",
+    "a" * 300 + ".npy",
+    "hyp_bad.txt",
+]
 BAD_OUT = ["", "afile/sub", "a" * 300, "afile", "/proc/innerprobe-fuzz", "report_in/section.json/x"]
-BAD_MODEL = ["", "nope", "digits-mlp@x", "digits-mlp@99999999999999999999999", "a" * 5000, "model.py", "model.py:nope",
-             "dir.npy", "digits-mlp@-1"]
+BAD_MODEL = [
+    "",
+    "nope",
+    "digits-mlp@x",
+    "digits-mlp@99999999999999999999999",
+    "a" * 5000,
+    "model.py",
+    "model.py:nope",
+    "dir.npy",
+    "digits-mlp@-1",
+]
 
 INPUT_OPTS = {"--data", "--weights", "--hypothesis", "-H", "--baseline"}
 OUT_OPTS = {"--out", "-o"}
@@ -165,8 +206,11 @@ def must_refuse(command: str, param, value: str) -> bool:
     if pool is BAD_INT:
         if long in SIGNED:
             return value in ("x", "1.5")
-        return value in ("-1", "x", "1.5", "99999999999999999999999", "18446744073709551616") or (
-            value == "0" and long not in ZERO_OK) or (value == "1000000000" and long == "--samples")
+        return (
+            value in ("-1", "x", "1.5", "99999999999999999999999", "18446744073709551616")
+            or (value == "0" and long not in ZERO_OK)
+            or (value == "1000000000" and long == "--samples")
+        )
     if pool is BAD_FLOAT:
         return value in ("nan", "inf", "-inf", "1e309", "x")
     return False
@@ -327,7 +371,9 @@ def test_issue_cases_are_one_line_refusals(world, case):
 
 def test_patch_edges_without_labels_says_why_instead_of_nan(world):
     np.save(world / "nolabels.npy", np.random.default_rng(0).random((6, 1, 8, 8)).astype("float32"))
-    rc, out, err, exc = run_cli(H + ["--data", "nolabels.npy", "--edges", "--ig-steps", "2", "--top", "3", "-o", "out/e1"])
+    rc, out, err, exc = run_cli(
+        H + ["--data", "nolabels.npy", "--edges", "--ig-steps", "2", "--top", "3", "-o", "out/e1"]
+    )
     assert exc is None and rc == 0, err
     assert "EAP / EAP-IG not computed" in out and "nan" not in out
     rc, out, err, exc = run_cli(H + ["--edges", "--ig-steps", "2", "--top", "3", "-o", "out/e2"])  # good.npz has 'y'

@@ -1,4 +1,5 @@
 """Graph builders: each reproduces its model's forward pass; fx graphs for CNNs with skips."""
+
 import pytest
 import torch
 from torch import nn
@@ -62,7 +63,9 @@ def test_fx_untraceable_model_is_a_clear_error():
 
 def test_hf_gpt2_graph_reproduces_model():
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=17, n_positions=8, attn_implementation="eager")
+    cfg = transformers.GPT2Config(
+        n_layer=2, n_head=2, n_embd=16, vocab_size=17, n_positions=8, attn_implementation="eager"
+    )
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(cfg).eval()
     x = torch.randint(0, 17, (2, 6))

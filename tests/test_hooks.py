@@ -1,5 +1,6 @@
 """Hook sessions own their hooks: removed on success and on failure, user hooks kept, nesting works,
 and the model comes back bitwise identical with the same train/eval mode."""
+
 import pytest
 import torch
 from torch import nn
@@ -13,13 +14,20 @@ def net():
 
 
 def snapshot(m):
-    return {k: v.clone() for k, v in m.state_dict().items()}, [mod.training for mod in m.modules()], [p.requires_grad for p in m.parameters()]
+    return (
+        {k: v.clone() for k, v in m.state_dict().items()},
+        [mod.training for mod in m.modules()],
+        [p.requires_grad for p in m.parameters()],
+    )
 
 
 def same(m, snap):
     state, modes, grads = snap
-    return (all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())
-            and modes == [mod.training for mod in m.modules()] and grads == [p.requires_grad for p in m.parameters()])
+    return (
+        all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())
+        and modes == [mod.training for mod in m.modules()]
+        and grads == [p.requires_grad for p in m.parameters()]
+    )
 
 
 def add_every_kind(hs, m, x):

@@ -7,6 +7,7 @@ forward pass and by bad input (issue 14; docs/cli.md "Guarantees").
 ``HookSession(model, eval=None)`` leaves train/eval modes as they are: a forward inside it on a
 train-mode model with BatchNorm updates the running statistics exactly as the user's own forward
 would (it is the user's forward); every method uses ``eval=True`` and so never changes them."""
+
 import random
 
 import numpy as np
@@ -24,12 +25,16 @@ class Boom(Exception):
 
 def mlp():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(inplace=True), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 3))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 12), nn.ReLU(inplace=True), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 3)
+    )
 
 
 def cnn():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 3)
+    )
 
 
 def tiny_transformer():
@@ -111,12 +116,24 @@ def _table():
 
     rows = [("apex", run_apex, m, image_input) for m in (mlp, cnn)]
     rows += [("pullback", attribution(ExcitationPullback, temperature=0.3), m, image_input) for m in (mlp, cnn)]
-    rows += [("attribution", attribution(c, **kw), cnn, image_input) for c, kw in (
-        (Gradient, {}), (InputXGradient, {}), (IntegratedGradients, {"steps": 4}), (SmoothGrad, {"n_samples": 2}),
-        (GuidedBackprop, {}), (PullbackAscent, {"steps": 2}))]
-    rows += [("scan", run_scan, mlp, image_input), ("patch_run", run_patch_run, cnn, image_input),
-             ("hooks", run_hook_capture, mlp, image_input),
-             ("patch", run_patch, tiny_transformer, token_input), ("eap", run_eap, tiny_transformer, token_input)]
+    rows += [
+        ("attribution", attribution(c, **kw), cnn, image_input)
+        for c, kw in (
+            (Gradient, {}),
+            (InputXGradient, {}),
+            (IntegratedGradients, {"steps": 4}),
+            (SmoothGrad, {"n_samples": 2}),
+            (GuidedBackprop, {}),
+            (PullbackAscent, {"steps": 2}),
+        )
+    ]
+    rows += [
+        ("scan", run_scan, mlp, image_input),
+        ("patch_run", run_patch_run, cnn, image_input),
+        ("hooks", run_hook_capture, mlp, image_input),
+        ("patch", run_patch, tiny_transformer, token_input),
+        ("eap", run_eap, tiny_transformer, token_input),
+    ]
     return rows
 
 
@@ -124,8 +141,11 @@ TABLE = _table()
 
 
 def snapshot(m):
-    return ({k: v.clone() for k, v in m.state_dict(keep_vars=False).items()},
-            [x.training for x in m.modules()], [p.requires_grad for p in m.parameters()])
+    return (
+        {k: v.clone() for k, v in m.state_dict(keep_vars=False).items()},
+        [x.training for x in m.modules()],
+        [p.requires_grad for p in m.parameters()],
+    )
 
 
 def assert_untouched(m, snap, n_hooks):
@@ -142,11 +162,17 @@ def global_state() -> dict:
     from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
     return {
-        "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()[1].copy(), "python_rng": random.getstate(),
-        "threads": torch.get_num_threads(), "dtype": torch.get_default_dtype(), "grad": torch.is_grad_enabled(),
-        "inference": torch.is_inference_mode_enabled(), "anomaly": torch.is_anomaly_enabled(),
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": np.random.get_state()[1].copy(),
+        "python_rng": random.getstate(),
+        "threads": torch.get_num_threads(),
+        "dtype": torch.get_default_dtype(),
+        "grad": torch.is_grad_enabled(),
+        "inference": torch.is_inference_mode_enabled(),
+        "anomaly": torch.is_anomaly_enabled(),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
-        "function_modes": len(_get_current_function_mode_stack()), "dispatch_modes": len(_get_current_dispatch_mode_stack()),
+        "function_modes": len(_get_current_function_mode_stack()),
+        "dispatch_modes": len(_get_current_dispatch_mode_stack()),
     }
 
 
@@ -154,12 +180,17 @@ def assert_same_global_state(before: dict) -> None:
     after = global_state()
     for key, want in before.items():
         got = after[key]
-        same = torch.equal(got, want) if isinstance(want, torch.Tensor) else (
-            np.array_equal(got, want) if isinstance(want, np.ndarray) else got == want)
+        same = (
+            torch.equal(got, want)
+            if isinstance(want, torch.Tensor)
+            else (np.array_equal(got, want) if isinstance(want, np.ndarray) else got == want)
+        )
         assert same, f"global state {key!r} changed: {want!r} -> {got!r}"
 
 
-@pytest.mark.parametrize("name,method,make,inputs", TABLE, ids=[f"{t[0]}-{t[1].__name__[4:]}-{t[2].__name__}" for t in TABLE])
+@pytest.mark.parametrize(
+    "name,method,make,inputs", TABLE, ids=[f"{t[0]}-{t[1].__name__[4:]}-{t[2].__name__}" for t in TABLE]
+)
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_model_and_process_untouched_after_success_and_failure(name, method, make, inputs, mode):
     model = make()

@@ -5,6 +5,7 @@ core (sites, hooks, families, graph, stats, plotting) <- methods (perturb, patch
 resolved. Checked: no method or core module imports an application package; no import cycle among
 innerprobe modules at module level; and no new cycle closed by a function-level (lazy) import.
 """
+
 from __future__ import annotations
 
 import ast
@@ -108,9 +109,13 @@ def layer(mod: str) -> str | None:
 
 def test_no_method_or_core_module_imports_an_application_package():
     mods = modules()
-    bad = [f"{p.relative_to(ROOT.parent)}:{line} {m} -> {t}{' (inside a function)' if f else ''}"
-           for m, (p, init) in mods.items() if layer(m) in LOW
-           for t, line, f in imports(m, p, init, mods) if layer(t) in HIGH]
+    bad = [
+        f"{p.relative_to(ROOT.parent)}:{line} {m} -> {t}{' (inside a function)' if f else ''}"
+        for m, (p, init) in mods.items()
+        if layer(m) in LOW
+        for t, line, f in imports(m, p, init, mods)
+        if layer(t) in HIGH
+    ]
     assert not bad, "imports that run up the layers:\n" + "\n".join(bad)
 
 
@@ -125,7 +130,8 @@ def test_no_new_cycle_through_function_level_imports():
         g.get(a, set()).discard(b)
     found = cycles(g)
     assert not found, "cycles closed by an import inside a function: " + "; ".join(
-        " <-> ".join(sorted(c)) for c in found)
+        " <-> ".join(sorted(c)) for c in found
+    )
 
 
 def test_the_checker_sees_function_level_and_relative_imports(tmp_path):

@@ -1,4 +1,5 @@
 """innerprobe patch: hypotheses and --edges on a small untrained transformer from a factory file."""
+
 import json
 
 import pytest
@@ -26,8 +27,26 @@ def test_patch_hypotheses_and_edges(factory, tmp_path, capsys):
     out = tmp_path / "run"
     hyp = tmp_path / "naive.txt"
     hyp.write_text("# naive\nedge embed -> a1.*:v\nedge a1.* -> out\n")
-    rc = main(["patch", "--model", factory, "-H", str(hyp), "-H", "all", "-H", "embed -> a0.0:v -> a1.1:k -> out",
-               "--edges", "--pairs", "6", "--ig-steps", "2", "--out", str(out)])
+    rc = main(
+        [
+            "patch",
+            "--model",
+            factory,
+            "-H",
+            str(hyp),
+            "-H",
+            "all",
+            "-H",
+            "embed -> a0.0:v -> a1.1:k -> out",
+            "--edges",
+            "--pairs",
+            "6",
+            "--ig-steps",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
     props = {r["hypothesis"]: r["proportion"] for r in s["tables"]["hypotheses"]}

@@ -1,4 +1,5 @@
 """EAP / EAP-IG against exact single-edge effects; discovery helpers; metrics."""
+
 import numpy as np
 import pytest
 import torch
@@ -37,7 +38,9 @@ def test_acdc_keeps_everything_at_negative_tau_and_nothing_at_huge_tau():
 
 def test_prune_dangling_and_compare():
     torch.manual_seed(0)
-    graph = build_graph(build_transformer({"n_layers": 2, "n_heads": 2, "d_model": 8, "d_head": 4, "vocab": 5, "n_ctx": 4}))
+    graph = build_graph(
+        build_transformer({"n_layers": 2, "n_heads": 2, "d_model": 8, "d_head": 4, "vocab": 5, "n_ctx": 4})
+    )
     es = {graph.edge("embed->a0.0:v"), graph.edge("a0.0->a1.1:k"), graph.edge("a1.1->out"), graph.edge("a0.1->a1.0:q")}
     kept = disc.prune_dangling(graph, es)
     assert graph.edge("a0.1->a1.0:q") not in kept and len(kept) == 3
@@ -89,7 +92,9 @@ def test_eap_converges_to_exact_as_the_counterfactual_approaches_the_reference()
 
 def _tiny_runs():
     torch.manual_seed(0)
-    model = build_transformer({"n_layers": 2, "n_heads": 2, "d_model": 16, "d_head": 4, "vocab": 11, "n_ctx": 8, "ln": True, "d_mlp": 8})
+    model = build_transformer(
+        {"n_layers": 2, "n_heads": 2, "d_model": 16, "d_head": 4, "vocab": 11, "n_ctx": 8, "ln": True, "d_mlp": 8}
+    )
     graph = build_graph(model)
     g = torch.Generator().manual_seed(3)
     runs = prepare(graph, torch.randint(0, 11, (4, 6), generator=g), torch.randint(0, 11, (4, 6), generator=g))

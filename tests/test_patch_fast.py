@@ -1,6 +1,7 @@
 """The fast exact evaluator equals the reference two-version loop, memoised treeification and the
 brute-force tree: random DAGs (several groups sizes, shapes, subsets), every transformer family,
 per-example masks, chunking, memory budgets; it runs on the meta device (no hidden host copies)."""
+
 import random
 from dataclasses import dataclass
 
@@ -88,20 +89,44 @@ def wide_dag(seed: int, solo: bool = False) -> Graph:
             sub = list(names) if sub is None else list(sub)
             calls.append((name, tuple(sub), next(iter(vals.values())).shape[0]))
             return [fn_of(n, vals) for n in sub]
+
         if solo:
             groups.extend(Group(n, "component", (n,), lambda vals, n=n: fn(vals, [n])) for n in names)
         else:
             groups.append(Group(name, "component", names, fn, subsets=True))
 
-    layer("L0", {"a0": ("q", "k"), "a1": ("q", "k"), "a2": ("q", "k")},
-          {("a0", "q"): ["i0", "i1"], ("a0", "k"): ["i1"], ("a1", "q"): ["i0"], ("a1", "k"): ["i0", "i1"],
-           ("a2", "q"): ["i0", "i1"], ("a2", "k"): ["i1"]},
-          lambda n, v: torch.tanh(v[(n, "q")] @ W[0]) * torch.sigmoid(v[(n, "k")] @ W[1])
-          if n != "a2" else torch.tanh(v[(n, "q")] @ P) * torch.sigmoid(v[(n, "k")] @ P))
-    layer("L1", {"b0": ("q", "v"), "b1": ("q", "v"), "dead": ("q", "v")},
-          {("b0", "q"): ["i0", "a0", "a1"], ("b0", "v"): ["i0"], ("b1", "q"): ["a0", "i1"], ("b1", "v"): ["a2"],
-           ("dead", "q"): ["a1"], ("dead", "v"): ["i1"]},
-          lambda n, v: torch.tanh(v[(n, "q")] @ W[2]) + (torch.tanh(v[(n, "v")] @ Q) if n == "b1" else v[(n, "v")] @ W[3]))
+    layer(
+        "L0",
+        {"a0": ("q", "k"), "a1": ("q", "k"), "a2": ("q", "k")},
+        {
+            ("a0", "q"): ["i0", "i1"],
+            ("a0", "k"): ["i1"],
+            ("a1", "q"): ["i0"],
+            ("a1", "k"): ["i0", "i1"],
+            ("a2", "q"): ["i0", "i1"],
+            ("a2", "k"): ["i1"],
+        },
+        lambda n, v: (
+            torch.tanh(v[(n, "q")] @ W[0]) * torch.sigmoid(v[(n, "k")] @ W[1])
+            if n != "a2"
+            else torch.tanh(v[(n, "q")] @ P) * torch.sigmoid(v[(n, "k")] @ P)
+        ),
+    )
+    layer(
+        "L1",
+        {"b0": ("q", "v"), "b1": ("q", "v"), "dead": ("q", "v")},
+        {
+            ("b0", "q"): ["i0", "a0", "a1"],
+            ("b0", "v"): ["i0"],
+            ("b1", "q"): ["a0", "i1"],
+            ("b1", "v"): ["a2"],
+            ("dead", "q"): ["a1"],
+            ("dead", "v"): ["i1"],
+        },
+        lambda n, v: (
+            torch.tanh(v[(n, "q")] @ W[2]) + (torch.tanh(v[(n, "v")] @ Q) if n == "b1" else v[(n, "v")] @ W[3])
+        ),
+    )
     nodes["out"] = Node("out", "output", ("in",))
     edges += [Edge(u, "out") for u in ("b0", "b1", "a1", "i0")]
     groups.append(Group("output", "output", ("out",), lambda vals: [vals[("out", "in")] * 2]))
@@ -123,8 +148,9 @@ def test_wide_dag_with_subsets_and_shapes(seed):
     for _ in range(3):
         E = frozenset(e for e in graph.edges if rnd.random() < 0.6)
         P = [p for p in solo.paths() if all(e in E for e in p)]
-        torch.testing.assert_close(evaluate_edges(graph, runs, edge_mask(graph, [E]))[0], evaluate_tree(solo, solo_runs, P),
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            evaluate_edges(graph, runs, edge_mask(graph, [E]))[0], evaluate_tree(solo, solo_runs, P), rtol=0, atol=1e-6
+        )
 
 
 def test_only_changed_members_and_rows_are_computed():
@@ -152,8 +178,12 @@ def test_zoo_transformer_fast_equals_reference_and_memo(cfg):
     assert_fast_equals_reference(graph, runs, random_masks(graph, 6, 0, fractional=True), atol=1e-5)
     h = Hypothesis.parse("edge embed -> a1.*:q; edge embed -> a1.*:v; edge a0.0 -> a1.*:k; edge a1.* -> out")
     r = h.resolve(graph, need_paths=True)
-    torch.testing.assert_close(evaluate_edges(graph, runs, edge_mask(graph, [r.edges]))[0], evaluate_paths(graph, runs, r.paths),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        evaluate_edges(graph, runs, edge_mask(graph, [r.edges]))[0],
+        evaluate_paths(graph, runs, r.paths),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def family_models():
@@ -161,21 +191,46 @@ def family_models():
     try:
         import transformer_lens as tl
 
-        cfg = tl.HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=8, d_head=4, n_heads=2, d_vocab=13, d_mlp=20, act_fn="gelu",
-                                         normalization_type="LN", use_split_qkv_input=True, seed=0, device="cpu")
+        cfg = tl.HookedTransformerConfig(
+            n_layers=2,
+            d_model=16,
+            n_ctx=8,
+            d_head=4,
+            n_heads=2,
+            d_vocab=13,
+            d_mlp=20,
+            act_fn="gelu",
+            normalization_type="LN",
+            use_split_qkv_input=True,
+            seed=0,
+            device="cpu",
+        )
         out.append(pytest.param(lambda: tl.HookedTransformer(cfg), id="transformer-lens"))
     except ImportError:
         pass
     try:
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        out.append(pytest.param(lambda: GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=13, n_positions=8)),
-                                id="hf-gpt2"))
+        out.append(
+            pytest.param(
+                lambda: GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=13, n_positions=8)),
+                id="hf-gpt2",
+            )
+        )
         import transformers as tf
 
-        small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
-                     vocab_size=13, initializer_range=0.3)
-        out.append(pytest.param(lambda: tf.LlamaForCausalLM(tf.LlamaConfig(num_key_value_heads=1, **small)), id="hf-llama-gqa"))
+        small = dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            vocab_size=13,
+            initializer_range=0.3,
+        )
+        out.append(
+            pytest.param(lambda: tf.LlamaForCausalLM(tf.LlamaConfig(num_key_value_heads=1, **small)), id="hf-llama-gqa")
+        )
         out.append(pytest.param(lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**small)), id="hf-neox-parallel"))
     except ImportError:
         pass
@@ -191,22 +246,35 @@ def test_every_family_fast_equals_reference_and_memo(make):
     runs = prepare(graph, torch.randint(0, 13, (2, 6), generator=g), torch.randint(0, 13, (2, 6), generator=g))
     assert_fast_equals_reference(graph, runs, single_edge_masks(graph), atol=1e-5, chunk=16)
     assert_fast_equals_reference(graph, runs, random_masks(graph, 4, 1, fractional=True), atol=1e-5)
-    r = Hypothesis.parse("edge embed -> a1.*:v; edge a0.1 -> a1.*:k; edge a1.* -> out; edge m1 -> out").resolve(graph, need_paths=True)
-    torch.testing.assert_close(evaluate_edges(graph, runs, edge_mask(graph, [r.edges]))[0], evaluate_paths(graph, runs, r.paths),
-                               rtol=1e-5, atol=1e-5)
+    r = Hypothesis.parse("edge embed -> a1.*:v; edge a0.1 -> a1.*:k; edge a1.* -> out; edge m1 -> out").resolve(
+        graph, need_paths=True
+    )
+    torch.testing.assert_close(
+        evaluate_edges(graph, runs, edge_mask(graph, [r.edges]))[0],
+        evaluate_paths(graph, runs, r.paths),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_budget_sets_chunks_and_leaves_results_unchanged():
     torch.manual_seed(0)
-    model = build_transformer({"n_layers": 2, "n_heads": 2, "d_model": 16, "d_head": 4, "vocab": 11, "n_ctx": 8, "d_mlp": 8})
+    model = build_transformer(
+        {"n_layers": 2, "n_heads": 2, "d_model": 16, "d_head": 4, "vocab": 11, "n_ctx": 8, "d_mlp": 8}
+    )
     graph = build_graph(model)
     runs = prepare(graph, torch.randint(0, 11, (3, 6)), torch.randint(0, 11, (3, 6)))
     small, big = fast.rows_for_budget(graph, runs, 200_000), fast.rows_for_budget(graph, runs, 2_000_000)
     assert 1 <= small < big
     masks = random_masks(graph, 12, 3)
-    torch.testing.assert_close(evaluate_edges(graph, runs, masks, memory_budget="150KB"), evaluate_edges(graph, runs, masks),
-                               rtol=0, atol=1e-6)
-    assert fast.parse_bytes("2GiB") == 2 << 30 and fast.parse_bytes("500MB") == 500 * 10 ** 6 and fast.parse_bytes(None) == 1 << 30
+    torch.testing.assert_close(
+        evaluate_edges(graph, runs, masks, memory_budget="150KB"), evaluate_edges(graph, runs, masks), rtol=0, atol=1e-6
+    )
+    assert (
+        fast.parse_bytes("2GiB") == 2 << 30
+        and fast.parse_bytes("500MB") == 500 * 10**6
+        and fast.parse_bytes(None) == 1 << 30
+    )
     with pytest.raises(ConfigError, match="not a size"):
         fast.parse_bytes("lots")
 
@@ -214,7 +282,9 @@ def test_budget_sets_chunks_and_leaves_results_unchanged():
 def test_meta_device_runs_without_host_copies():
     """Every tensor op stays on the model's device: on `meta` any hidden .cpu()/.item() would raise."""
     torch.manual_seed(0)
-    model = build_transformer({"n_layers": 2, "n_heads": 2, "d_model": 16, "d_head": 4, "vocab": 11, "n_ctx": 8, "ln": True, "d_mlp": 8})
+    model = build_transformer(
+        {"n_layers": 2, "n_heads": 2, "d_model": 16, "d_head": 4, "vocab": 11, "n_ctx": 8, "ln": True, "d_mlp": 8}
+    )
     model = model.to("meta")
     graph = build_graph(model, check=False)  # the build-time self-check reads numbers; meta has none
     x = torch.zeros(3, 6, dtype=torch.long, device="meta")
@@ -241,7 +311,9 @@ def test_position_restricted_edges_are_refused_by_name_and_fall_back():
     masks = random_masks(pos_graph, 3, 0)
     with pytest.raises(ConfigError, match="position-restricted"):
         fast.fast_evaluate(pos_graph, runs, masks)
-    torch.testing.assert_close(evaluate_edges(pos_graph, runs, masks), evaluate_edges(pos_graph, runs, masks, method="reference"))
+    torch.testing.assert_close(
+        evaluate_edges(pos_graph, runs, masks), evaluate_edges(pos_graph, runs, masks, method="reference")
+    )
 
 
 def test_single_edge_effects_use_fast_path_and_match_reference():
@@ -249,28 +321,75 @@ def test_single_edge_effects_use_fast_path_and_match_reference():
     runs = prepare(graph, *pair())
     metric = lambda out: out.sum(-1)
     base = metric(runs.clean["out"]).mean()
-    ref = torch.stack([metric(o).mean() for o in evaluate_edges(graph, runs, single_edge_masks(graph), method="reference")]) - base
+    ref = (
+        torch.stack(
+            [metric(o).mean() for o in evaluate_edges(graph, runs, single_edge_masks(graph), method="reference")]
+        )
+        - base
+    )
     torch.testing.assert_close(single_edge_effects(graph, runs, metric), ref, rtol=0, atol=1e-5)
     assert D == 3
 
 
 def subset_models():
-    out = [pytest.param(lambda: build_transformer({"n_layers": 2, "n_heads": 3, "d_model": 12, "d_head": 4, "vocab": 13, "n_ctx": 8,
-                                                   "ln": True, "d_mlp": 8}), id="zoo")]
+    out = [
+        pytest.param(
+            lambda: build_transformer(
+                {
+                    "n_layers": 2,
+                    "n_heads": 3,
+                    "d_model": 12,
+                    "d_head": 4,
+                    "vocab": 13,
+                    "n_ctx": 8,
+                    "ln": True,
+                    "d_mlp": 8,
+                }
+            ),
+            id="zoo",
+        )
+    ]
     try:
         import transformer_lens as tl
 
-        base = dict(n_layers=2, d_model=12, n_ctx=8, d_head=4, n_heads=3, d_vocab=13, d_mlp=16, act_fn="gelu", seed=0, device="cpu")
-        out.append(pytest.param(lambda: tl.HookedTransformer(tl.HookedTransformerConfig(normalization_type="LN", **base)), id="tl"))
-        out.append(pytest.param(lambda: tl.HookedTransformer(tl.HookedTransformerConfig(
-            normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=4, **base)), id="tl-rotary"))
+        base = dict(
+            n_layers=2,
+            d_model=12,
+            n_ctx=8,
+            d_head=4,
+            n_heads=3,
+            d_vocab=13,
+            d_mlp=16,
+            act_fn="gelu",
+            seed=0,
+            device="cpu",
+        )
+        out.append(
+            pytest.param(
+                lambda: tl.HookedTransformer(tl.HookedTransformerConfig(normalization_type="LN", **base)), id="tl"
+            )
+        )
+        out.append(
+            pytest.param(
+                lambda: tl.HookedTransformer(
+                    tl.HookedTransformerConfig(
+                        normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=4, **base
+                    )
+                ),
+                id="tl-rotary",
+            )
+        )
     except ImportError:
         pass
     try:
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        out.append(pytest.param(lambda: GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=3, n_embd=12, vocab_size=13, n_positions=8)),
-                                id="hf-gpt2"))
+        out.append(
+            pytest.param(
+                lambda: GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=3, n_embd=12, vocab_size=13, n_positions=8)),
+                id="hf-gpt2",
+            )
+        )
     except ImportError:
         pass
     return out
@@ -298,4 +417,6 @@ def test_head_subsets_equal_the_full_group(make):
         r = next(iter(slots.values()))
         same = {k: r for k in slots}
         torch.testing.assert_close(grp.total(same), sum(grp.fn({k: r.clone() for k in slots})), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(grp.fn(same, [grp.nodes[1]])[0], grp.fn({k: r.clone() for k in slots})[1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            grp.fn(same, [grp.nodes[1]])[0], grp.fn({k: r.clone() for k in slots})[1], rtol=1e-5, atol=1e-6
+        )

@@ -1,4 +1,5 @@
 """Cross-library oracle: TransformerLens activation patching on a HookedTransformer from a config."""
+
 import pytest
 import torch
 
@@ -15,8 +16,20 @@ pytestmark = pytest.mark.oracle
 
 @pytest.fixture(scope="module")
 def hooked():
-    cfg = tl.HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=8, d_head=4, n_heads=2, d_vocab=13, d_mlp=20,
-                                     act_fn="gelu", normalization_type="LN", use_split_qkv_input=True, seed=0, device="cpu")
+    cfg = tl.HookedTransformerConfig(
+        n_layers=2,
+        d_model=16,
+        n_ctx=8,
+        d_head=4,
+        n_heads=2,
+        d_vocab=13,
+        d_mlp=20,
+        act_fn="gelu",
+        normalization_type="LN",
+        use_split_qkv_input=True,
+        seed=0,
+        device="cpu",
+    )
     model = tl.HookedTransformer(cfg)
     model.eval()
     g = torch.Generator().manual_seed(0)
@@ -28,6 +41,7 @@ def hooked():
 def metric_for(clean):
     def metric(logits):
         return logits[:, -1].log_softmax(-1).gather(1, clean[:, -1:]).mean()
+
     return metric
 
 

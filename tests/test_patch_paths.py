@@ -1,4 +1,5 @@
 """Exact path-patching evaluators: brute-force tree = memoised signatures = two-version algorithm."""
+
 import itertools
 import random
 
@@ -47,6 +48,7 @@ def random_dag(seed: int, n_comp: int = 4, linear: bool = False) -> Graph:
             if len(slots) == 2:
                 h = h * torch.sigmoid(vals[(name, "b")] @ W["b"])
             return [h]
+
         groups.append(Group(name, "component", (name,), fn))
         prev.append(name)
     nodes["out"] = Node("out", "output", ("in",))
@@ -170,7 +172,9 @@ def test_transformer_tree_memo_edges_agree(tiny):
     graph = build_graph(model)
     runs = prepare(graph, x_r, x_c)
     hyps = [
-        Hypothesis.parse("edge embed -> a1.*:q; edge embed -> a1.*:v; edge embed -> a0.0:v; edge a0.0 -> a1.*:k; edge a1.* -> out"),
+        Hypothesis.parse(
+            "edge embed -> a1.*:q; edge embed -> a1.*:v; edge embed -> a0.0:v; edge a0.0 -> a1.*:k; edge a1.* -> out"
+        ),
         Hypothesis.parse("edge embed -> *; edge pos -> *; edge a0.1 -> *; edge a1.0 -> out"),
     ]
     for h in hyps:
@@ -258,7 +262,10 @@ def test_hypothesis_wildcards_and_ellipsis(tiny):
     assert Hypothesis.parse(text.to_text()).resolve(graph).edges == text.resolve(graph).edges
 
 
-@pytest.mark.parametrize("sender,receiver,slot", [(("0", "1"), ("1", "0"), "k"), (("0", "0"), ("1", "1"), "v"), (("0", "1"), ("1", "1"), "q")])
+@pytest.mark.parametrize(
+    "sender,receiver,slot",
+    [(("0", "1"), ("1", "0"), "k"), (("0", "0"), ("1", "1"), "v"), (("0", "1"), ("1", "1"), "q")],
+)
 def test_freeze_algorithm_equals_its_path_set(tiny, sender, receiver, slot):
     from innerprobe.patch.activation import freeze_patch
 

@@ -38,8 +38,9 @@ def test_long_chain_is_wrapped_in_two_dimensions_within_the_size_bound(tmp_path,
 
 @pytest.mark.parametrize("n_layers", [2, 12])
 def test_transformer_rows_per_layer_and_qkv_legend(tmp_path, monkeypatch, n_layers):
-    tf = build_transformer({"n_layers": n_layers, "n_heads": 4, "d_model": 16, "d_head": 4, "vocab": 11, "n_ctx": 8,
-                            "d_mlp": 8}).eval()
+    tf = build_transformer(
+        {"n_layers": n_layers, "n_heads": 4, "d_model": 16, "d_head": 4, "vocab": 11, "n_ctx": 8, "d_mlp": 8}
+    ).eval()
     g = build_graph(tf)
     legend = _legend(monkeypatch)
     path = plots.draw_circuit(g, {e: 1.0 for e in g.edges[:40]}, tmp_path / "t.png")

@@ -1,4 +1,5 @@
 """patch.workflow: the edge report and proportion CI shared by ``innerprobe patch`` and the path-patching studies."""
+
 import json
 
 import numpy as np

@@ -1,5 +1,6 @@
 """Functional-call sites (core/functional.py): ``MODULE#K``, ``MODULE/FUNCTION[#K]``, ``/FUNCTION#K``
 in hooks and in APEX (issue 16.5)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -35,8 +36,14 @@ class Net(nn.Module):
 
 
 def test_grammar_round_trips():
-    for text, parts in [("a.b#1", ("a.b", None, 1)), ("a/gelu#0", ("a", "gelu", 0)), ("a.b/silu", ("a.b", "silu", None)),
-                        ("/relu#2", ("", "relu", 2)), ("fn:relu#2", ("", "relu", 2)), ("plain.name", ("plain.name", None, None))]:
+    for text, parts in [
+        ("a.b#1", ("a.b", None, 1)),
+        ("a/gelu#0", ("a", "gelu", 0)),
+        ("a.b/silu", ("a.b", "silu", None)),
+        ("/relu#2", ("", "relu", 2)),
+        ("fn:relu#2", ("", "relu", 2)),
+        ("plain.name", ("plain.name", None, None)),
+    ]:
         assert split_call(text) == parts
     assert format_call("", "relu", 2) == "/relu#2" and format_call("a", None, 1) == "a#1"
     with pytest.raises(SiteError):

@@ -1,4 +1,5 @@
 """APEX on language models (issue 11.1), non-finite logits (14.1) and sweep-folder checks (14.11)."""
+
 import json
 import warnings
 
@@ -16,7 +17,9 @@ transformers = pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def gpt2():
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(
+        vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+    )
     return transformers.GPT2LMHeadModel(cfg).eval()
 
 
@@ -40,7 +43,10 @@ def test_sigma_zero_reproduces_the_clean_next_token_prediction_bitwise(gpt2):
 def test_input_site_is_the_token_embedding_and_residual_preset(gpt2):
     x = tokens()
     assert [str(r) for r in Engine(gpt2, x, samples=2, sites=[":input"]).rsites] == ["transformer.wte"]
-    assert [str(r) for r in Engine(gpt2, x, samples=2, sites="residual").rsites] == ["transformer.h.0:output.0", "transformer.h.1:output.0"]
+    assert [str(r) for r in Engine(gpt2, x, samples=2, sites="residual").rsites] == [
+        "transformer.h.0:output.0",
+        "transformer.h.1:output.0",
+    ]
 
 
 def test_per_input_positions_and_candidates_match_a_manual_gather(gpt2):
@@ -83,8 +89,17 @@ def test_float_inputs_to_a_token_model_get_a_hint_about_token_ids(gpt2):
 @pytest.mark.slow
 def test_llama_default_sites_and_bitwise_sigma_zero():
     x = tokens()
-    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                   num_key_value_heads=1, max_position_embeddings=32, bos_token_id=0, eos_token_id=0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     torch.manual_seed(0)
     llama = transformers.LlamaForCausalLM(cfg).eval()
     eng = Engine(llama, x, samples=2)
@@ -99,8 +114,11 @@ def test_transformer_lens_default_sites_are_hook_post_and_match_the_functional_g
     tl = pytest.importorskip("transformer_lens")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tm = tl.HookedTransformer(tl.HookedTransformerConfig(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=97,
-                                                             act_fn="gelu", d_mlp=64)).eval()
+        tm = tl.HookedTransformer(
+            tl.HookedTransformerConfig(
+                n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=97, act_fn="gelu", d_mlp=64
+            )
+        ).eval()
     assert [r.name for r in Engine(tm, x, samples=2).rsites] == ["blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post"]
     # TL's GELU is functional: the call site and hook_post are the same place, so with the same seed the counts agree
     a = Engine(tm, x, samples=8, sites=["blocks.0.mlp.hook_post"]).counts([0.5, 2.0])
@@ -151,7 +169,9 @@ def test_truncated_manifest_and_wrong_shape_chunk_are_refused(tmp_path):
     with pytest.raises(DataError, match="counts_0001.npz has counts of shape"):
         apex(m, x, sig, samples=4, out=tmp_path, sigma_chunk=2)
     np.savez(chunk, **good)
-    assert np.array_equal(apex(m, x, sig, samples=4, out=tmp_path, sigma_chunk=2).arrays["counts"], ref.arrays["counts"])
+    assert np.array_equal(
+        apex(m, x, sig, samples=4, out=tmp_path, sigma_chunk=2).arrays["counts"], ref.arrays["counts"]
+    )
     text = (sweep / "manifest.json").read_text()
     (sweep / "manifest.json").write_text(text[: len(text) // 2])
     with pytest.raises(DataError, match="unreadable") as e:

@@ -1,4 +1,5 @@
 """Attribution API: captum oracles, grad modes, targets, chunking, pullback ascent."""
+
 from __future__ import annotations
 
 import math
@@ -22,12 +23,28 @@ from innerprobe.pullback import (
     pullback_rules,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients", "ignore:Setting backward hooks")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Input Tensor 0 did not already require gradients", "ignore:Setting backward hooks"
+)
+
 
 def cnn(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(96, 16), nn.ReLU(), nn.Linear(16, 10)).double().eval()
+    return (
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(96, 16),
+            nn.ReLU(),
+            nn.Linear(16, 10),
+        )
+        .double()
+        .eval()
+    )
 
 
 @pytest.fixture
@@ -46,8 +63,12 @@ def x():
 def test_captum_gradient_ixg_guided(model, x):
     captum = pytest.importorskip("captum.attr")
     t = torch.tensor([0, 1, 2, 3, 4, 5])
-    assert torch.allclose(Gradient(model).attribute(x, t), captum.Saliency(model).attribute(x, target=t, abs=False), rtol=1e-12)
-    assert torch.allclose(InputXGradient(model).attribute(x, t), captum.InputXGradient(model).attribute(x, target=t), rtol=1e-12)
+    assert torch.allclose(
+        Gradient(model).attribute(x, t), captum.Saliency(model).attribute(x, target=t, abs=False), rtol=1e-12
+    )
+    assert torch.allclose(
+        InputXGradient(model).attribute(x, t), captum.InputXGradient(model).attribute(x, target=t), rtol=1e-12
+    )
     gb = captum.GuidedBackprop(model).attribute(x, target=t)
     ours = GuidedBackprop(model).attribute(x, t)
     assert torch.allclose(ours, gb, rtol=1e-12, atol=1e-15)
@@ -61,7 +82,9 @@ def test_captum_integrated_gradients(model, x, method):
     captum = pytest.importorskip("captum.attr")
     ref = captum.IntegratedGradients(model).attribute(x, target=3, n_steps=12, method=method, baselines=0.1)
     got = IntegratedGradients(model, steps=12, method=method, baseline=0.1).attribute(x, 3)
-    if method == "riemann_trapezoid":  # captum's trapezoid weights are 1/n (ends halved), summing to (n-1)/n; ours sum to 1
+    if (
+        method == "riemann_trapezoid"
+    ):  # captum's trapezoid weights are 1/n (ends halved), summing to (n-1)/n; ours sum to 1
         got = got * 11 / 12
     # captum builds its alphas with float32 linspace, hence the tolerance
     assert torch.allclose(got, ref, rtol=1e-5, atol=1e-9)
@@ -119,9 +142,16 @@ def test_targets(model, x):
         ep.attribute(x.long(), 1)
 
 
-@pytest.mark.parametrize("make", [lambda m: SmoothGrad(m, n_samples=4, sigma=0.1), lambda m: IntegratedGradients(m, steps=8),
-                                  lambda m: ExcitationPullback(m), lambda m: ExcitationPullback(m, 0.5, scale="spread"),
-                                  lambda m: InputXGradient(m, rules=pullback_rules(0.6))])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: SmoothGrad(m, n_samples=4, sigma=0.1),
+        lambda m: IntegratedGradients(m, steps=8),
+        lambda m: ExcitationPullback(m),
+        lambda m: ExcitationPullback(m, 0.5, scale="spread"),
+        lambda m: InputXGradient(m, rules=pullback_rules(0.6)),
+    ],
+)
 def test_chunk_size_does_not_change_results(model, x, make):
     full = make(model).attribute(x, 3)
     m2 = make(model)

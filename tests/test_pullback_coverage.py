@@ -1,4 +1,5 @@
 """Honest coverage: every nonlinearity and pool is counted, gated or not; pool variants; selectors; bad input."""
+
 from __future__ import annotations
 
 import ast
@@ -48,7 +49,13 @@ def test_ungated_nonlinearities_are_counted_and_warned():
     with pytest.warns(PullbackWarning, match="gated no call"):
         ep.attribute(torch.rand(2, 1, 8, 8, dtype=torch.float64), 0)
     ops = ep.coverage.by_op()
-    assert ops == {"hardtanh": (0, 2), "leaky_relu": (0, 1), "elu": (0, 1), "tanh": (0, 1), "adaptive_max_pool2d": (0, 1)}
+    assert ops == {
+        "hardtanh": (0, 2),
+        "leaky_relu": (0, 1),
+        "elu": (0, 1),
+        "tanh": (0, 1),
+        "adaptive_max_pool2d": (0, 1),
+    }
     assert ep.coverage.fraction == 0.0 and "unequal size" in str(ep.coverage)
 
 
@@ -62,9 +69,14 @@ class Forms(nn.Module):
 
     def forward(self, x):
         z = self.l1(x)
-        h = {"relu": lambda: torch.relu(z), "clamp": lambda: z.clamp(min=0), "torch.clamp": lambda: torch.clamp(z, min=0),
-             "clamp_min": lambda: z.clamp_min(0), "threshold": lambda: F.threshold(z, 0.0, 0.0),
-             "nn.Threshold": lambda: nn.Threshold(0.0, 0.0)(z)}[self.form]()
+        h = {
+            "relu": lambda: torch.relu(z),
+            "clamp": lambda: z.clamp(min=0),
+            "torch.clamp": lambda: torch.clamp(z, min=0),
+            "clamp_min": lambda: z.clamp_min(0),
+            "threshold": lambda: F.threshold(z, 0.0, 0.0),
+            "nn.Threshold": lambda: nn.Threshold(0.0, 0.0)(z),
+        }[self.form]()
         h = F.max_pool1d(h.unsqueeze(1), 2).squeeze(1)
         return self.l2(h)
 
@@ -94,8 +106,10 @@ def soft_pool(x, k, s, p, T, detach, pad, dil=1, ceil=False):
     return (w * cols).sum(2).view(*out.shape)
 
 
-@pytest.mark.parametrize("k,s,p,dil,ceil", [(3, 2, 1, 1, False), (3, 2, 1, 1, True), (2, 2, 0, 1, True), (3, 1, 1, 2, False),
-                                            (2, 2, 1, 1, False)])
+@pytest.mark.parametrize(
+    "k,s,p,dil,ceil",
+    [(3, 2, 1, 1, False), (3, 2, 1, 1, True), (2, 2, 0, 1, True), (3, 1, 1, 2, False), (2, 2, 1, 1, False)],
+)
 @pytest.mark.parametrize("detach", [False, True])
 @pytest.mark.parametrize("padding", ["-inf", "zero"])
 def test_pool_surrogate_variants_match_reference(k, s, p, dil, ceil, detach, padding):
@@ -157,8 +171,14 @@ def test_apply_does_not_import_attribution():
 def test_bad_inputs_are_innerprobe_errors():
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     hooks = count_hooks(model)
-    for bad in (torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 5), torch.empty(0, 3), torch.empty(2, 3, device="meta"),
-                [[1.0, 2.0, 3.0]], torch.full((2, 3), math.nan)):
+    for bad in (
+        torch.randn(2, 3, dtype=torch.float64),
+        torch.randn(2, 5),
+        torch.empty(0, 3),
+        torch.empty(2, 3, device="meta"),
+        [[1.0, 2.0, 3.0]],
+        torch.full((2, 3), math.nan),
+    ):
         with pytest.raises(InnerprobeError):
             ExcitationPullback(model).attribute(bad, 0)
     with pytest.raises(InnerprobeError):

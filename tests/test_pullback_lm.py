@@ -1,4 +1,5 @@
 """Pullbacks on language models: HF GPT-2 / Llama and TransformerLens from configs (random weights), integer tokens."""
+
 from __future__ import annotations
 
 import warnings
@@ -27,16 +28,34 @@ transformers = pytest.importorskip("transformers")
 
 def gpt2(act="gelu_new", seed=0):
     torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=40, n_positions=12, activation_function=act,
-                                  bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(
+        n_layer=2,
+        n_head=2,
+        n_embd=16,
+        vocab_size=40,
+        n_positions=12,
+        activation_function=act,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return transformers.GPT2LMHeadModel(cfg).double().eval()
 
 
 def llama(act="silu", seed=0):
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, hidden_size=16,
-                                   intermediate_size=32, vocab_size=40, max_position_embeddings=12, hidden_act=act,
-                                   bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    cfg = transformers.LlamaConfig(
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        hidden_size=16,
+        intermediate_size=32,
+        vocab_size=40,
+        max_position_embeddings=12,
+        hidden_act=act,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     return transformers.LlamaForCausalLM(cfg).double().eval()
 
 
@@ -49,8 +68,11 @@ def state(model):
 
 def same_state(model, before):
     params, modes, hooks = before
-    return (all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
-            and modes == [m.training for m in model.modules()] and count_hooks(model) == hooks)
+    return (
+        all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
+        and modes == [m.training for m in model.modules()]
+        and count_hooks(model) == hooks
+    )
 
 
 @pytest.mark.parametrize("make", [lambda: gpt2("relu"), lambda: llama("relu")], ids=["gpt2", "llama"])
@@ -106,11 +128,16 @@ def test_token_relevance_reductions():
     ep = ExcitationPullback(model)
     A = ep.attribute(TOKENS, target=TokenTarget([3, 4, 5], position=[-1, -2, 3]))
     emb = model.transformer.wte(TOKENS).detach()
-    assert torch.allclose(ep.attribute(TOKENS, target=TokenTarget([3, 4, 5], [-1, -2, 3]), reduce="dot"), (A * emb).sum(-1))
-    assert torch.allclose(ep.attribute(TOKENS, target=TokenTarget([3, 4, 5], [-1, -2, 3]), reduce="norm"), A.norm(dim=-1))
+    assert torch.allclose(
+        ep.attribute(TOKENS, target=TokenTarget([3, 4, 5], [-1, -2, 3]), reduce="dot"), (A * emb).sum(-1)
+    )
+    assert torch.allclose(
+        ep.attribute(TOKENS, target=TokenTarget([3, 4, 5], [-1, -2, 3]), reduce="norm"), A.norm(dim=-1)
+    )
     assert torch.equal(ep.layer_values, emb)
-    ig, delta = IntegratedGradients(model, steps=64).attribute(TOKENS, target=3, baselines=0, return_convergence_delta=True,
-                                                              reduce="sum")
+    ig, delta = IntegratedGradients(model, steps=64).attribute(
+        TOKENS, target=3, baselines=0, return_convergence_delta=True, reduce="sum"
+    )
     assert ig.shape == (3, 6) and delta.abs().max() < 1e-2 * ig.abs().sum(1).max()
 
 
@@ -149,8 +176,17 @@ def test_norm_and_attention_surrogates():
 def test_transformer_lens_functional_gelu_new():
     tl = pytest.importorskip("transformer_lens")
     torch.manual_seed(0)
-    cfg = tl.HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=8, d_head=8, n_heads=2, d_vocab=20, act_fn="gelu_new",
-                                     d_mlp=32, dtype=torch.float64)
+    cfg = tl.HookedTransformerConfig(
+        n_layers=2,
+        d_model=16,
+        n_ctx=8,
+        d_head=8,
+        n_heads=2,
+        d_vocab=20,
+        act_fn="gelu_new",
+        d_mlp=32,
+        dtype=torch.float64,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = tl.HookedTransformer(cfg).eval()
@@ -195,9 +231,16 @@ def test_train_mode_warns_and_model_restored():
     assert torch.equal(a, ExcitationPullback(model).attribute(TOKENS, target=3))  # dropout was off
 
 
-@pytest.mark.parametrize("bad,kind", [(dict(target=40), ConfigError), (dict(target=(9, 1)), ConfigError),
-                                      (dict(target=LogitDiff([1, 2], 3)), ConfigError), (dict(target=1.5), ConfigError),
-                                      (dict(target=3, reduce="mean"), ConfigError)])
+@pytest.mark.parametrize(
+    "bad,kind",
+    [
+        (dict(target=40), ConfigError),
+        (dict(target=(9, 1)), ConfigError),
+        (dict(target=LogitDiff([1, 2], 3)), ConfigError),
+        (dict(target=1.5), ConfigError),
+        (dict(target=3, reduce="mean"), ConfigError),
+    ],
+)
 def test_bad_lm_calls_are_innerprobe_errors_and_leave_model(bad, kind):
     model = gpt2()
     before = state(model)

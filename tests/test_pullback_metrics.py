@@ -1,4 +1,5 @@
 """Metrics: hand-derived answers on linear toys, slow references, chunk independence, bootstrap."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,7 +42,7 @@ def slow_deletion(model, x, attr, t, steps, insert=False, seed=0):
         ps = []
         for k in range(steps + 1):
             keep = torch.zeros(16, dtype=torch.bool)
-            keep[order[i, :round(16 * k / steps)]] = True
+            keep[order[i, : round(16 * k / steps)]] = True
             xi = x[i].flatten().clone()
             xi = torch.where(keep, xi, torch.zeros(())) if insert else torch.where(keep, torch.zeros(()), xi)
             with torch.no_grad():
@@ -99,7 +100,9 @@ def test_localisation_by_hand():
 
 def test_cascading_randomisation_leaves_model_and_drops():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+    ).eval()
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.rand(10, 1, 4, 4)
     rows = M.cascading_randomisation(model, x, 0, lambda m, xx, t: Gradient(m).attribute(xx, t))
@@ -110,7 +113,9 @@ def test_cascading_randomisation_leaves_model_and_drops():
 
 def test_random_logit_guided_is_class_insensitive():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), *[m for _ in range(4) for m in (nn.LazyLinear(32), nn.ReLU())], nn.Linear(32, 10)).eval()
+    model = nn.Sequential(
+        nn.Flatten(), *[m for _ in range(4) for m in (nn.LazyLinear(32), nn.ReLU())], nn.Linear(32, 10)
+    ).eval()
     x = torch.rand(16, 1, 4, 4)
     model(x)
     sim_gb = M.random_logit(lambda xx, t: GuidedBackprop(model).attribute(xx, t), x, 0, 10)

@@ -4,6 +4,7 @@ The reference below is written from the published description of the two codes (
 "Presets"), not from innerprobe's implementation: it swaps the *modules* of a deep copy for surrogate
 modules (the authors' approach), leaving functional calls hard, and autograd does the rest.
 """
+
 from __future__ import annotations
 
 import copy
@@ -112,8 +113,16 @@ class VGGLike(nn.Module):
             return [nn.Conv2d(ci, co, 3, padding=1), nn.BatchNorm2d(co), nn.ReLU(inplace=True)]
 
         self.features = nn.Sequential(*block(3, 8), *block(8, 8), nn.MaxPool2d(2), *block(8, 12), nn.MaxPool2d(2))
-        self.head = nn.Sequential(nn.Linear(12 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 32), nn.LayerNorm(32), nn.GELU(),
-                                  nn.Linear(32, 16), nn.SiLU(), nn.Linear(16, 5))
+        self.head = nn.Sequential(
+            nn.Linear(12 * 4 * 4, 32),
+            nn.ReLU(),
+            nn.Linear(32, 32),
+            nn.LayerNorm(32),
+            nn.GELU(),
+            nn.Linear(32, 16),
+            nn.SiLU(),
+            nn.Linear(16, 5),
+        )
 
     def forward(self, x):
         return self.head(F.relu(self.features(x)).flatten(1))  # a functional ReLU: hard in the authors' codes
@@ -136,8 +145,9 @@ class ResNetLike(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(1)
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 7, 2, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
-                                  nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 7, 2, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+        )
         self.layer1 = nn.Sequential(Basic(8), Basic(8))
         self.fc = nn.Linear(8, 5)
 

@@ -1,4 +1,5 @@
 """Backward rules: forward untouched, limits, slow references, in-place / reused / functional ReLUs, hygiene."""
+
 from __future__ import annotations
 
 import sys
@@ -106,8 +107,18 @@ def sig(T):
 
 
 # ----------------------------------------------------------------------------- forward untouched
-@pytest.mark.parametrize("make", [lambda: mlp(), lambda: mlp(act=nn.GELU), lambda: mlp(act=nn.SiLU), lambda: CNN(), lambda: CNN(inplace=True),
-                                  lambda: Reused(inplace=True), lambda: Functional(Reused())])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: mlp(),
+        lambda: mlp(act=nn.GELU),
+        lambda: mlp(act=nn.SiLU),
+        lambda: CNN(),
+        lambda: CNN(inplace=True),
+        lambda: Reused(inplace=True),
+        lambda: Functional(Reused()),
+    ],
+)
 @pytest.mark.parametrize("train", [False, True])
 def test_forward_bitwise_unchanged(make, train):
     model = make().train(train)
@@ -169,10 +180,14 @@ def test_matches_slow_reference(T):
         ref = slow_mlp_pullback(model, x, 1, sig(T))
     assert torch.allclose(ExcitationPullback(model, temperature=T).attribute(x, target=1), ref, rtol=1e-10)
     ref_p = slow_mlp_pullback(model, x, 1, lambda z: torch.special.ndtr(z / T)).detach()
-    assert torch.allclose(ExcitationPullback(model, temperature=T, gate="probit").attribute(x, target=1), ref_p, rtol=1e-10)
+    assert torch.allclose(
+        ExcitationPullback(model, temperature=T, gate="probit").attribute(x, target=1), ref_p, rtol=1e-10
+    )
 
 
-@pytest.mark.parametrize("act,gate", [(nn.GELU, lambda z: torch.special.ndtr(z / 1.0)), (nn.SiLU, lambda z: torch.sigmoid(z / 1.6))])
+@pytest.mark.parametrize(
+    "act,gate", [(nn.GELU, lambda z: torch.special.ndtr(z / 1.0)), (nn.SiLU, lambda z: torch.sigmoid(z / 1.6))]
+)
 def test_gelu_silu_gates(act, gate):
     model = mlp(depth=2, act=act, dtype=torch.float64)
     x = torch.randn(5, 12, dtype=torch.float64)
@@ -184,7 +199,9 @@ def test_gelu_silu_gates(act, gate):
         g = (g * gate(z1)) @ lins[0].weight
     assert torch.allclose(ExcitationPullback(model).attribute(x, target=0), g, rtol=1e-10)
     # the hard rule keeps the exact derivative for smooth activations
-    assert torch.allclose(Gradient(model, rules=pullback_rules(gate="hard")).attribute(x, 0), Gradient(model).attribute(x, 0))
+    assert torch.allclose(
+        Gradient(model, rules=pullback_rules(gate="hard")).attribute(x, 0), Gradient(model).attribute(x, 0)
+    )
 
 
 # ----------------------------------------------------------------------------- max-pool surrogate
@@ -319,7 +336,11 @@ def test_per_call_spread_temperature():
 
 # ----------------------------------------------------------------------------- hygiene
 def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+    )
 
 
 def test_rules_and_hooks_gone_after_exception():
@@ -381,7 +402,9 @@ def _import_zennit():
     except ModuleNotFoundError as e:
         if not str(e.name).startswith("torchvision"):
             pytest.skip(f"zennit not importable: {e}")
-        tv, models, resnet = (types.ModuleType(n) for n in ("torchvision", "torchvision.models", "torchvision.models.resnet"))
+        tv, models, resnet = (
+            types.ModuleType(n) for n in ("torchvision", "torchvision.models", "torchvision.models.resnet")
+        )
         resnet.Bottleneck = type("Bottleneck", (nn.Module,), {})
         resnet.BasicBlock = type("BasicBlock", (nn.Module,), {})
         tv.models, models.resnet = models, resnet
@@ -407,8 +430,17 @@ class ReLUConvNet(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(3)
-        self.net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
-                                 nn.AvgPool2d(2), nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 5))
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64, 16),
+            nn.ReLU(),
+            nn.Linear(16, 5),
+        )
 
     def forward(self, x):
         return self.net(x)

@@ -1,4 +1,5 @@
 """Study helpers (no training by default): planted stamps, mosaics, plots; the quick study is slow."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,20 @@ def test_mosaics_and_canvases():
 
 
 def test_image_grid(tmp_path):
-    p = image_grid([[("input", np.random.rand(1, 8, 8)), ("map", np.random.randn(8, 8)), ("delta", np.random.randn(1, 8, 8)), None]],
-                   tmp_path / "g.png", col_labels=["a", "b", "c", "d"], row_labels=["r"], title="t")
+    p = image_grid(
+        [
+            [
+                ("input", np.random.rand(1, 8, 8)),
+                ("map", np.random.randn(8, 8)),
+                ("delta", np.random.randn(1, 8, 8)),
+                None,
+            ]
+        ],
+        tmp_path / "g.png",
+        col_labels=["a", "b", "c", "d"],
+        row_labels=["r"],
+        title="t",
+    )
     assert p.stat().st_size > 500
 
 

@@ -4,6 +4,7 @@ Fast: each block compiles, and every ``from innerprobe... import NAME`` in it na
 Slow: each block runs by itself in a fresh interpreter (it loads trained zoo models from the cache, training
 them if missing). The first two commands of the README stay ``make demo`` and ``make test``.
 """
+
 from __future__ import annotations
 
 import ast
@@ -35,16 +36,29 @@ def test_there_are_python_blocks():
 def test_block_compiles_and_its_innerprobe_imports_exist(i):
     tree = ast.parse(BLOCKS[i], filename=f"README block {i + 1}")
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-    bound = {a.asname or a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
-             for a in n.names}
-    bound |= {t.id for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.For, ast.comprehension))
-              for t in ast.walk(n.target if not isinstance(n, ast.Assign) else ast.Tuple(n.targets, ast.Load()))
-              if isinstance(t, ast.Name)}
+    bound = {
+        a.asname or a.name.split(".")[0]
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names
+    }
+    bound |= {
+        t.id
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Assign, ast.For, ast.comprehension))
+        for t in ast.walk(n.target if not isinstance(n, ast.Assign) else ast.Tuple(n.targets, ast.Load()))
+        if isinstance(t, ast.Name)
+    }
     bound |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     bound |= {a.arg for n in ast.walk(tree) if isinstance(n, ast.Lambda) for a in n.args.args}
     bound |= {n.name for n in ast.walk(tree) if isinstance(n, ast.ExceptHandler) and n.name}
-    with_items = {t.id for n in ast.walk(tree) if isinstance(n, ast.withitem) and n.optional_vars is not None
-                  for t in ast.walk(n.optional_vars) if isinstance(t, ast.Name)}
+    with_items = {
+        t.id
+        for n in ast.walk(tree)
+        if isinstance(n, ast.withitem) and n.optional_vars is not None
+        for t in ast.walk(n.optional_vars)
+        if isinstance(t, ast.Name)
+    }
     import builtins
 
     missing = names - bound - with_items - set(dir(builtins))
@@ -53,8 +67,9 @@ def test_block_compiles_and_its_innerprobe_imports_exist(i):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("innerprobe"):
             mod = importlib.import_module(node.module)
             for a in node.names:
-                assert hasattr(mod, a.name) or importlib.util.find_spec(f"{node.module}.{a.name}"), \
+                assert hasattr(mod, a.name) or importlib.util.find_spec(f"{node.module}.{a.name}"), (
                     f"README block {i + 1}: {node.module} has no {a.name}"
+                )
 
 
 @pytest.mark.slow

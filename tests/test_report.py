@@ -1,4 +1,5 @@
 """The HTML report: built from synthetic section.json files, self-contained, ordered, robust."""
+
 from __future__ import annotations
 
 import base64
@@ -61,6 +62,7 @@ def test_report_embeds_figures_notes_missing_and_orders(tmp_path):
     import torch
 
     from innerprobe import __version__
+
     assert f"torch {torch.__version__}" in page and f"innerprobe {__version__}" in page
     assert "nested/study-a/section.json" in page and "missing figure" in page
 
@@ -72,8 +74,12 @@ def test_report_custom_out_and_title(tmp_path):
 
 
 def test_result_files_without_section_get_a_plain_section(tmp_path):
-    r = Result("apex", data={"sigma_star": 0.25, "n": 3}, tables={"curve": [{"sigma": 0.1, "acc": 0.9}, {"sigma": 0.2, "acc": 0.5}]},
-               provenance=provenance(seed=7, model="digits-mlp"))
+    r = Result(
+        "apex",
+        data={"sigma_star": 0.25, "n": 3},
+        tables={"curve": [{"sigma": 0.1, "acc": 0.9}, {"sigma": 0.2, "acc": 0.5}]},
+        provenance=provenance(seed=7, model="digits-mlp"),
+    )
     r.save(tmp_path / "run1" / "apex.json")
     # a result next to a section.json is covered by that section and not shown twice
     Section("Study with summary").save(tmp_path / "s")
@@ -129,10 +135,17 @@ def test_plots_do_not_touch_global_matplotlib_state(tmp_path):
     before_rc = dict(matplotlib.rcParams)
     from innerprobe.report import plots
 
-    fig = plots.line_plot({"a": [1, 2, 3], "b": [3, 2, 1]}, bands={"a": ([0.5, 1.5, 2.5], [1.5, 2.5, 3.5])}, hlines={"floor": 2.0})
+    fig = plots.line_plot(
+        {"a": [1, 2, 3], "b": [3, 2, 1]}, bands={"a": ([0.5, 1.5, 2.5], [1.5, 2.5, 3.5])}, hlines={"floor": 2.0}
+    )
     plots.savefig(fig, tmp_path / "l.png")
-    plots.savefig(plots.heatmap([[0.1, 0.9], [0.5, 0.2]], row_labels=["L0", "L1"], col_labels=["H0", "H1"]), tmp_path / "h.png")
-    plots.savefig(plots.image_grid([[[0.0, 1.0], [1.0, 0.0]]] * 3, titles=["a", "b", "c"], colors=["green", "red", "green"]), tmp_path / "g.png")
+    plots.savefig(
+        plots.heatmap([[0.1, 0.9], [0.5, 0.2]], row_labels=["L0", "L1"], col_labels=["H0", "H1"]), tmp_path / "h.png"
+    )
+    plots.savefig(
+        plots.image_grid([[[0.0, 1.0], [1.0, 0.0]]] * 3, titles=["a", "b", "c"], colors=["green", "red", "green"]),
+        tmp_path / "g.png",
+    )
     for name in ("l.png", "h.png", "g.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp.png"))
@@ -145,9 +158,11 @@ def test_plot_helpers_never_import_pyplot(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from innerprobe.report import plots; "
-            f"plots.savefig(plots.line_plot({{'a': [1, 2]}}), {str(tmp_path / 'x.png')!r}); "
-            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
+    code = (
+        "import sys; from innerprobe.report import plots; "
+        f"plots.savefig(plots.line_plot({{'a': [1, 2]}}), {str(tmp_path / 'x.png')!r}); "
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     assert (tmp_path / "x.png").exists()
 

@@ -19,11 +19,19 @@ from innerprobe.results import row
 
 
 def test_rows_render_with_labels_and_one_seed_shows_no_interval(tmp_path):
-    s = Section("Rows", rows=[
-        row("target_share_ratio", CI(1.92, 1.56, 2.36, 0.95, "t", 6), model="digits-mlp",
-            condition={"noise": "all", "sigma": 64}, seeds=[0, 1, 2]),
-        row("escape_noise_median", 0.25, model="digits-cnn", seeds=[0], n=1),
-    ])
+    s = Section(
+        "Rows",
+        rows=[
+            row(
+                "target_share_ratio",
+                CI(1.92, 1.56, 2.36, 0.95, "t", 6),
+                model="digits-mlp",
+                condition={"noise": "all", "sigma": 64},
+                seeds=[0, 1, 2],
+            ),
+            row("escape_noise_median", 0.25, model="digits-cnn", seeds=[0], n=1),
+        ],
+    )
     s.save(tmp_path / "s")
     page = build_report(tmp_path).read_text()
     assert "Target share ratio" in page and "noise all, sigma 64" in page
@@ -67,8 +75,19 @@ def test_runs_with_one_title_are_told_apart(tmp_path):
     assert len({s.anchor for s in secs}) == 3
 
 
-@pytest.mark.parametrize("content", ["[1, 2]", '{"title": "x", "rows": 5}', '{"title": 3}', '{"order": "a"}',
-                                     '{"tables": [5]}', '{"rows": [{"value": 1}]}', '{"run": 5}', "\xff\xfe"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[1, 2]",
+        '{"title": "x", "rows": 5}',
+        '{"title": 3}',
+        '{"order": "a"}',
+        '{"tables": [5]}',
+        '{"rows": [{"value": 1}]}',
+        '{"run": 5}',
+        "\xff\xfe",
+    ],
+)
 def test_malformed_sections_are_shown_not_fatal(tmp_path, content):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "section.json").write_bytes(content.encode("latin-1"))

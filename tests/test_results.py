@@ -1,4 +1,5 @@
 """Results round-trip through JSON (+ .npz arrays) with provenance, and give DataFrames."""
+
 import json
 
 import numpy as np
@@ -11,10 +12,13 @@ from innerprobe.results import provenance, to_jsonable
 
 
 def test_round_trip(tmp_path):
-    r = Result("apex", data={"median": np.float32(0.5), "nan": float("nan"), "t": torch.tensor([1, 2])},
-               tables={"rows": [{"sigma": 0.1, "p": 0.9}, {"sigma": 1.0, "p": 0.2}]},
-               provenance=provenance(seed=3, model="digits-mlp", sites=["@ReLU"], config={"K": 32}),
-               arrays={"counts": np.arange(12).reshape(2, 3, 2)})
+    r = Result(
+        "apex",
+        data={"median": np.float32(0.5), "nan": float("nan"), "t": torch.tensor([1, 2])},
+        tables={"rows": [{"sigma": 0.1, "p": 0.9}, {"sigma": 1.0, "p": 0.2}]},
+        provenance=provenance(seed=3, model="digits-mlp", sites=["@ReLU"], config={"K": 32}),
+        arrays={"counts": np.arange(12).reshape(2, 3, 2)},
+    )
     path = r.save(tmp_path / "r.json")
     back = Result.load(path)
     assert back.kind == "apex" and back.data == {"median": 0.5, "nan": None, "t": [1, 2]}
@@ -47,8 +51,14 @@ def test_row_fields_and_ci():
     from innerprobe.core.stats import t_interval
     from innerprobe.results import row
 
-    r = row("target_share_ratio", t_interval([1.5, 2.0, 2.5]), model="digits-mlp",
-            condition={"noise": "all", "sigma": np.int64(64)}, seeds=np.arange(3), note="x")
+    r = row(
+        "target_share_ratio",
+        t_interval([1.5, 2.0, 2.5]),
+        model="digits-mlp",
+        condition={"noise": "all", "sigma": np.int64(64)},
+        seeds=np.arange(3),
+        note="x",
+    )
     assert list(r)[:8] == ["metric", "model", "condition", "seeds", "value", "lo", "hi", "n"]
     assert r["seeds"] == [0, 1, 2] and type(r["seeds"][0]) is int and r["condition"] == {"noise": "all", "sigma": 64}
     assert r["value"] == 2.0 and r["lo"] < 2.0 < r["hi"] and r["n"] == 3 and r["ci_method"] == "t" and r["note"] == "x"
@@ -58,9 +68,19 @@ def test_row_fields_and_ci():
     json.dumps([r, one])
 
 
-@pytest.mark.parametrize("kw", [{"metric": "target share"}, {"metric": "acc_sigma=64"},
-                                {"condition": {"sigma 64": 1}}, {"condition": {"a=b": 1}}, {"seeds": ["s0t0"]},
-                                {"condition": {"value": 1}}, {"lo": 0.1}, {"value": "0.00/0.00"}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"metric": "target share"},
+        {"metric": "acc_sigma=64"},
+        {"condition": {"sigma 64": 1}},
+        {"condition": {"a=b": 1}},
+        {"seeds": ["s0t0"]},
+        {"condition": {"value": 1}},
+        {"lo": 0.1},
+        {"value": "0.00/0.00"},
+    ],
+)
 def test_row_refuses_prose_by_name(kw):
     from innerprobe.results import row
 

@@ -1,6 +1,7 @@
 """Issue 14, core side: captures hold the value as it was at the site (item 2), HookSession.run and
 the shared checks turn wrong shapes, dtypes, devices, NaN and empty batches into innerprobe errors
 (item 10), and seeds out of range are refused (item 9)."""
+
 import pytest
 import torch
 from torch import nn
@@ -71,7 +72,7 @@ def test_uncloned_capture_of_an_untouched_site_is_fine_and_keeps_the_graph():
     with HookSession(b) as hs:
         cap = hs.capture("conv", detach=False)[0]
         out = hs.run(x)
-    g, = torch.autograd.grad(out.sum(), cap.value)
+    (g,) = torch.autograd.grad(out.sum(), cap.value)
     assert g.shape == (16, 4)
 
 
@@ -103,15 +104,18 @@ def test_a_hook_functions_own_error_is_not_relabelled():
         hs.run(torch.randn(2, 4))
 
 
-@pytest.mark.parametrize("bad,match", [
-    (torch.randn(0, 4), "empty batch"),
-    (torch.tensor(1.0), "batch axis"),
-    (torch.randn(2, 4, dtype=torch.complex64), "complex"),
-    (torch.randn(2, 4, device="meta"), "meta device"),
-    (torch.tensor([[1.0, float("nan"), 0.0, 0.0]]), "NaN"),
-    (torch.randn(2, 4, dtype=torch.float64), "float64 but the model's weights are float32"),
-    ([[1.0, 2.0]], "must be a torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (torch.randn(0, 4), "empty batch"),
+        (torch.tensor(1.0), "batch axis"),
+        (torch.randn(2, 4, dtype=torch.complex64), "complex"),
+        (torch.randn(2, 4, device="meta"), "meta device"),
+        (torch.tensor([[1.0, float("nan"), 0.0, 0.0]]), "NaN"),
+        (torch.randn(2, 4, dtype=torch.float64), "float64 but the model's weights are float32"),
+        ([[1.0, 2.0]], "must be a torch.Tensor"),
+    ],
+)
 def test_check_inputs_refuses_by_name(bad, match):
     with pytest.raises(ConfigError, match=match):
         check_inputs(bad, nn.Linear(4, 3))

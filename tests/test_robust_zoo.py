@@ -1,5 +1,6 @@
 """Issue 14 items 4 and 9, zoo side: the checksum on a card is required, the cache root must be a
 folder, seeds and model specs out of range are refused by name (issue 16.4: a bad seed is a bad seed)."""
+
 import json
 
 import pytest
@@ -14,7 +15,15 @@ from innerprobe.zoo.recipes import RECIPES, Recipe, _classifier_floors
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
     monkeypatch.setenv("INNERPROBE_CACHE", str(tmp_path / "cache"))
-    cfg = {"arch": "mlp", "hidden": [8], "epochs": 1, "lr": 1e-2, "batch_size": 128, "schedule": "constant", "weight_decay": 0.0}
+    cfg = {
+        "arch": "mlp",
+        "hidden": [8],
+        "epochs": 1,
+        "lr": 1e-2,
+        "batch_size": 128,
+        "schedule": "constant",
+        "weight_decay": 0.0,
+    }
     r = Recipe("tiny-robust", "tiny MLP for tests", "classifier", 1, cfg, "digits", _classifier_floors(clean=0.0))
     monkeypatch.setitem(RECIPES, "tiny-robust", r)
     return r
@@ -41,14 +50,17 @@ def test_cache_root_that_is_a_file_is_refused(tmp_path, monkeypatch):
             zoo.load("digits-mlp", train_if_missing=False)
 
 
-@pytest.mark.parametrize("spec,kind,match", [
-    ("digits-mlp@99999999999999999999999", ConfigError, "seed"),
-    ("digits-mlp@x", ConfigError, "bad seed 'x'"),
-    ("digits-mlp@-1", ConfigError, "bad seed"),
-    ("a" * 5000, ModelError, "5000 characters"),
-    ("b" * 300, ModelError, "unknown model"),
-    ("/" + "c" * 300 + ".py:make", ModelError, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "spec,kind,match",
+    [
+        ("digits-mlp@99999999999999999999999", ConfigError, "seed"),
+        ("digits-mlp@x", ConfigError, "bad seed 'x'"),
+        ("digits-mlp@-1", ConfigError, "bad seed"),
+        ("a" * 5000, ModelError, "5000 characters"),
+        ("b" * 300, ModelError, "unknown model"),
+        ("/" + "c" * 300 + ".py:make", ModelError, "does not exist"),
+    ],
+)
 def test_model_specs_out_of_range(spec, kind, match, tmp_path, monkeypatch):
     monkeypatch.setenv("INNERPROBE_CACHE", str(tmp_path))
     with pytest.raises(kind, match=match) as e:

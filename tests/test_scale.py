@@ -42,8 +42,9 @@ def data(n=18) -> torch.Tensor:
 
 def tf_pair():
     torch.manual_seed(0)
-    model = build_transformer({"n_layers": 2, "n_heads": 2, "d_model": 16, "d_head": 4, "vocab": 11, "n_ctx": 8,
-                               "d_mlp": 8}).eval()
+    model = build_transformer(
+        {"n_layers": 2, "n_heads": 2, "d_model": 16, "d_head": 4, "vocab": 11, "n_ctx": 8, "d_mlp": 8}
+    ).eval()
     g = torch.Generator().manual_seed(2)
     return model, torch.randint(0, 11, (4, 8), generator=g), torch.randint(0, 11, (4, 8), generator=g)
 
@@ -96,8 +97,10 @@ def test_two_process_workers_give_identical_counts(tmp_path):
 
 def test_store_resumes_after_a_killed_run(tmp_path):
     store = tmp_path / "tasks"
-    code = ("import numpy as np, torch; from innerprobe import scale; import test_scale as t;"
-            f"scale.apex(t.mlp(), t.data(60), np.geomspace(0.05, 20, 6), samples=64, seed=3, shard=1, store={str(store)!r})")
+    code = (
+        "import numpy as np, torch; from innerprobe import scale; import test_scale as t;"
+        f"scale.apex(t.mlp(), t.data(60), np.geomspace(0.05, 20, 6), samples=64, seed=3, shard=1, store={str(store)!r})"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
     deadline = time.time() + 120
@@ -127,19 +130,28 @@ def test_a_failing_task_is_reported_and_the_others_kept(tmp_path):
     model, x = mlp(), data()
     base = {"model": {"hash": "h"}, "data": "d", "sigmas": SIGMAS.tolist(), "config": OPTS}
     pay = {"model_obj": Shared("model"), "x": Shared("x")}
-    tasks = [Task("innerprobe.scale:apex_shard", {**base, "ids": list(range(a, a + 6)), "rows": [a, a + 6]}, pay)
-             for a in (0, 6, 12)]
-    tasks.append(Task("innerprobe.scale:apex_shard", {**base, "config": {"samples": 0}, "ids": [0], "rows": [0, 1]},
-                      pay))
+    tasks = [
+        Task("innerprobe.scale:apex_shard", {**base, "ids": list(range(a, a + 6)), "rows": [a, a + 6]}, pay)
+        for a in (0, 6, 12)
+    ]
+    tasks.append(
+        Task("innerprobe.scale:apex_shard", {**base, "config": {"samples": 0}, "ids": [0], "rows": [0, 1]}, pay)
+    )
     with pytest.raises(TaskFailed) as e:
         run_tasks(tasks, store=tmp_path, shared={"model": model, "x": x}, retries=1)
     assert set(e.value.failures) == {3} and sorted(e.value.results) == [0, 1, 2]
     assert "samples" in str(e.value) and len(list(tmp_path.glob("*.npz"))) == 3
 
 
-@pytest.mark.parametrize("kw, match", [({"executor": "dask"}, "unknown executor"), ({"workers": 0}, "workers"),
-                                       ({"address": "auto"}, "needs --executor ray"),
-                                       ({"executor": "ray", "address": " "}, "empty")])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"executor": "dask"}, "unknown executor"),
+        ({"workers": 0}, "workers"),
+        ({"address": "auto"}, "needs --executor ray"),
+        ({"executor": "ray", "address": " "}, "empty"),
+    ],
+)
 def test_executor_options_are_refused_never_replaced(kw, match):
     with pytest.raises(ConfigError, match=match):
         get_executor(**kw)

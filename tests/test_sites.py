@@ -1,4 +1,5 @@
 """Sites: parsing, resolution (exact, glob, type, canonical), selection masks, clear errors."""
+
 import pytest
 import torch
 from torch import nn

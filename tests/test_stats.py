@@ -1,4 +1,5 @@
 """core.stats: the one CI record and its estimators, against simulation, known values and scipy."""
+
 import math
 
 import numpy as np
@@ -25,8 +26,13 @@ def test_t_interval_matches_formula_and_scipy():
 
 
 def test_one_value_has_no_interval_never_nan():
-    for ci in (S.t_interval([0.7]), S.bootstrap([0.7]), S.paired_difference([1.0], [0.5]),
-               S.geometric_mean_ratio([2.0]), S.nested_bootstrap([[0.7]])):
+    for ci in (
+        S.t_interval([0.7]),
+        S.bootstrap([0.7]),
+        S.paired_difference([1.0], [0.5]),
+        S.geometric_mean_ratio([2.0]),
+        S.nested_bootstrap([[0.7]]),
+    ):
         assert ci.lo is None and ci.hi is None and ci.n == 1 and not ci.defined
         assert "no CI" in str(ci)
     assert S.t_interval([]).estimate is None and S.proportion(0, 0).estimate is None
@@ -45,7 +51,7 @@ def test_clopper_pearson_known_values():
     # Clopper & Pearson (1934) / R binom.test(7, 20)$conf.int = 0.1539092 0.5921885
     ci = S.proportion(7, 20)
     assert (ci.lo, ci.hi) == pytest.approx((0.1539092, 0.5921885), abs=1e-6)
-    assert S.proportion(0, 10).lo == 0.0 and S.proportion(0, 10).hi == pytest.approx(1 - 0.025 ** 0.1)
+    assert S.proportion(0, 10).lo == 0.0 and S.proportion(0, 10).hi == pytest.approx(1 - 0.025**0.1)
     w = S.proportion(7, 20, method="wilson")  # Wilson score closed form
     z, p, n = 1.959963985, 0.35, 20
     c = (p + z * z / (2 * n)) / (1 + z * z / n)

@@ -1,4 +1,5 @@
 """Every study's summary.json holds result rows with fixed fields (slow: the quick studies train / load zoo models)."""
+
 import json
 
 import pytest

@@ -14,8 +14,16 @@ def test_heads_below_chance_are_not_named():
 
 
 def test_head_table_says_why_a_candidate_is_not_named():
-    p = {"seed": 0, "uniform_prev_score": 0.084, "prev": ["a0.1"], "dup": [], "ind": ["a1.0"],
-         "prev_scores": [[0.2, 0.05]], "dup_scores": [[0.0, 0.0]], "ind_scores": [[0.1], [0.6]]}
+    p = {
+        "seed": 0,
+        "uniform_prev_score": 0.084,
+        "prev": ["a0.1"],
+        "dup": [],
+        "ind": ["a1.0"],
+        "prev_scores": [[0.2, 0.05]],
+        "dup_scores": [[0.0, 0.0]],
+        "ind_scores": [[0.1], [0.6]],
+    }
     sec = Section("t")
     _head_table(sec, [p])
     row = sec.tables[0]["rows"][0]

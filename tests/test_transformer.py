@@ -1,4 +1,5 @@
 """Zoo transformer (hook sites, canonical sites) and the synthetic induction task."""
+
 import math
 
 import pytest
@@ -17,7 +18,14 @@ def test_hook_sites_shapes_and_per_head_output():
     torch.manual_seed(0)
     m = build_transformer({**SMALL, "ln": True, "d_mlp": 8})
     x = torch.randint(0, 11, (3, 10))
-    names = ["blocks.1.attn.hook_q_input", "blocks.1.attn.hook_pattern", "blocks.1.attn.hook_z", "L1.z", "L0.mlp_in", "logits"]
+    names = [
+        "blocks.1.attn.hook_q_input",
+        "blocks.1.attn.hook_pattern",
+        "blocks.1.attn.hook_z",
+        "L1.z",
+        "L0.mlp_in",
+        "logits",
+    ]
     with HookSession(m) as hs:
         caps = {n: hs.capture(n)[0] for n in names}
         out = hs.run(x)
@@ -75,7 +83,7 @@ def test_induction_sampler_structure():
     for i in range(50):
         s1, s2, L = int(b.s1[i]), int(b.s2[i]), int(b.length[i])
         assert 4 <= L <= 8 and s1 + L <= s2 and s2 + L <= 30
-        assert torch.equal(b.tokens[i, s1:s1 + L], b.tokens[i, s2:s2 + L])
+        assert torch.equal(b.tokens[i, s1 : s1 + L], b.tokens[i, s2 : s2 + L])
         pred = b.predictable[i].nonzero().flatten().tolist()
         assert pred == list(range(s2, s2 + L - 1))  # targets s2+1 .. s2+L-1
     assert (b.predictable ^ b.unpredictable).all()
@@ -109,10 +117,12 @@ def test_head_scores_find_a_hand_made_previous_token_pattern():
     prev[0, 0] = 1
     prev[torch.arange(1, T), torch.arange(0, T - 1)] = 1
     with HookSession(m) as hs:  # sessions nest: head_scores' capture sees this edit
+
         def put(v, rs):
             v = v.clone()
             v[:, 0] = prev
             return v
+
         hs.edit("blocks.0.attn.hook_pattern", put)
         s = head_scores(m, b)
     assert s["prev_token_scores"][0][0] == pytest.approx(1.0)

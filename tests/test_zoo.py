@@ -2,6 +2,7 @@
 
 Fast: no real recipe is trained here; a tiny recipe registered per test stands in for them.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -22,6 +23,7 @@ from innerprobe.zoo.recipes import RECIPES, Recipe, _classifier_floors
 from innerprobe.zoo.training import fit
 
 # ----------------------------------------------------------------------------- data
+
 
 def test_digits_split_is_fixed_and_partitions_the_dataset():
     a, b = D.digits(), D.digits()
@@ -65,7 +67,9 @@ def test_backdoor_poisons_rate_target_and_trigger():
     assert torch.equal(split.x_train[idx, :, :5, :], clean.x_train[idx, :, :5, :])
     rest = torch.ones(1400, dtype=torch.bool)
     rest[idx] = False
-    assert torch.equal(split.x_train[rest], clean.x_train[rest]) and torch.equal(split.y_train[rest], clean.y_train[rest])
+    assert torch.equal(split.x_train[rest], clean.x_train[rest]) and torch.equal(
+        split.y_train[rest], clean.y_train[rest]
+    )
     assert torch.equal(split.x_test, clean.x_test)  # test set stays clean
     with pytest.raises(ConfigError):
         zoo.recipe_data("digits-mlp-backdoor", target=12)
@@ -95,7 +99,10 @@ def test_random_labels_are_shuffled_independently_of_the_images():
         assert len(set(r[y == c].tolist())) >= 8
     assert torch.equal(D.random_labels(y, seed=0), r) and not torch.equal(D.random_labels(y, seed=1), r)
     split = zoo.recipe_data("digits-mlp-random-labels", seed=2)
-    assert split.meta["transform"] == "random_labels" and abs(split.meta["agreement_with_true"] - float((split.y_train == D.digits().y_train).float().mean())) < 1e-9
+    assert (
+        split.meta["transform"] == "random_labels"
+        and abs(split.meta["agreement_with_true"] - float((split.y_train == D.digits().y_train).float().mean())) < 1e-9
+    )
 
 
 def _write_idx(path, arr: np.ndarray):
@@ -132,10 +139,14 @@ def test_fashion_idx_reader_and_missing_message(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- models + training
 
+
 def test_model_shapes_and_names():
     x8, x28 = torch.rand(3, 1, 8, 8), torch.rand(3, 1, 28, 28)
     m = M.mlp()
-    assert [n for n, _ in m.named_children()] == ["flatten", "fc1", "relu1", "fc2", "relu2", "out"] and m(x8).shape == (3, 10)
+    assert [n for n, _ in m.named_children()] == ["flatten", "fc1", "relu1", "fc2", "relu2", "out"] and m(x8).shape == (
+        3,
+        10,
+    )
     d = M.deep_mlp()
     assert sum(isinstance(c, nn.Linear) for c in d) - 1 >= 6 and d(x8).shape == (3, 10)
     c = M.cnn()
@@ -152,7 +163,19 @@ def _tiny_fit(seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = M.cnn(channels=(4, 4, 8))
-    run = fit(model, d.x_train[:300], d.y_train[:300], epochs=2, lr=1e-2, batch_size=32, seed=seed, x_test=d.x_test, y_test=d.y_test, threads=1, progress=False)
+    run = fit(
+        model,
+        d.x_train[:300],
+        d.y_train[:300],
+        epochs=2,
+        lr=1e-2,
+        batch_size=32,
+        seed=seed,
+        x_test=d.x_test,
+        y_test=d.y_test,
+        threads=1,
+        progress=False,
+    )
     return model, run
 
 
@@ -170,13 +193,28 @@ def test_training_is_bit_reproducible():
 
 # ----------------------------------------------------------------------------- cache
 
+
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
     """A 1-epoch digits recipe 'tiny-test' and an empty cache folder."""
     monkeypatch.setenv("INNERPROBE_CACHE", str(tmp_path / "cache"))
-    r = Recipe("tiny-test", "tiny MLP for tests", "classifier", 1,
-               {"arch": "mlp", "hidden": [16], "epochs": 1, "lr": 1e-2, "batch_size": 128, "schedule": "constant", "weight_decay": 0.0},
-               "digits", _classifier_floors(clean=0.5))
+    r = Recipe(
+        "tiny-test",
+        "tiny MLP for tests",
+        "classifier",
+        1,
+        {
+            "arch": "mlp",
+            "hidden": [16],
+            "epochs": 1,
+            "lr": 1e-2,
+            "batch_size": 128,
+            "schedule": "constant",
+            "weight_decay": 0.0,
+        },
+        "digits",
+        _classifier_floors(clean=0.5),
+    )
     monkeypatch.setitem(RECIPES, "tiny-test", r)
     return r
 
@@ -191,7 +229,9 @@ def test_cache_round_trip(tiny, monkeypatch):
         zoo.load("tiny-test", train_if_missing=False)
     m1, card = zoo.load("tiny-test", seed=0)
     path = zoo.card_path("tiny-test", 0)
-    assert (path / "model.safetensors").is_file() and json.loads((path / "card.json").read_text())["fingerprint"] == card["fingerprint"]
+    assert (path / "model.safetensors").is_file() and json.loads((path / "card.json").read_text())[
+        "fingerprint"
+    ] == card["fingerprint"]
     assert card["recipe"] == "tiny-test" and card["seed"] == 0 and card["params"]["hidden"] == [16]
     assert set(card["versions"]) >= {"innerprobe", "torch"} and card["data"]["n_train"] == 1400
     assert card["train_cpu_seconds"] > 0 and card["train_seconds"] > 0
@@ -322,6 +362,7 @@ def test_load_model_local_hf_folder(tmp_path):
 
 
 # ----------------------------------------------------------------------------- CLI
+
 
 def test_cli_list_and_train(tiny, capsys):
     from innerprobe.cli import main

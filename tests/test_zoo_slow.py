@@ -1,4 +1,5 @@
 """Slow: train real zoo recipes in a temporary cache and check their floors and reproducibility."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -9,8 +10,16 @@ from innerprobe import zoo
 
 pytestmark = pytest.mark.slow
 
-DIGITS = ["digits-mlp", "digits-deep-mlp", "digits-cnn", "digits-mlp-random-labels", "digits-cnn-random-labels",
-          "digits-mlp-label-noise", "digits-mlp-backdoor", "digits-cnn-backdoor"]
+DIGITS = [
+    "digits-mlp",
+    "digits-deep-mlp",
+    "digits-cnn",
+    "digits-mlp-random-labels",
+    "digits-cnn-random-labels",
+    "digits-mlp-label-noise",
+    "digits-mlp-backdoor",
+    "digits-cnn-backdoor",
+]
 FASHION = ["fashion-cnn", "fashion-cnn-random-labels", "fashion-cnn-backdoor"]
 
 
@@ -51,7 +60,9 @@ def test_induction_recipe_meets_its_floors(cache):
     if importlib.util.find_spec("innerprobe.zoo.induction") is None:
         pytest.skip("innerprobe.zoo.induction not available")
     model, card = zoo.load("induction-attn2l", seed=0)
-    assert set(card["floors_met"]) == {"loss_predictable", "loss_unpredictable"} and all(card["floors_met"].values()), card["floors"]
+    assert set(card["floors_met"]) == {"loss_predictable", "loss_unpredictable"} and all(card["floors_met"].values()), (
+        card["floors"]
+    )
     again, _ = zoo.load("induction-attn2l", seed=0, train_if_missing=False)
     sa, sb = model.state_dict(), again.state_dict()
     assert all((sa[k] == sb[k]).all() for k in sa)

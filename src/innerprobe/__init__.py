@@ -4,6 +4,7 @@ Three methods share one way to say *where* in a model (:class:`Site`):
 APEX activation perturbation (:mod:`innerprobe.perturb`), path patching
 (:mod:`innerprobe.patch`) and excitation pullbacks (:mod:`innerprobe.pullback`).
 """
+
 from ._version import __version__
 from .core.hooks import HookSession, count_hooks, preserved_state, run_with_cache
 from .core.sites import ResolvedSite, Site, resolve
@@ -11,7 +12,18 @@ from .errors import ConfigError, DataError, InnerprobeError, ModelError, SiteErr
 from .results import Result
 
 __all__ = [
-    "ConfigError", "DataError", "HookSession", "InnerprobeError", "ModelError", "ResolvedSite",
-    "Result", "Site", "SiteError", "count_hooks", "preserved_state", "resolve", "run_with_cache",
+    "ConfigError",
+    "DataError",
+    "HookSession",
+    "InnerprobeError",
+    "ModelError",
+    "ResolvedSite",
+    "Result",
+    "Site",
+    "SiteError",
+    "count_hooks",
+    "preserved_state",
+    "resolve",
+    "run_with_cache",
     "__version__",
 ]

@@ -1,4 +1,5 @@
 """One exception hierarchy. Every message says what was wrong and what would be right."""
+
 from __future__ import annotations
 
 import difflib

@@ -2,6 +2,7 @@
 
 Set ``INNERPROBE_PROGRESS=0`` to silence them, ``=1`` to force them.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,9 @@ def enabled() -> bool:
     return sys.stderr.isatty()
 
 
-def track(iterable: Iterable[T], description: str = "working", total: int | None = None, enable: bool | None = None) -> Iterator[T]:
+def track(
+    iterable: Iterable[T], description: str = "working", total: int | None = None, enable: bool | None = None
+) -> Iterator[T]:
     """``for x in track(items, "training digits-mlp"): ...`` with a rich progress bar on stderr."""
     if not (enabled() if enable is None else enable):
         yield from iterable
@@ -38,8 +41,15 @@ def track(iterable: Iterable[T], description: str = "working", total: int | None
             total = len(iterable)  # type: ignore[arg-type]
         except TypeError:
             total = None
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
         task = bar.add_task(description, total=total)
         for item in iterable:
             yield item

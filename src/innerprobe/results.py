@@ -6,6 +6,7 @@ of row dicts, each one DataFrame) and optional numpy ``arrays`` (saved next to t
 loaded with ``allow_pickle=False``). Plots, the report and the CLI read result files only, so
 notebooks, CLI and CI share one path. The row format is described in docs/results.md.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,10 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
 
 def _identifier(name, what: str) -> str:
     if not isinstance(name, str) or not _IDENT.match(name):
-        raise ConfigError(f"{what} {name!r} is not an identifier (letters, digits, '_', '.', '-'; no spaces or '=')",
-                          hint="put parameter values in condition={...}, e.g. metric='acc', condition={'sigma': 64}")
+        raise ConfigError(
+            f"{what} {name!r} is not an identifier (letters, digits, '_', '.', '-'; no spaces or '=')",
+            hint="put parameter values in condition={...}, e.g. metric='acc', condition={'sigma': 64}",
+        )
     return name
 
 
@@ -45,8 +48,16 @@ def _scalar(v, what: str):
     raise ConfigError(f"{what} must be a number, string, bool, None or a flat list, got {type(v).__name__}")
 
 
-def row(metric: str, value, *, model: str | None = None, condition: dict | None = None, seeds=(), n: int | None = None,
-        **extra) -> dict:
+def row(
+    metric: str,
+    value,
+    *,
+    model: str | None = None,
+    condition: dict | None = None,
+    seeds=(),
+    n: int | None = None,
+    **extra,
+) -> dict:
     """One headline record: ``{"metric", "model", "condition", "seeds", "value", "lo", "hi", "n", ...extra}``.
 
     ``value`` is a number (``lo``/``hi`` None) or a :class:`~innerprobe.core.stats.CI` (its bounds, ``n``,
@@ -63,13 +74,21 @@ def row(metric: str, value, *, model: str | None = None, condition: dict | None 
     seed_list = []
     for s in seeds if isinstance(seeds, (list, tuple, range, np.ndarray)) else [seeds]:
         if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)):
-            raise ConfigError(f"row seeds must be ints, got {s!r}",
-                              hint="put other per-run identifiers (e.g. a target class) in condition or an extra field")
+            raise ConfigError(
+                f"row seeds must be ints, got {s!r}",
+                hint="put other per-run identifiers (e.g. a target class) in condition or an extra field",
+            )
         seed_list.append(int(s))
     out = {"metric": metric, "model": None if model is None else str(model), "condition": cond, "seeds": seed_list}
     if isinstance(value, CI):
-        out.update(value=value.estimate, lo=value.lo, hi=value.hi, n=value.n if n is None else int(n),
-                   ci_level=value.level, ci_method=value.method)
+        out.update(
+            value=value.estimate,
+            lo=value.lo,
+            hi=value.hi,
+            n=value.n if n is None else int(n),
+            ci_level=value.level,
+            ci_method=value.method,
+        )
     else:
         v = _scalar(value, "row value")
         if isinstance(v, bool) or (v is not None and not isinstance(v, (int, float))):
@@ -84,11 +103,15 @@ def row(metric: str, value, *, model: str | None = None, condition: dict | None 
 
 def describe(r: dict) -> str:
     """One line for a terminal: ``metric (model; key value, ...): value [lo, hi] (n seeds)``."""
+
     def num(v):
         return "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    where = "; ".join(x for x in (r.get("model") or "", ", ".join(f"{k} {num(v)}" for k, v in
-                                                                  (r.get("condition") or {}).items())) if x)
+    where = "; ".join(
+        x
+        for x in (r.get("model") or "", ", ".join(f"{k} {num(v)}" for k, v in (r.get("condition") or {}).items()))
+        if x
+    )
     ci = "" if r.get("lo") is None else f" [{num(r['lo'])}, {num(r['hi'])}]"
     seeds = r.get("seeds") or []
     count = f" ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})" if seeds else ""
@@ -103,12 +126,24 @@ def rows_frame(rows: list[dict]):
     flat = []
     for r in rows:
         cond = r.get("condition") or {}
-        flat.append({**{k: r.get(k) for k in ROW_FIELDS if k != "condition"}, **cond,
-                     **{k: v for k, v in r.items() if k not in ROW_FIELDS}})
+        flat.append(
+            {
+                **{k: r.get(k) for k in ROW_FIELDS if k != "condition"},
+                **cond,
+                **{k: v for k, v in r.items() if k not in ROW_FIELDS},
+            }
+        )
     return pd.DataFrame(flat)
 
 
-def provenance(*, seed: int | None = None, model: str | None = None, sites: Any = None, config: dict | None = None, device: str = "cpu") -> dict:
+def provenance(
+    *,
+    seed: int | None = None,
+    model: str | None = None,
+    sites: Any = None,
+    config: dict | None = None,
+    device: str = "cpu",
+) -> dict:
     """The provenance block every result carries."""
     import torch
 
@@ -171,12 +206,19 @@ class Result:
 
     def __post_init__(self):
         if self.rows and "rows" in self.tables:
-            raise ConfigError("a Result with headline rows cannot also have a table named 'rows'",
-                              hint="rename the table")
+            raise ConfigError(
+                "a Result with headline rows cannot also have a table named 'rows'", hint="rename the table"
+            )
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "rows": to_jsonable(self.rows), "data": to_jsonable(self.data), "tables": to_jsonable(self.tables),
-                "provenance": to_jsonable(self.provenance), "arrays": sorted(self.arrays)}
+        return {
+            "kind": self.kind,
+            "rows": to_jsonable(self.rows),
+            "data": to_jsonable(self.data),
+            "tables": to_jsonable(self.tables),
+            "provenance": to_jsonable(self.provenance),
+            "arrays": sorted(self.arrays),
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (JSON) and, if there are arrays, ``path`` with suffix ``.npz``."""
@@ -195,7 +237,9 @@ class Result:
         try:
             d = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"cannot read result file {path}: {e}", hint="pass a .json file written by innerprobe") from None
+            raise DataError(
+                f"cannot read result file {path}: {e}", hint="pass a .json file written by innerprobe"
+            ) from None
         if not isinstance(d, dict) or "kind" not in d:
             raise DataError(f"{path} is not an innerprobe result (no 'kind')")
         arrays = {}
@@ -203,7 +247,14 @@ class Result:
         if names:
             with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in names}
-        return cls(kind=d["kind"], data=d.get("data", {}), rows=d.get("rows") or [], tables=d.get("tables", {}), provenance=d.get("provenance", {}), arrays=arrays)
+        return cls(
+            kind=d["kind"],
+            data=d.get("data", {}),
+            rows=d.get("rows") or [],
+            tables=d.get("tables", {}),
+            provenance=d.get("provenance", {}),
+            arrays=arrays,
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -217,11 +268,15 @@ class Result:
             return rows_frame(self.rows)
         if not self.tables:
             if table is not None:
-                raise ConfigError(f"result has no table {table!r}", hint="it has no tables" + (
-                    "; its headline rows are to_dataframe('rows')" if self.rows else ""))
+                raise ConfigError(
+                    f"result has no table {table!r}",
+                    hint="it has no tables" + ("; its headline rows are to_dataframe('rows')" if self.rows else ""),
+                )
             return pd.DataFrame([{k: v for k, v in to_jsonable(self.data).items() if not isinstance(v, (dict, list))}])
         name = table or next(iter(self.tables))
         if name not in self.tables:
             names = (["rows"] if self.rows else []) + list(self.tables)
-            raise ConfigError(f"result has no table {name!r}; it has: {', '.join(names)}", hint=did_you_mean(name, names))
+            raise ConfigError(
+                f"result has no table {name!r}; it has: {', '.join(names)}", hint=did_you_mean(name, names)
+            )
         return pd.DataFrame(self.tables[name])

@@ -31,8 +31,19 @@ from .core.tasks import Shared, Store, Task, array_hash, module_hash, run_tasks
 from .errors import ConfigError
 
 #: Options of :func:`innerprobe.perturb.apex` a shard task passes on (JSON-able ones only).
-APEX_OPTIONS = ("samples", "sites", "noise", "relative", "seed", "chunk_rows", "prefix", "tau", "rule", "position",
-                "tokens")
+APEX_OPTIONS = (
+    "samples",
+    "sites",
+    "noise",
+    "relative",
+    "seed",
+    "chunk_rows",
+    "prefix",
+    "tau",
+    "rule",
+    "position",
+    "tokens",
+)
 _MODELS: dict[str, nn.Module] = {}
 _RUNS: dict[tuple, tuple] = {}
 
@@ -77,9 +88,23 @@ def _shards(n: int, shard: int | None, workers: int | None) -> list[tuple[int, i
 
 
 # ----------------------------------------------------------------------------- APEX
-def apex(model, x, sigmas, *, weights=None, executor: str = "local", workers: int | None = None,
-         address: str | None = None, store=None, shard: int | None = None, ids=None, labels=None,
-         model_name: str | None = None, progress: bool | None = None, **options):
+def apex(
+    model,
+    x,
+    sigmas,
+    *,
+    weights=None,
+    executor: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    store=None,
+    shard: int | None = None,
+    ids=None,
+    labels=None,
+    model_name: str | None = None,
+    progress: bool | None = None,
+    **options,
+):
     """:func:`innerprobe.perturb.apex` over shards of inputs on an executor; the same Result, merged exactly.
 
     ``options`` are APEX's own (``samples``, ``sites``, ``noise``, ``relative``, ``seed``, ``chunk_rows``,
@@ -90,8 +115,9 @@ def apex(model, x, sigmas, *, weights=None, executor: str = "local", workers: in
 
     bad = sorted(set(options) - set(APEX_OPTIONS))
     if bad:
-        raise ConfigError(f"unknown APEX option(s) for a sharded run: {', '.join(bad)}",
-                          hint=f"use: {', '.join(APEX_OPTIONS)}")
+        raise ConfigError(
+            f"unknown APEX option(s) for a sharded run: {', '.join(bad)}", hint=f"use: {', '.join(APEX_OPTIONS)}"
+        )
     x = torch.as_tensor(x)
     sig = check_sigmas(sigmas).tolist()
     ids = list(range(len(x))) if ids is None else [int(i) for i in ids]
@@ -102,18 +128,34 @@ def apex(model, x, sigmas, *, weights=None, executor: str = "local", workers: in
     options, per_input = _split_per_input(options, len(x))
     shared.update(per_input)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
-    base = {"model": ref, "data": array_hash(x, *per_input.values()), "per_input": sorted(per_input),
-            "sigmas": sig, "config": config}
+    base = {
+        "model": ref,
+        "data": array_hash(x, *per_input.values()),
+        "per_input": sorted(per_input),
+        "sigmas": sig,
+        "config": config,
+    }
     payload = {"model_obj": Shared("model"), "x": Shared("x")} | {k: Shared(k) for k in per_input}
-    tasks = [Task("innerprobe.scale:apex_shard", {**base, "ids": ids[a:b], "rows": [a, b]}, payload)
-             for a, b in _shards(len(x), shard, workers)]
+    tasks = [
+        Task("innerprobe.scale:apex_shard", {**base, "ids": ids[a:b], "rows": [a, b]}, payload)
+        for a, b in _shards(len(x), shard, workers)
+    ]
     resumed = sum(Store(store).path(t).exists() for t in tasks) if store is not None else 0
     t0 = time.perf_counter()
-    parts = run_tasks(tasks, executor=executor, workers=workers, address=address, store=store, shared=shared,
-                      progress=progress, label="APEX shards")
+    parts = run_tasks(
+        tasks,
+        executor=executor,
+        workers=workers,
+        address=address,
+        store=store,
+        shared=shared,
+        progress=progress,
+        label="APEX shards",
+    )
     res = merge_apex(parts, sig, options, labels=labels, model_name=model_name)
-    res.data.update(seconds=time.perf_counter() - t0, resumed_chunks=resumed, chunks=len(tasks),
-                    executor=executor, workers=workers)
+    res.data.update(
+        seconds=time.perf_counter() - t0, resumed_chunks=resumed, chunks=len(tasks), executor=executor, workers=workers
+    )
     return res
 
 
@@ -126,8 +168,10 @@ def _split_per_input(options: dict, n: int) -> tuple[dict, dict]:
             continue
         t = torch.as_tensor(v)
         if t.dim() != ndim or len(t) != n:
-            raise ConfigError(f"{k} has shape {tuple(t.shape)}; per-input {k} needs {n} rows",
-                              hint="one row per input, or a single value for all")
+            raise ConfigError(
+                f"{k} has shape {tuple(t.shape)}; per-input {k} needs {n} rows",
+                hint="one row per input, or a single value for all",
+            )
         options.pop(k)
         per_input[k] = t
     for k, v in options.items():
@@ -136,8 +180,19 @@ def _split_per_input(options: dict, n: int) -> tuple[dict, dict]:
     return options, per_input
 
 
-def apex_shard(model: dict, data: str, sigmas: list, config: dict, ids: list, rows: list, per_input=(),
-               model_obj=None, x=None, position=None, tokens=None) -> dict:
+def apex_shard(
+    model: dict,
+    data: str,
+    sigmas: list,
+    config: dict,
+    ids: list,
+    rows: list,
+    per_input=(),
+    model_obj=None,
+    x=None,
+    position=None,
+    tokens=None,
+) -> dict:
     """One APEX task: inputs ``x[rows[0]:rows[1]]`` seeded by their global ``ids``; calibration on all of ``x``."""
     from .perturb.sweep import apex as run_apex
 
@@ -171,8 +226,18 @@ def merge_apex(parts: list[dict], sigmas, options: dict, *, labels=None, model_n
     y0_class = np.concatenate([p["y0_class"] for p in parts])
     counts, cls, y0 = canonical(np.concatenate(blocks), classes, y0_class)
     logits = np.concatenate([p["clean_logits"] for p in parts]) if all("clean_logits" in p for p in parts) else None
-    res = summarize(counts, sigmas, y0, logits, tau=options.get("tau", 0.5), rule=options.get("rule", "survival"),
-                    labels=labels, classes=cls, n_classes=int(parts[0]["n_classes"]), y0_class=y0_class)
+    res = summarize(
+        counts,
+        sigmas,
+        y0,
+        logits,
+        tau=options.get("tau", 0.5),
+        rule=options.get("rule", "survival"),
+        labels=labels,
+        classes=cls,
+        n_classes=int(parts[0]["n_classes"]),
+        y0_class=y0_class,
+    )
     res.data.update({k: parts[0][k] for k in _SHARD_DATA if k in parts[0]})
     res.data["shards"] = len(parts)
     res.provenance = provenance(seed=options.get("seed", 0), model=model_name, config={**options, "shards": len(parts)})
@@ -183,9 +248,23 @@ def merge_apex(parts: list[dict], sigmas, options: dict, *, labels=None, model_n
 EDGE_METRICS = ("kl", "lm_loss", "label_loss")
 
 
-def edge_effects(model, x_r, x_c, *, weights=None, graph: str = "auto", metric: str = "kl", mask=None, labels=None,
-                 executor: str = "local", workers: int | None = None, address: str | None = None, store=None,
-                 shard: int | None = None, progress: bool | None = None) -> tuple[list[str], np.ndarray]:
+def edge_effects(
+    model,
+    x_r,
+    x_c,
+    *,
+    weights=None,
+    graph: str = "auto",
+    metric: str = "kl",
+    mask=None,
+    labels=None,
+    executor: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    store=None,
+    shard: int | None = None,
+    progress: bool | None = None,
+) -> tuple[list[str], np.ndarray]:
     """Every edge's exact single-edge effect (metric with the edge patched to x_c minus on x_r), in edge order.
 
     ``metric``: 'kl' (KL to the reference output, per example, over ``mask``ed positions), 'lm_loss' (next-token
@@ -204,18 +283,44 @@ def edge_effects(model, x_r, x_c, *, weights=None, graph: str = "auto", metric: 
     shared["mask"] = None if mask is None else torch.as_tensor(mask)
     shared["labels"] = None if labels is None else torch.as_tensor(labels)
     extra = [t for t in (shared["mask"], shared["labels"]) if t is not None]
-    base = {"model": ref, "graph": graph, "metric": metric, "edges": len(names),
-            "data": array_hash(shared["x_r"], shared["x_c"], *extra)}
+    base = {
+        "model": ref,
+        "graph": graph,
+        "metric": metric,
+        "edges": len(names),
+        "data": array_hash(shared["x_r"], shared["x_c"], *extra),
+    }
     payload = {k: Shared(k) for k in ("x_r", "x_c", "mask", "labels")} | {"model_obj": Shared("model")}
-    tasks = [Task("innerprobe.scale:edge_shard", {**base, "edge_range": [a, b]}, payload)
-             for a, b in _shards(len(names), shard or EDGE_SHARD, workers)]
-    parts = run_tasks(tasks, executor=executor, workers=workers, address=address, store=store, shared=shared,
-                      progress=progress, label="edge shards")
+    tasks = [
+        Task("innerprobe.scale:edge_shard", {**base, "edge_range": [a, b]}, payload)
+        for a, b in _shards(len(names), shard or EDGE_SHARD, workers)
+    ]
+    parts = run_tasks(
+        tasks,
+        executor=executor,
+        workers=workers,
+        address=address,
+        store=store,
+        shared=shared,
+        progress=progress,
+        label="edge shards",
+    )
     return names, np.concatenate([p["effects"] for p in parts])
 
 
-def edge_shard(model: dict, graph: str, metric: str, edges: int, data: str, edge_range: list, model_obj=None,
-               x_r=None, x_c=None, mask=None, labels=None) -> dict:
+def edge_shard(
+    model: dict,
+    graph: str,
+    metric: str,
+    edges: int,
+    data: str,
+    edge_range: list,
+    model_obj=None,
+    x_r=None,
+    x_c=None,
+    mask=None,
+    labels=None,
+) -> dict:
     """One edge task: exact single-edge effects of edges ``edge_range[0]:edge_range[1]``, batched by receiver."""
     from .patch.path import evaluate_edges
 
@@ -225,14 +330,13 @@ def edge_shard(model: dict, graph: str, metric: str, edges: int, data: str, edge
     idx = sorted(range(a, b), key=lambda i: (pos[g.edges[i].dst], i))
     effects = np.zeros(b - a)
     for s in range(0, len(idx), 8):
-        chunk = idx[s:s + 8]
+        chunk = idx[s : s + 8]
         masks = torch.ones(len(chunk), len(g.edges))
         masks[torch.arange(len(chunk)), torch.tensor(chunk)] = 0
         with torch.no_grad():
             vals = delta(evaluate_edges(g, runs, masks)).mean(-1)
         effects[[i - a for i in chunk]] = vals.double().numpy() - base
     return {"effects": effects}
-
 
 
 def _edge_setup(model, graph, metric, data, model_obj, x_r, x_c, mask, labels):
@@ -264,9 +368,18 @@ def _edge_setup(model, graph, metric, data, model_obj, x_r, x_c, mask, labels):
 
 
 # ----------------------------------------------------------------------------- studies
-def studies(names: list[str], out, *, seeds: int = 3, quick: bool = False, nested: bool = True,
-            executor: str = "local", workers: int | None = None, address: str | None = None,
-            progress: bool | None = None) -> list[dict]:
+def studies(
+    names: list[str],
+    out,
+    *,
+    seeds: int = 3,
+    quick: bool = False,
+    nested: bool = True,
+    executor: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    progress: bool | None = None,
+) -> list[dict]:
     """Run studies as tasks, each into ``out/NAME`` (into ``out`` itself for one study with ``nested=False``);
     returns each study's summary rows (results.row records) as JSON text."""
     from .studies import get_study
@@ -276,8 +389,13 @@ def studies(names: list[str], out, *, seeds: int = 3, quick: bool = False, neste
     if not nested and len(names) != 1:
         raise ConfigError("nested=False writes one study into the folder itself: give exactly one study")
     out = Path(out)
-    tasks = [Task("innerprobe.scale:study_task", {"name": n, "out": str(out / n if nested else out), "seeds": seeds,
-                                                   "quick": quick}) for n in names]
+    tasks = [
+        Task(
+            "innerprobe.scale:study_task",
+            {"name": n, "out": str(out / n if nested else out), "seeds": seeds, "quick": quick},
+        )
+        for n in names
+    ]
     return run_tasks(tasks, executor=executor, workers=workers, address=address, progress=progress, label="studies")
 
 

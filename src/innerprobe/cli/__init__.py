@@ -7,6 +7,7 @@ all of them read ``--model`` with :mod:`innerprobe.cli.spec` and input files wit
 Errors raised on purpose (:class:`~innerprobe.errors.InnerprobeError`) print as one line plus a
 hint and exit with status 2; ``INNERPROBE_DEBUG=1`` shows the traceback instead.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -36,7 +37,11 @@ def _version(value: bool):
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+):
     """innerprobe: APEX, path patching and excitation pullbacks."""
 
 
@@ -71,10 +76,14 @@ def environment_error(e: BaseException) -> InnerprobeError:
     if isinstance(e, OSError):
         where = f" {e.filename}" if e.filename else ""
         where = where if len(where) < 120 else where[:100] + "..."
-        return InnerprobeError(f"cannot use{where}: {e.strerror or type(e).__name__}",
-                               hint="check the path: that its folders exist, are folders, and are writable")
-    return InnerprobeError(f"text that is not valid UTF-8 ({type(e).__name__}: {str(e)[:120]})",
-                           hint="pass plain UTF-8 text and file names")
+        return InnerprobeError(
+            f"cannot use{where}: {e.strerror or type(e).__name__}",
+            hint="check the path: that its folders exist, are folders, and are writable",
+        )
+    return InnerprobeError(
+        f"text that is not valid UTF-8 ({type(e).__name__}: {str(e)[:120]})",
+        hint="pass plain UTF-8 text and file names",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
 """``innerprobe demo``: the one-command demo (zoo cards, every study, the HTML report)."""
+
 from __future__ import annotations
 
 import time
@@ -51,11 +52,15 @@ def _failure_section(folder: Path, title: str, what: str, e: BaseException, seco
     from ..report.sections import Section
 
     line, tail = _error_text(e)
-    sec = Section(title=f"FAILED: {title}", order=1, paragraphs=[
-        f"{what} failed after {seconds:.1f} s with **{line}**",
-        "The demo went on with the remaining steps. Traceback tail:",
-        f"```{tail}```",
-    ])
+    sec = Section(
+        title=f"FAILED: {title}",
+        order=1,
+        paragraphs=[
+            f"{what} failed after {seconds:.1f} s with **{line}**",
+            "The demo went on with the remaining steps. Traceback tail:",
+            f"```{tail}```",
+        ],
+    )
     sec.save(folder)
 
 
@@ -79,7 +84,9 @@ def _zoo_step(run: DemoRun, *, quick: bool) -> None:
             _say(f"    failed: {step.note}")
         run.steps.append(step)
     try:
-        zoo_section.write_overview_section(run.out / "zoo", [s.name for s in run.steps if s.kind == "model" and s.status == "ok"], seed=0, order=20)
+        zoo_section.write_overview_section(
+            run.out / "zoo", [s.name for s in run.steps if s.kind == "model" and s.status == "ok"], seed=0, order=20
+        )
     except Exception as e:
         _failure_section(run.out / "zoo", "zoo overview", "Writing the zoo overview", e, 0.0)
         run.steps.append(Step("model", "zoo overview", "failed", 0.0, _error_text(e)[0]))
@@ -116,20 +123,38 @@ def _summary_section(run: DemoRun, *, quick: bool, seeds: int, total: float) -> 
     from ..report.sections import Section
 
     n_fail = len(run.failures)
-    sec = Section(title="Demo run", order=0, paragraphs=[
-        f"`innerprobe demo{' --quick' if quick else ''} --seeds {seeds}` ran {len(run.steps)} steps in {total:.1f} s: "
-        f"{len(run.steps) - n_fail} ok, {n_fail} failed."
-        + (" Failed steps have their own section below, with the error." if n_fail else ""),
-        "Zoo models are seed 0 of each recipe (trained only if not already cached); each study trains any other "
-        "seeds it needs. Times include training.",
-    ])
-    sec.table("Steps (wall and CPU seconds of this process)", ["kind", "name", "status", "seconds", "CPU seconds", "note"],
-              [[s.kind, s.name, s.status if s.status == "ok" else "failed", round(s.seconds, 2), round(s.cpu_seconds, 2),
-                s.note] for s in run.steps])
+    sec = Section(
+        title="Demo run",
+        order=0,
+        paragraphs=[
+            f"`innerprobe demo{' --quick' if quick else ''} --seeds {seeds}` ran {len(run.steps)} steps in {total:.1f} s: "
+            f"{len(run.steps) - n_fail} ok, {n_fail} failed."
+            + (" Failed steps have their own section below, with the error." if n_fail else ""),
+            "Zoo models are seed 0 of each recipe (trained only if not already cached); each study trains any other "
+            "seeds it needs. Times include training.",
+        ],
+    )
+    sec.table(
+        "Steps (wall and CPU seconds of this process)",
+        ["kind", "name", "status", "seconds", "CPU seconds", "note"],
+        [
+            [
+                s.kind,
+                s.name,
+                s.status if s.status == "ok" else "failed",
+                round(s.seconds, 2),
+                round(s.cpu_seconds, 2),
+                s.note,
+            ]
+            for s in run.steps
+        ],
+    )
     sec.save(run.out / "demo-run")
 
 
-def run_demo(out: str | Path = "out/demo", *, quick: bool = False, seeds: int = 3, zoo: bool = True) -> tuple[Path, DemoRun]:
+def run_demo(
+    out: str | Path = "out/demo", *, quick: bool = False, seeds: int = 3, zoo: bool = True
+) -> tuple[Path, DemoRun]:
     """Train what is missing, write the zoo sections, run every registered study, write ``out/report.html``.
 
     A failing step is recorded (a "FAILED" section with the error) and the demo goes on; the caller
@@ -167,7 +192,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         t0 = time.perf_counter()
         path, run = run_demo(out, quick=quick, seeds=seeds)
-        _say(f"demo finished in {time.perf_counter() - t0:.1f} s: {len(run.steps) - len(run.failures)} steps ok, {len(run.failures)} failed")
+        _say(
+            f"demo finished in {time.perf_counter() - t0:.1f} s: {len(run.steps) - len(run.failures)} steps ok, {len(run.failures)} failed"
+        )
         for s in run.failures:
             _say(f"  FAILED {s.kind} {s.name}: {s.note}")
         typer.echo(str(path))

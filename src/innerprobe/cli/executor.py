@@ -12,8 +12,10 @@ import typer
 
 from ..core.tasks import EXECUTORS, get_executor
 
-EXECUTOR_HELP = (f"Run as tasks on {' or '.join(EXECUTORS)} (ray needs Ray: the 'ray' extra of innerprobe; docs/scale.md). "
-                 "Default: in-process, without tasks.")
+EXECUTOR_HELP = (
+    f"Run as tasks on {' or '.join(EXECUTORS)} (ray needs Ray: the 'ray' extra of innerprobe; docs/scale.md). "
+    "Default: in-process, without tasks."
+)
 WORKERS_HELP = "Parallel workers: processes for --executor local, CPUs of a local Ray instance for --executor ray."
 ADDRESS_HELP = "Join a running Ray cluster at HOST:PORT (or 'auto'); needs --executor ray. Default: a local instance."
 

@@ -7,6 +7,7 @@ float32; integer arrays stay integer (int64: token ids); NaN or inf inputs are r
 file, a source may name a zoo recipe (``digits-mlp@1`` = its seed-1 data) or a dataset (``digits``,
 ``fashion-mnist``). Every problem is a one-line :class:`~innerprobe.errors.DataError` with a hint.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ from ..errors import ConfigError, DataError
 from .spec import ModelSpec, parse_model
 
 SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".safetensors")
-FORMATS = ("a .npy array, an .npz or .safetensors file with arrays 'x' (optional labels 'y'), "
-           "or a .pt tensor / dict {'x', 'y'} saved with torch.save")
+FORMATS = (
+    "a .npy array, an .npz or .safetensors file with arrays 'x' (optional labels 'y'), "
+    "or a .pt tensor / dict {'x', 'y'} saved with torch.save"
+)
 X_KEYS, Y_KEYS = ("x", "inputs"), ("y", "labels")
 DATASETS = ("digits", "fashion-mnist")
 
@@ -44,8 +47,10 @@ def read_file(path: str | Path, *, what: str = "--data") -> tuple[torch.Tensor, 
     try:
         is_dir, is_file = p.is_dir(), p.is_file()
     except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte
-        raise DataError(f"{what} {str(path)[:60]!r} is not a usable file name ({getattr(e, 'strerror', None) or e})",
-                        hint=f"pass {FORMATS}") from None
+        raise DataError(
+            f"{what} {str(path)[:60]!r} is not a usable file name ({getattr(e, 'strerror', None) or e})",
+            hint=f"pass {FORMATS}",
+        ) from None
     if is_dir:
         raise DataError(f"{what} {p} is a folder, not a file", hint=f"pass {FORMATS}")
     if not is_file:
@@ -55,8 +60,10 @@ def read_file(path: str | Path, *, what: str = "--data") -> tuple[torch.Tensor, 
     except DataError:
         raise
     except Exception as e:  # numpy / torch / safetensors each raise their own kinds on a bad file
-        raise DataError(f"cannot read {what} {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                        hint=f"pass {FORMATS}") from None
+        raise DataError(
+            f"cannot read {what} {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            hint=f"pass {FORMATS}",
+        ) from None
     x, y = _pick(content, p, what)
     return _check_x(x, p, what), _check_y(y, x, p, what)
 
@@ -80,8 +87,10 @@ def _pick(content, p: Path, what: str):
     keys = list(content)
     xk = next((k for k in X_KEYS if k in content), keys[0] if len(keys) == 1 else None)
     if xk is None:
-        raise DataError(f"{what} {p.name} holds arrays {keys}, none named 'x' or 'inputs'",
-                        hint="save the inputs under the key 'x' (labels under 'y')")
+        raise DataError(
+            f"{what} {p.name} holds arrays {keys}, none named 'x' or 'inputs'",
+            hint="save the inputs under the key 'x' (labels under 'y')",
+        )
     yk = next((k for k in Y_KEYS if k in content), None)
     return content[xk], None if yk is None else content[yk]
 
@@ -91,7 +100,9 @@ def _as_tensor(a, p: Path, what: str) -> torch.Tensor:
         if a.dtype == object or a.dtype.kind not in "biufc":
             raise DataError(f"{what} {p.name} holds a {a.dtype} array, not numbers")
         if a.ndim == 0:  # np.ascontiguousarray would make it [1]
-            raise DataError(f"{what} {p.name} holds no inputs (a single number, shape ())", hint="inputs are [N, ...], N >= 1")
+            raise DataError(
+                f"{what} {p.name} holds no inputs (a single number, shape ())", hint="inputs are [N, ...], N >= 1"
+            )
         a = torch.from_numpy(np.ascontiguousarray(a))
     if not isinstance(a, torch.Tensor):
         raise DataError(f"{what} {p.name} holds a {type(a).__name__}, not a tensor or array", hint=f"pass {FORMATS}")
@@ -103,8 +114,10 @@ def _check_x(x, p: Path, what: str) -> torch.Tensor:
     if x.dim() == 0 or len(x) == 0:
         raise DataError(f"{what} {p.name} holds no inputs (shape {tuple(x.shape)})", hint="inputs are [N, ...], N >= 1")
     if x.is_complex():  # x.float() would drop the imaginary part without a word
-        raise DataError(f"{what} {p.name} holds complex numbers ({x.dtype})",
-                        hint="save real inputs, e.g. numpy.real(a) or numpy.abs(a), if that is what you mean")
+        raise DataError(
+            f"{what} {p.name} holds complex numbers ({x.dtype})",
+            hint="save real inputs, e.g. numpy.real(a) or numpy.abs(a), if that is what you mean",
+        )
     if x.is_floating_point():
         x = x.float()
         if not torch.isfinite(x).all():
@@ -118,8 +131,9 @@ def _check_y(y, x: torch.Tensor, p: Path, what: str) -> torch.Tensor | None:
         return None
     y = _as_tensor(y, p, what)
     if y.is_floating_point() or y.dim() != 1 or len(y) != len(x):
-        raise DataError(f"{what} {p.name}: labels must be integers [N] matching {len(x)} inputs, got "
-                        f"{y.dtype} {tuple(y.shape)}")
+        raise DataError(
+            f"{what} {p.name}: labels must be integers [N] matching {len(x)} inputs, got {y.dtype} {tuple(y.shape)}"
+        )
     return y.long()
 
 
@@ -130,8 +144,15 @@ def for_model(x: torch.Tensor, model) -> torch.Tensor:
     return x.float()
 
 
-def load_inputs(source: str | None, spec: ModelSpec, *, n: int | None = None, split: str = "test",
-                indices: list[int] | None = None, what: str = "--data") -> Inputs:
+def load_inputs(
+    source: str | None,
+    spec: ModelSpec,
+    *,
+    n: int | None = None,
+    split: str = "test",
+    indices: list[int] | None = None,
+    what: str = "--data",
+) -> Inputs:
     """Inputs from a file, a zoo recipe (its seed's data), a dataset name, or (``source`` None) the model's data."""
     if n is not None and n < 1:
         raise ConfigError(f"the number of inputs must be >= 1, got {n}")
@@ -153,8 +174,10 @@ def _dataset_inputs(source: str | None, spec: ModelSpec, split: str, what: str) 
     else:
         s = spec if source is None else parse_model(source)
         if not s.zoo:
-            raise DataError(f"no inputs for {what} {s.text!r}" if source else f"no default inputs for model {s.text!r}",
-                            hint=f"pass {what} with a zoo recipe, 'digits', 'fashion-mnist' or a file: {FORMATS}")
+            raise DataError(
+                f"no inputs for {what} {s.text!r}" if source else f"no default inputs for model {s.text!r}",
+                hint=f"pass {what} with a zoo recipe, 'digits', 'fashion-mnist' or a file: {FORMATS}",
+            )
         ds, label = s.data(), f"{s.name} (seed {s.seed})"
     x, y = (ds.x_test, ds.y_test) if split == "test" else (ds.x_train, ds.y_train)
     return Inputs(x, y, list(ds.classes) if getattr(ds, "classes", None) is not None else None, f"{label} {split} set")

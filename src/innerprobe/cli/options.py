@@ -5,6 +5,7 @@ Every function raises :class:`~innerprobe.errors.ConfigError` with the option's 
 hint written in CLI syntax, so ``innerprobe cmd --opt bad`` prints one line plus a hint and exits
 with status 2 (docs/cli.md, "Options").
 """
+
 from __future__ import annotations
 
 import os
@@ -27,18 +28,25 @@ def out_path(value, option: str = "--out", *, kind: str = "dir") -> Path:
     """
     text = "" if value is None else str(value)
     if not text.strip():
-        raise ConfigError(f"{option} is empty", hint=f"give a {'folder' if kind == 'dir' else 'file'} name, e.g. {option} out/run1")
+        raise ConfigError(
+            f"{option} is empty", hint=f"give a {'folder' if kind == 'dir' else 'file'} name, e.g. {option} out/run1"
+        )
     if "\x00" in text:
         raise ConfigError(f"{option} contains a NUL byte", hint=f"pass a plain path, e.g. {option} out/run1")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise ConfigError(f"{option} {text!r} is not valid text (a lone surrogate)", hint=f"pass a plain path, e.g. {option} out/run1") from None
+        raise ConfigError(
+            f"{option} {text!r} is not valid text (a lone surrogate)", hint=f"pass a plain path, e.g. {option} out/run1"
+        ) from None
     path = expand_path(text)
     long = [part for part in path.parts if len(part.encode()) > NAME_MAX]
     if long:
-        raise ConfigError(f"{option}: the name {long[0][:30]}... is {len(long[0].encode())} bytes long; "
-                          f"the file system allows {NAME_MAX}", hint="use a shorter name")
+        raise ConfigError(
+            f"{option}: the name {long[0][:30]}... is {len(long[0].encode())} bytes long; "
+            f"the file system allows {NAME_MAX}",
+            hint="use a shorter name",
+        )
     _check_existing(path, option, kind)
     return path
 
@@ -48,12 +56,16 @@ def _check_existing(path: Path, option: str, kind: str) -> None:
         if kind == "dir" and not path.is_dir():
             raise ConfigError(f"{option} {path} is a file, not a folder", hint=f"name a folder, e.g. {option} {path}.d")
         if kind == "file" and path.is_dir():
-            raise ConfigError(f"{option} {path} is a folder, not a file", hint=f"name a file, e.g. {option} {path / 'report.html'}")
+            raise ConfigError(
+                f"{option} {path} is a folder, not a file", hint=f"name a file, e.g. {option} {path / 'report.html'}"
+            )
     parent = path if path.exists() else path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if parent.exists() and not parent.is_dir():
-        raise ConfigError(f"{option} {path} goes through {parent}, which is a file", hint="choose a path below a folder")
+        raise ConfigError(
+            f"{option} {path} goes through {parent}, which is a file", hint="choose a path below a folder"
+        )
     target = path if path.exists() else parent
     if not os.access(target, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} {path}: {target} is not writable", hint="choose a folder you can write to")
@@ -66,7 +78,9 @@ def count(value, option: str, *, lo: int = 1, hi: int = MAX_COUNT, label: str = 
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     if not lo <= value <= hi:
         rng = f"at least {lo}" if value < lo else f"at most {hi:,}"
-        raise ConfigError(f"{name} must be {rng}, got {value}", hint=f"e.g. {option} {max(lo, 1) if value < lo else hi}")
+        raise ConfigError(
+            f"{name} must be {rng}, got {value}", hint=f"e.g. {option} {max(lo, 1) if value < lo else hi}"
+        )
     return value
 
 
@@ -108,18 +122,48 @@ def _out(v, opt, cmd):
 
 
 CHECKS = {
-    "--samples": _counts(1, MAX_SAMPLES, "(K)"), "--inputs": _counts(1), "--pairs": _counts(1), "--restarts": _counts(1),
-    "--steps": _counts(1), "--seeds": _counts(1, 1000), "--chunk-rows": _counts(1), "--top": _counts(1),
-    "--ig-steps": _counts(1, 10_000), "--ascent-steps": _counts(0, 10_000), "--workers": _counts(1, 4096),
+    "--samples": _counts(1, MAX_SAMPLES, "(K)"),
+    "--inputs": _counts(1),
+    "--pairs": _counts(1),
+    "--restarts": _counts(1),
+    "--steps": _counts(1),
+    "--seeds": _counts(1, 1000),
+    "--chunk-rows": _counts(1),
+    "--top": _counts(1),
+    "--ig-steps": _counts(1, 10_000),
+    "--ascent-steps": _counts(0, 10_000),
+    "--workers": _counts(1, 4096),
     "--seed": lambda v, opt, cmd: seed(v, opt) if isinstance(v, int) else v,
     "--tau": lambda v, opt, cmd: real(v, opt, lo=0.0, hi=1.0, lo_open=True),
     "--threshold": lambda v, opt, cmd: real(v, opt, lo=0.0, hi=1.0),
     "--temperature": lambda v, opt, cmd: real(v, opt, lo=0.0),
     "--out": _out,
 }
-TEXT = ("--model", "--data", "--weights", "--sites", "--sigmas", "--hypothesis", "--baseline", "--counterfactual",
-        "--title", "--indices", "--target", "--shape", "--method", "--noise", "--rule", "--gate", "--pool", "--scale",
-        "--split", "--graph", "--set", "--address", "--executor")
+TEXT = (
+    "--model",
+    "--data",
+    "--weights",
+    "--sites",
+    "--sigmas",
+    "--hypothesis",
+    "--baseline",
+    "--counterfactual",
+    "--title",
+    "--indices",
+    "--target",
+    "--shape",
+    "--method",
+    "--noise",
+    "--rule",
+    "--gate",
+    "--pool",
+    "--scale",
+    "--split",
+    "--graph",
+    "--set",
+    "--address",
+    "--executor",
+)
 
 
 def _callback(check, old, cmd_name: str):
@@ -180,8 +224,13 @@ def refuse_empty(argv: list[str]) -> None:
             continue
         option = SHORT.get(option, option)
         if option in (*TEXT, "--out") and not given.strip():
-            raise ConfigError(f"{option} is empty", hint=_EMPTY_HINT.get(option, f"leave {option} out for its default, or give a value"))
+            raise ConfigError(
+                f"{option} is empty",
+                hint=_EMPTY_HINT.get(option, f"leave {option} out for its default, or give a value"),
+            )
 
 
-_EMPTY_HINT = {"--out": "name an output folder, e.g. --out out/run1 (the current folder is never assumed)",
-               "--model": "a zoo name (innerprobe zoo list), path/file.py:factory or a local Hugging Face folder"}
+_EMPTY_HINT = {
+    "--out": "name an output folder, e.g. --out out/run1 (the current folder is never assumed)",
+    "--model": "a zoo name (innerprobe zoo list), path/file.py:factory or a local Hugging Face folder",
+}

@@ -1,4 +1,5 @@
 """``innerprobe report DIR``: the HTML report of a folder of results (docs/cli.md)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,12 @@ def register(app: typer.Typer) -> None:
         "footer. Opens offline; nothing is fetched.",
     )
     def report(
-        folder: Path = typer.Argument(..., metavar="DIR", help="Folder written by a study, a command's --out or 'innerprobe demo'.", show_default=False),
+        folder: Path = typer.Argument(
+            ...,
+            metavar="DIR",
+            help="Folder written by a study, a command's --out or 'innerprobe demo'.",
+            show_default=False,
+        ),
         out: Path = typer.Option(None, "--out", "-o", help="HTML file to write (default: DIR/report.html)."),
         title: str = typer.Option("innerprobe report", "--title", help="Page title."),
     ) -> None:

@@ -1,4 +1,5 @@
 """``innerprobe study NAME``: run one registered case study into a folder."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,10 +40,16 @@ def register(app: typer.Typer) -> None:
         f"them with 'innerprobe report DIR'. Studies: {_study_list()}.",
     )
     def study(
-        name: str = typer.Argument(..., metavar="NAME", help=f"Study name, one of: {_study_list()}.", show_default=False),
+        name: str = typer.Argument(
+            ..., metavar="NAME", help=f"Study name, one of: {_study_list()}.", show_default=False
+        ),
         out: Path = typer.Option(None, "--out", "-o", help="Folder for the study's files (default: out/NAME)."),
-        seeds: int = typer.Option(3, "--seeds", help="Seeds (independent repetitions) behind each headline figure and its 95% CI."),
-        quick: bool = typer.Option(False, "--quick", help="A smaller, faster version of the study (fewer samples and sweeps)."),
+        seeds: int = typer.Option(
+            3, "--seeds", help="Seeds (independent repetitions) behind each headline figure and its 95% CI."
+        ),
+        quick: bool = typer.Option(
+            False, "--quick", help="A smaller, faster version of the study (fewer samples and sweeps)."
+        ),
         executor: str = executor_option(),
         workers: int = workers_option(),
         address: str = address_option(),

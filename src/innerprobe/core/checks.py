@@ -12,6 +12,7 @@ allocate or run anything, so the same mistake gets the same message everywhere:
 
 See docs/cli.md ("Errors") for how the CLI prints them.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,17 +52,28 @@ def model_tensor(model: nn.Module) -> torch.Tensor | None:
 def check_model(model: Any) -> nn.Module:
     """An ``nn.Module`` whose weights hold values (not on the meta device)."""
     if not isinstance(model, nn.Module):
-        raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}",
-                         hint="pass your nn.Module, or load one with innerprobe.zoo.load_model(...)")
+        raise ModelError(
+            f"expected a torch.nn.Module, got {type(model).__name__}",
+            hint="pass your nn.Module, or load one with innerprobe.zoo.load_model(...)",
+        )
     p = model_tensor(model)
     if p is not None and p.is_meta:
-        raise ModelError("the model's weights are on the meta device: they have shapes but no values",
-                         hint="materialise them first, e.g. model.to_empty(device='cpu') and load a state dict")
+        raise ModelError(
+            "the model's weights are on the meta device: they have shapes but no values",
+            hint="materialise them first, e.g. model.to_empty(device='cpu') and load a state dict",
+        )
     return model
 
 
-def check_inputs(x: Any, model: nn.Module | None = None, *, name: str = "inputs", floating: bool | None = None,
-                 min_dim: int = 1, finite: bool = True) -> torch.Tensor:
+def check_inputs(
+    x: Any,
+    model: nn.Module | None = None,
+    *,
+    name: str = "inputs",
+    floating: bool | None = None,
+    min_dim: int = 1,
+    finite: bool = True,
+) -> torch.Tensor:
     """``x`` as a batch the model can take, or a ConfigError saying what is wrong and how to fix it.
 
     ``floating=True`` requires a float tensor (images, embeddings), ``False`` an integer one (token
@@ -69,26 +81,36 @@ def check_inputs(x: Any, model: nn.Module | None = None, *, name: str = "inputs"
     every input its device: innerprobe never casts silently.
     """
     if not isinstance(x, torch.Tensor):
-        raise ConfigError(f"{name} must be a torch.Tensor, got {type(x).__name__}",
-                          hint="stack your inputs into one tensor [N, ...], e.g. torch.as_tensor(array)")
+        raise ConfigError(
+            f"{name} must be a torch.Tensor, got {type(x).__name__}",
+            hint="stack your inputs into one tensor [N, ...], e.g. torch.as_tensor(array)",
+        )
     if x.is_meta:
-        raise ConfigError(f"{name} are on the meta device: they have a shape but no values",
-                          hint="pass real tensors (device 'cpu' or 'cuda')")
+        raise ConfigError(
+            f"{name} are on the meta device: they have a shape but no values",
+            hint="pass real tensors (device 'cpu' or 'cuda')",
+        )
     if x.is_complex():
-        raise ConfigError(f"{name} are complex ({x.dtype}); innerprobe would drop the imaginary part",
-                          hint="pass real inputs, e.g. x.real or x.abs(), if that is what you mean")
+        raise ConfigError(
+            f"{name} are complex ({x.dtype}); innerprobe would drop the imaginary part",
+            hint="pass real inputs, e.g. x.real or x.abs(), if that is what you mean",
+        )
     if x.dim() < min_dim or (x.dim() >= 1 and x.shape[0] == 0):
         what = "an empty batch" if x.dim() >= 1 and x.shape[0] == 0 else f"{x.dim()} dimensions"
-        raise ConfigError(f"{name} must have a non-empty batch axis first, got {what} ({describe_tensor(x)})",
-                          hint="pass at least one input, shaped [N, ...]" + (", e.g. x.unsqueeze(0)" if x.dim() else ""))
+        raise ConfigError(
+            f"{name} must have a non-empty batch axis first, got {what} ({describe_tensor(x)})",
+            hint="pass at least one input, shaped [N, ...]" + (", e.g. x.unsqueeze(0)" if x.dim() else ""),
+        )
     if floating is True and not x.is_floating_point():
         raise ConfigError(f"{name} must be floating point, got {x.dtype}", hint="convert with x.float()")
     if floating is False and (x.is_floating_point() or x.dtype == torch.bool):
         raise ConfigError(f"{name} must be integer ids, got {x.dtype}", hint="convert with x.long()")
     if finite and x.is_floating_point() and not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
-        raise ConfigError(f"{name} hold {n_bad} NaN or infinite value(s) of {x.numel()}",
-                          hint="clean or drop those inputs first (torch.nan_to_num, or a mask)")
+        raise ConfigError(
+            f"{name} hold {n_bad} NaN or infinite value(s) of {x.numel()}",
+            hint="clean or drop those inputs first (torch.nan_to_num, or a mask)",
+        )
     if model is not None:
         _check_against_model(x, model, name)
     return x
@@ -99,12 +121,15 @@ def _check_against_model(x: torch.Tensor, model: nn.Module, name: str) -> None:
     if p is None:
         return
     if x.device != p.device:
-        raise ConfigError(f"{name} are on {x.device} but the model is on {p.device}",
-                          hint=f"move them with x.to('{p.device}')")
+        raise ConfigError(
+            f"{name} are on {x.device} but the model is on {p.device}", hint=f"move them with x.to('{p.device}')"
+        )
     if x.is_floating_point() and p.is_floating_point() and x.dtype != p.dtype:
         want = str(p.dtype).replace("torch.", "")
-        raise ConfigError(f"{name} are {str(x.dtype).replace('torch.', '')} but the model's weights are {want}",
-                          hint=f"convert the inputs with x.to(torch.{want}) (or the model with model.to(torch.{str(x.dtype)[6:]}))")
+        raise ConfigError(
+            f"{name} are {str(x.dtype).replace('torch.', '')} but the model's weights are {want}",
+            hint=f"convert the inputs with x.to(torch.{want}) (or the model with model.to(torch.{str(x.dtype)[6:]}))",
+        )
 
 
 def call_model(model: nn.Module, *args, **kwargs) -> Any:
@@ -120,8 +145,10 @@ def call_model(model: nn.Module, *args, **kwargs) -> Any:
             raise  # out of memory, or raised by a hook's own function (HookSession.edit): not a bad input
         shapes = ", ".join(describe_tensor(a) for a in args if isinstance(a, torch.Tensor)) or "no tensor inputs"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"the model's forward failed on inputs ({shapes}): {first[:300]}",
-                         hint="check that the inputs have the shape, dtype and device the model expects") from e
+        raise ModelError(
+            f"the model's forward failed on inputs ({shapes}): {first[:300]}",
+            hint="check that the inputs have the shape, dtype and device the model expects",
+        ) from e
 
 
 def check_int(value: Any, name: str, *, lo: int | None = None, hi: int | None = None, hint: str | None = None) -> int:
@@ -137,8 +164,15 @@ def check_int(value: Any, name: str, *, lo: int | None = None, hi: int | None = 
     return v
 
 
-def check_float(value: Any, name: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-                hint: str | None = None) -> float:
+def check_float(
+    value: Any,
+    name: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hint: str | None = None,
+) -> float:
     """``value`` as a finite float in range (``lo_open``: strictly above ``lo``)."""
     try:
         v = float(value)
@@ -158,6 +192,8 @@ def check_seed(value: Any, name: str = "seed") -> int:
     if isinstance(value, str):
         text = value.strip()
         if not text.isdigit():
-            raise ConfigError(f"bad {name} {value!r}: a seed is a non-negative integer", hint=f"e.g. 0, 1 or 42 (at most {SEED_MAX})")
+            raise ConfigError(
+                f"bad {name} {value!r}: a seed is a non-negative integer", hint=f"e.g. 0, 1 or 42 (at most {SEED_MAX})"
+            )
         value = int(text)
     return check_int(value, name, lo=0, hi=SEED_MAX, hint=f"a seed is an integer from 0 to {SEED_MAX}")

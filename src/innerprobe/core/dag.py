@@ -20,6 +20,7 @@ site that reads it (``a1.2:q`` is ``L1.q[heads=2]``; ``m1:in`` is ``L1.mlp_in``)
 the short names and the site strings as aliases of the same objects; see docs/patching.md.
 This module holds only the data structures; the builders live in :mod:`innerprobe.core.families`.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -134,8 +135,13 @@ class Graph:
         if hits and len(hits) == 1:
             return self.nodes[hits[0]]
         if hits:
-            raise ConfigError(f"site {name!r} stands for {len(hits)} nodes of graph {self.name}", hint=f"pick one: {', '.join(hits[:8])}")
-        raise ConfigError(f"graph {self.name} has no node {name!r}", hint=did_you_mean(name, list(self.nodes) + list(self.site_nodes)))
+            raise ConfigError(
+                f"site {name!r} stands for {len(hits)} nodes of graph {self.name}",
+                hint=f"pick one: {', '.join(hits[:8])}",
+            )
+        raise ConfigError(
+            f"graph {self.name} has no node {name!r}", hint=did_you_mean(name, list(self.nodes) + list(self.site_nodes))
+        )
 
     def site_of(self, node: str) -> str:
         """The canonical name of a node: its site where it has one, else its short name."""
@@ -170,12 +176,16 @@ class Graph:
             e = spec
         else:
             if "->" not in spec:
-                raise ConfigError(f"edge {spec!r} needs the form SRC->DST[:SLOT]", hint="e.g. 'a0.1->a1.2:k' or 'a1.2->out'")
+                raise ConfigError(
+                    f"edge {spec!r} needs the form SRC->DST[:SLOT]", hint="e.g. 'a0.1->a1.2:k' or 'a1.2->out'"
+                )
             src, dst = (s.strip() for s in spec.split("->", 1))
             srcs, dsts = self.senders(src), self.receivers(dst)
             if len(srcs) > 1 or len(dsts) > 1:
-                raise ConfigError(f"edge {spec!r} names {len(srcs)} senders and {len(dsts)} receivers, not one each",
-                                  hint="use a Hypothesis 'edge' line for sets of edges")
+                raise ConfigError(
+                    f"edge {spec!r} names {len(srcs)} senders and {len(dsts)} receivers, not one each",
+                    hint="use a Hypothesis 'edge' line for sets of edges",
+                )
             dnode, dslot = split_slot(dst)
             e = Edge(srcs[0] if srcs else src, dsts[0][0] if dsts else dnode, (dsts[0][1] if dsts else dslot) or "in")
         if e not in self.edge_index:
@@ -183,7 +193,9 @@ class Graph:
             d = self.node(e.dst)
             if e.slot not in d.slots:
                 raise ConfigError(f"node {e.dst} has no slot {e.slot!r}", hint=f"its slots: {', '.join(d.slots)}")
-            raise ConfigError(f"{e} is not an edge of graph {self.name}", hint=did_you_mean(str(e), [str(x) for x in self.edges]))
+            raise ConfigError(
+                f"{e} is not an edge of graph {self.name}", hint=did_you_mean(str(e), [str(x) for x in self.edges])
+            )
         return e
 
     def paths(self, limit: int = 200_000) -> list[Path]:
@@ -191,8 +203,10 @@ class Graph:
         if self._paths is None:
             n_paths = self.count_paths()
             if n_paths > limit:
-                raise ConfigError(f"graph {self.name} has {n_paths} paths, more than {limit}",
-                                  hint="use edge-set or compiled hypotheses (they never enumerate paths)")
+                raise ConfigError(
+                    f"graph {self.name} has {n_paths} paths, more than {limit}",
+                    hint="use edge-set or compiled hypotheses (they never enumerate paths)",
+                )
             memo: dict[str, list] = {}
 
             def from_node(n: str) -> list:
@@ -205,7 +219,10 @@ class Graph:
                         for rest in from_node(e.dst):
                             res.append((e,) + rest)
                             if len(res) > limit:
-                                raise ConfigError(f"graph {self.name} has more than {limit} paths", hint="use edge-set hypotheses (they never enumerate paths)")
+                                raise ConfigError(
+                                    f"graph {self.name} has more than {limit} paths",
+                                    hint="use edge-set hypotheses (they never enumerate paths)",
+                                )
                     memo[n] = res
                 return memo[n]
 
@@ -253,8 +270,11 @@ class Graph:
         for g in self.groups:
             if g.kind == "input":
                 continue
-            slots = {(n, s): self.slot_value(n, s, [acts[self.edges[i].src] for i in self.incoming[(n, s)]])
-                     for n in g.nodes for s in self.nodes[n].slots}
+            slots = {
+                (n, s): self.slot_value(n, s, [acts[self.edges[i].src] for i in self.incoming[(n, s)]])
+                for n in g.nodes
+                for s in self.nodes[n].slots
+            }
             if slots_out is not None:
                 slots_out.update(slots)
             acts.update(zip(g.nodes, self.run_group(g, slots)))
@@ -272,7 +292,9 @@ class Graph:
         kinds = {}
         for n in self.nodes.values():
             kinds[n.kind] = kinds.get(n.kind, 0) + 1
-        lines = [f"Graph {self.name}: {len(self.nodes)} nodes ({', '.join(f'{v} {k}' for k, v in kinds.items())}), {len(self.edges)} edges"]
+        lines = [
+            f"Graph {self.name}: {len(self.nodes)} nodes ({', '.join(f'{v} {k}' for k, v in kinds.items())}), {len(self.edges)} edges"
+        ]
         for g in self.groups:
             lines.append(f"  {g.name:<10} {' '.join(g.nodes)}")
         lines += [f"  note: {n}" for n in self.notes]
@@ -292,7 +314,7 @@ def split_slot(token: str) -> tuple[str, str | None]:
             cut = i
     if cut < 0:
         return token.strip(), None
-    node, slot = token[:cut].strip(), token[cut + 1:].strip()
+    node, slot = token[:cut].strip(), token[cut + 1 :].strip()
     if slot.split(".")[0] in ("input", "output"):
         return token.strip(), None
     return node, slot or None

@@ -28,6 +28,7 @@ Small API (also used by the pullback rules to gate functional GELU/SiLU):
 * :func:`discover` -- every activation call (module or functional) of one forward pass, as
   :class:`FunctionalCall` records with their site strings.
 """
+
 from __future__ import annotations
 
 import re
@@ -39,11 +40,32 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 #: canonical names of functions treated as hidden nonlinearities (APEX default sites, coverage)
-ACTIVATION_FUNCTIONS = frozenset({
-    "relu", "relu6", "leaky_relu", "prelu", "rrelu", "elu", "selu", "celu", "gelu", "silu", "mish", "softplus",
-    "hardtanh", "hardswish", "hardsigmoid", "threshold", "glu", "tanh", "sigmoid", "logsigmoid", "softsign",
-    "tanhshrink",
-})
+ACTIVATION_FUNCTIONS = frozenset(
+    {
+        "relu",
+        "relu6",
+        "leaky_relu",
+        "prelu",
+        "rrelu",
+        "elu",
+        "selu",
+        "celu",
+        "gelu",
+        "silu",
+        "mish",
+        "softplus",
+        "hardtanh",
+        "hardswish",
+        "hardsigmoid",
+        "threshold",
+        "glu",
+        "tanh",
+        "sigmoid",
+        "logsigmoid",
+        "softsign",
+        "tanhshrink",
+    }
+)
 
 _CALL = re.compile(r"(?P<module>[^/#]*?)(?:/(?P<function>[A-Za-z_][A-Za-z0-9_]*))?(?:#(?P<call>\d+))?")
 _NAMES: dict = {}
@@ -75,8 +97,10 @@ def split_call(text: str) -> tuple[str, str | None, int | None]:
     if not m:
         from ..errors import SiteError
 
-        raise SiteError(f"cannot parse functional site {text!r}",
-                        hint="write MODULE#K (k-th call of a module), MODULE/FUNCTION[#K], or fn:FUNCTION[#K] for the root")
+        raise SiteError(
+            f"cannot parse functional site {text!r}",
+            hint="write MODULE#K (k-th call of a module), MODULE/FUNCTION[#K], or fn:FUNCTION[#K] for the root",
+        )
     call = m["call"]
     return m["module"], m["function"], None if call is None else int(call)
 
@@ -110,10 +134,35 @@ class FunctionalCall:
 def is_activation_module(module: nn.Module) -> bool:
     """A torch activation class or a class named like one (Hugging Face ``NewGELUActivation``, ...)."""
     name = type(module).__name__
-    acts = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-            nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.LogSigmoid,
-            nn.Tanhshrink, nn.GLU, nn.Threshold)
-    return isinstance(module, acts) or name.endswith("Activation") or any(k in name for k in ("GELU", "ReLU", "SiLU", "Swish"))
+    acts = (
+        nn.ReLU,
+        nn.ReLU6,
+        nn.LeakyReLU,
+        nn.PReLU,
+        nn.RReLU,
+        nn.ELU,
+        nn.SELU,
+        nn.CELU,
+        nn.GELU,
+        nn.SiLU,
+        nn.Mish,
+        nn.Tanh,
+        nn.Sigmoid,
+        nn.Softplus,
+        nn.Softsign,
+        nn.Hardtanh,
+        nn.Hardswish,
+        nn.Hardsigmoid,
+        nn.LogSigmoid,
+        nn.Tanhshrink,
+        nn.GLU,
+        nn.Threshold,
+    )
+    return (
+        isinstance(module, acts)
+        or name.endswith("Activation")
+        or any(k in name for k in ("GELU", "ReLU", "SiLU", "Swish"))
+    )
 
 
 class Interceptor(TorchFunctionMode):
@@ -150,6 +199,7 @@ class Interceptor(TorchFunctionMode):
                 self.module_calls.clear()
             self.stack.append(name)
             self.module_calls[name] = self.module_calls.get(name, 0) + 1
+
         return pre
 
     def _pop(self, module, args, output):
@@ -166,8 +216,15 @@ class Interceptor(TorchFunctionMode):
             self.__enter__()
             self._mode_on = True
 
-    def add(self, module: str, function: str, call: int | None, fn: Callable[[torch.Tensor], torch.Tensor],
-            *, port: str = "output") -> None:
+    def add(
+        self,
+        module: str,
+        function: str,
+        call: int | None,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        port: str = "output",
+    ) -> None:
         """Replace the output (or, ``port='input'``, the first argument) of calls of ``function`` made
         directly in ``module`` (every call, or only call index ``call``) by ``fn(value)``."""
         self.edits.setdefault((module, function), []).append((call, fn, port))
@@ -250,9 +307,11 @@ def discover(model: nn.Module, *args, **kwargs) -> list[FunctionalCall]:
     icp.listen(found.append)
     handles = []
     for name, module in acts.items():
+
         def post(mod, a, out, name=name):
             if isinstance(out, torch.Tensor):
                 found.append(FunctionalCall(name, None, icp.module_call_index(name), tuple(out.shape)))
+
         handles.append(module.register_forward_hook(post))
     try:
         with torch.inference_mode(), preserved_state(model, eval=True):
@@ -264,5 +323,13 @@ def discover(model: nn.Module, *args, **kwargs) -> list[FunctionalCall]:
     return found
 
 
-__all__ = ["ACTIVATION_FUNCTIONS", "FunctionalCall", "Interceptor", "discover", "format_call", "function_name",
-           "is_activation_module", "split_call"]
+__all__ = [
+    "ACTIVATION_FUNCTIONS",
+    "FunctionalCall",
+    "Interceptor",
+    "discover",
+    "format_call",
+    "function_name",
+    "is_activation_module",
+    "split_call",
+]

@@ -5,6 +5,7 @@ The data structures live in :mod:`innerprobe.core.dag` (:class:`Graph`, :class:`
 (:mod:`innerprobe.core.families`); this module re-exports both. ``build_graph(model)`` detects the
 family, builds its graph and checks it against the model (docs/patching.md).
 """
+
 from __future__ import annotations
 
 from .dag import Edge, Graph, Group, Node, Path
@@ -16,5 +17,18 @@ from .families.neox import graph as neox_graph
 from .families.tl import graph as tl_graph
 from .families.zoo import graph as transformer_graph
 
-__all__ = ["Edge", "Graph", "Group", "Node", "Path", "build_graph", "detect", "fx_graph", "hf_gpt2_graph", "llama_graph",
-           "neox_graph", "tl_graph", "transformer_graph"]
+__all__ = [
+    "Edge",
+    "Graph",
+    "Group",
+    "Node",
+    "Path",
+    "build_graph",
+    "detect",
+    "fx_graph",
+    "hf_gpt2_graph",
+    "llama_graph",
+    "neox_graph",
+    "tl_graph",
+    "transformer_graph",
+]

@@ -7,6 +7,7 @@ train/eval mode and every parameter's ``requires_grad`` flag, and (``eval=True``
 eval mode. Site-level helpers (:meth:`HookSession.edit`, :meth:`HookSession.capture`) act on
 :class:`~innerprobe.core.sites.Site` s, so all three methods say *where* the same way.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -90,22 +91,30 @@ class Capture:
 
     def stale(self) -> list[int]:
         """Indices of uncloned values that the model modified in place after they were captured."""
-        return [i for i, (v, ver) in enumerate(zip(self.values, self.versions))
-                if ver is not None and isinstance(v, torch.Tensor) and v._version != ver]
+        return [
+            i
+            for i, (v, ver) in enumerate(zip(self.values, self.versions))
+            if ver is not None and isinstance(v, torch.Tensor) and v._version != ver
+        ]
 
     def check(self) -> "Capture":
         """Raise SiteError if an uncloned value was modified in place after capture; returns self."""
         if self.stale():
-            raise SiteError(f"the value captured at site {self.site} was modified in place later in the forward pass "
-                            "(e.g. 'out += identity' or ReLU(inplace=True)), so it no longer holds the site's value",
-                            hint="capture with clone=True (the default) and detach=True, or name the site after the "
-                                 "in-place operation")
+            raise SiteError(
+                f"the value captured at site {self.site} was modified in place later in the forward pass "
+                "(e.g. 'out += identity' or ReLU(inplace=True)), so it no longer holds the site's value",
+                hint="capture with clone=True (the default) and detach=True, or name the site after the "
+                "in-place operation",
+            )
         return self
 
     @property
     def value(self) -> torch.Tensor:
         if not self.values:
-            raise SiteError(f"site {self.site} was never reached in the forward pass", hint="check that the module runs for this input, or that an early stop did not cut it off")
+            raise SiteError(
+                f"site {self.site} was never reached in the forward pass",
+                hint="check that the module runs for this input, or that an early stop did not cut it off",
+            )
         self.check()
         return self.values[-1]
 
@@ -175,8 +184,11 @@ class HookSession:
 
         With selectors (heads, positions, units) only the selected elements change.
         """
-        rsites = site if isinstance(site, list) and site and isinstance(site[0], ResolvedSite) else (
-            [site] if isinstance(site, ResolvedSite) else resolve(self.model, site))
+        rsites = (
+            site
+            if isinstance(site, list) and site and isinstance(site[0], ResolvedSite)
+            else ([site] if isinstance(site, ResolvedSite) else resolve(self.model, site))
+        )
         for rs in rsites:
             self._edit_one(rs, fn)
         return rsites
@@ -186,7 +198,9 @@ class HookSession:
 
         def apply(value: Any) -> Any:
             if not isinstance(value, torch.Tensor):
-                raise SiteError(f"site {s} holds a {describe(value)}, not a tensor", hint="pick an element, e.g. ':output.0'")
+                raise SiteError(
+                    f"site {s} holds a {describe(value)}, not a tensor", hint="pick an element, e.g. ':output.0'"
+                )
             try:
                 new = fn(value, rs)
             except Exception as e:  # the caller's own function: its error is not the model's
@@ -208,20 +222,27 @@ class HookSession:
                 return inner(value) if icp.module_call_index(base) == call else value
 
         if s.port == "output":
+
             def hook(module, args, output):
                 return replace_element(output, s.index, apply(get_element(output, s.index, str(s))), str(s))
+
             self.forward_hook(rs.module, hook)
         else:
+
             def pre(module, args, kwargs):
                 if isinstance(s.index, str) and s.index in kwargs:
                     kwargs = {**kwargs, s.index: apply(kwargs[s.index])}
                     return args, kwargs
                 i = 0 if s.index is None else s.index
                 if isinstance(i, str) or not -len(args) <= i < len(args):
-                    raise SiteError(f"input {s.index!r} not found at site {s}", hint=f"positional inputs: {len(args)}, keyword inputs: {sorted(kwargs)}")
+                    raise SiteError(
+                        f"input {s.index!r} not found at site {s}",
+                        hint=f"positional inputs: {len(args)}, keyword inputs: {sorted(kwargs)}",
+                    )
                 args = list(args)
                 args[i] = apply(args[i])
                 return tuple(args), kwargs
+
             self.pre_hook(rs.module, pre, with_kwargs=True)
 
     def _calls(self) -> Interceptor:
@@ -273,7 +294,9 @@ def count_hooks(model: nn.Module) -> int:
     return total
 
 
-def run_with_cache(model: nn.Module, sites, *args, eval: bool | None = True, **kwargs) -> tuple[Any, dict[str, torch.Tensor]]:
+def run_with_cache(
+    model: nn.Module, sites, *args, eval: bool | None = True, **kwargs
+) -> tuple[Any, dict[str, torch.Tensor]]:
     """Run ``model(*args)`` and return (output, {site string: last value}) for the given sites.
 
     Runs in eval mode by default, so a train-mode model's BatchNorm statistics are left as they

@@ -15,6 +15,7 @@ Typical use in a study::
     ax.plot(xs, ys, label="clean")
     savefig(fig, out / "curve.png")          # returns the path; section.figure(path, caption)
 """
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,9 @@ from typing import Sequence
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 
 
-def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] | None = None, squeeze: bool = True, **subplot_kw):
+def new_figure(
+    nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] | None = None, squeeze: bool = True, **subplot_kw
+):
     """A fresh ``(Figure, axes)`` on the Agg canvas; ``size`` in inches (default 4.2 x 3 per panel)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -48,7 +51,9 @@ def savefig(fig, path: str | Path, *, dpi: int = 110) -> Path:
     return path
 
 
-def style_axes(ax, *, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None, grid: bool = True) -> None:
+def style_axes(
+    ax, *, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None, grid: bool = True
+) -> None:
     """Light per-axes styling (the global rcParams are never touched)."""
     if title:
         ax.set_title(title, fontsize=10)
@@ -63,8 +68,16 @@ def style_axes(ax, *, title: str | None = None, xlabel: str | None = None, ylabe
         ax.grid(True, alpha=0.25, linewidth=0.6)
 
 
-def image_grid(images, titles: Sequence[str] | None = None, *, ncols: int = 8, colors: Sequence[str] | None = None,
-               cmap: str = "gray_r", panel: float = 0.95, suptitle: str | None = None):
+def image_grid(
+    images,
+    titles: Sequence[str] | None = None,
+    *,
+    ncols: int = 8,
+    colors: Sequence[str] | None = None,
+    cmap: str = "gray_r",
+    panel: float = 0.95,
+    suptitle: str | None = None,
+):
     """A grid of grey images (array-like [N,H,W] or [N,1,H,W], values in [0,1]) with a title each.
 
     ``colors`` colours each title (e.g. green for a correct prediction, red for a wrong one).
@@ -78,7 +91,9 @@ def image_grid(images, titles: Sequence[str] | None = None, *, ncols: int = 8, c
     n = len(imgs)
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
-    fig, axes = new_figure(nrows, ncols, size=(panel * ncols, panel * nrows + (0.3 if suptitle else 0.0) + 0.25), squeeze=False)
+    fig, axes = new_figure(
+        nrows, ncols, size=(panel * ncols, panel * nrows + (0.3 if suptitle else 0.0) + 0.25), squeeze=False
+    )
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i >= n:
@@ -91,9 +106,18 @@ def image_grid(images, titles: Sequence[str] | None = None, *, ncols: int = 8, c
     return fig
 
 
-def line_plot(series: dict[str, Sequence[float]], *, x: Sequence[float] | None = None, title: str | None = None,
-              xlabel: str | None = None, ylabel: str | None = None, bands: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
-              hlines: dict[str, float] | None = None, logy: bool = False, size: tuple[float, float] = (4.6, 3.0)):
+def line_plot(
+    series: dict[str, Sequence[float]],
+    *,
+    x: Sequence[float] | None = None,
+    title: str | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    bands: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    hlines: dict[str, float] | None = None,
+    logy: bool = False,
+    size: tuple[float, float] = (4.6, 3.0),
+):
     """Lines (one per key) with optional shaded bands (e.g. 95% CIs) and labelled horizontal reference lines."""
     fig, ax = new_figure(size=size)
     for i, (name, ys) in enumerate(series.items()):
@@ -105,7 +129,9 @@ def line_plot(series: dict[str, Sequence[float]], *, x: Sequence[float] | None =
             ax.fill_between(xs[: len(lo)], list(lo), list(hi), color=color, alpha=0.2, linewidth=0)
     for j, (name, y) in enumerate((hlines or {}).items()):
         ax.axhline(y, color="grey", linestyle="--", linewidth=0.9)
-        ax.annotate(name, xy=(1.0, y), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=7, color="grey")
+        ax.annotate(
+            name, xy=(1.0, y), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=7, color="grey"
+        )
     if logy:
         ax.set_yscale("log")
     style_axes(ax, title=title, xlabel=xlabel, ylabel=ylabel)
@@ -114,8 +140,19 @@ def line_plot(series: dict[str, Sequence[float]], *, x: Sequence[float] | None =
     return fig
 
 
-def heatmap(values, *, row_labels: Sequence[str], col_labels: Sequence[str], title: str | None = None, cmap: str = "viridis",
-            vmin: float | None = None, vmax: float | None = None, annotate: bool = True, fmt: str = "{:.2f}", size: tuple[float, float] | None = None):
+def heatmap(
+    values,
+    *,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    title: str | None = None,
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    annotate: bool = True,
+    fmt: str = "{:.2f}",
+    size: tuple[float, float] | None = None,
+):
     """A labelled heatmap (rows x columns) with the value printed in each cell and a colour bar."""
     import numpy as np
 
@@ -130,7 +167,9 @@ def heatmap(values, *, row_labels: Sequence[str], col_labels: Sequence[str], tit
         lo, hi = (np.nanmin(v), np.nanmax(v)) if v.size else (0.0, 1.0)
         mid = (lo + hi) / 2
         for (r, c), val in np.ndenumerate(v):
-            ax.text(c, r, fmt.format(val), ha="center", va="center", fontsize=7, color="white" if val < mid else "black")
+            ax.text(
+                c, r, fmt.format(val), ha="center", va="center", fontsize=7, color="white" if val < mid else "black"
+            )
     if title:
         ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, shrink=0.8)

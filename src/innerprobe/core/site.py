@@ -5,6 +5,7 @@ globs, ``@Type``) lives in :mod:`innerprobe.core.sites`, which re-exports :class
 module imports nothing from the family registry, so families can build sites without a cycle.
 The text grammar is documented in :mod:`innerprobe.core.sites` and docs/sites.md.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,11 +63,16 @@ class Site:
             if not part:
                 continue
             if "=" not in part:
-                raise SiteError(f"selector {part!r} in site {text!r} needs the form key=values", hint="e.g. heads=0,2 or pos=-1 or units=0:16")
+                raise SiteError(
+                    f"selector {part!r} in site {text!r} needs the form key=values",
+                    hint="e.g. heads=0,2 or pos=-1 or units=0:16",
+                )
             key, value = (s.strip() for s in part.split("=", 1))
             key = {"pos": "positions", "position": "positions", "head": "heads", "unit": "units"}.get(key, key)
             if key not in ("heads", "positions", "units"):
-                raise SiteError(f"unknown selector {key!r} in site {text!r}", hint="selectors are heads, pos (positions) and units")
+                raise SiteError(
+                    f"unknown selector {key!r} in site {text!r}", hint="selectors are heads, pos (positions) and units"
+                )
             kwargs[key] = _parse_indices(value, text)
         return cls(module=module, port=port or "output", index=index, **kwargs)
 
@@ -74,7 +80,11 @@ class Site:
         text = self.alias or self.module
         if self.alias is None and (self.port != "output" or self.index is not None):
             text += f":{self.port}" + (f".{self.index}" if self.index is not None else "")
-        sel = [f"{k}={_fmt_indices(v)}" for k, v in (("heads", self.heads), ("pos", self.positions), ("units", self.units)) if v is not None]
+        sel = [
+            f"{k}={_fmt_indices(v)}"
+            for k, v in (("heads", self.heads), ("pos", self.positions), ("units", self.units))
+            if v is not None
+        ]
         return text + (f"[{';'.join(sel)}]" if sel else "")
 
     def with_(self, **changes) -> Site:
@@ -108,7 +118,10 @@ class Site:
             mask = mask & restrict(nd - 1, self._layout_columns(last, None), last, "chunk")
         if self.positions is not None:
             if nd < 3:
-                raise SiteError(f"site {self} selects positions but its tensor has shape {tuple(shape)}", hint="positions need a [batch, pos, ...] tensor")
+                raise SiteError(
+                    f"site {self} selects positions but its tensor has shape {tuple(shape)}",
+                    hint="positions need a [batch, pos, ...] tensor",
+                )
             mask = mask & restrict(1, self.positions, shape[1], "position")
         if self.units is not None:
             axis = 1 if nd == 4 else nd - 1
@@ -164,7 +177,9 @@ def _parse_indices(value: str, text: str) -> Index:
             elif tok:
                 out.append(int(tok))
     except ValueError:
-        raise SiteError(f"bad index list {value!r} in site {text!r}", hint="use integers, commas and ranges: 0,2,5:8") from None
+        raise SiteError(
+            f"bad index list {value!r} in site {text!r}", hint="use integers, commas and ranges: 0,2,5:8"
+        ) from None
     if not out:
         raise SiteError(f"empty index list in site {text!r}")
     return tuple(out)

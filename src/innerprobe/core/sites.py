@@ -20,6 +20,7 @@ Selectors, separated by ``;``: ``heads=0,2``, ``pos=-1`` or ``positions=3:7``, `
 maps; ``pos`` indexes axis 1; ``heads`` index ``head_axis`` or, when ``n_heads`` is set, blocks of
 the last axis split into ``n_heads`` equal parts. Families set those layout fields for you (docs/sites.md).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -96,16 +97,25 @@ def resolve(model: nn.Module, spec, *, allow_empty: bool = False) -> list[Resolv
             alias=canon,
         )
         if "/" in base.module or "#" in base.module:  # a functional-call site (e.g. an eager attention softmax)
-            return [ResolvedSite(r.site.with_(alias=canon), r.module) for r in _resolve_call(model, merged, allow_empty)]
+            return [
+                ResolvedSite(r.site.with_(alias=canon), r.module) for r in _resolve_call(model, merged, allow_empty)
+            ]
         if base.module not in modules:
-            raise SiteError(f"site {canon} maps to module {base.module!r}, which {type(model).__name__} does not have",
-                            hint="the model was changed after it was built; rebuild it or name the module directly")
+            raise SiteError(
+                f"site {canon} maps to module {base.module!r}, which {type(model).__name__} does not have",
+                hint="the model was changed after it was built; rebuild it or name the module directly",
+            )
         return [ResolvedSite(merged, modules[base.module])]
     if name in modules:
         return [ResolvedSite(site.with_(module=name), modules[name])]
     if name.startswith("@"):
         tname = name[1:]
-        return _by_type(model, site, lambda m: type(m).__name__ == tname or f"{type(m).__module__}.{type(m).__name__}".endswith(tname), allow_empty)
+        return _by_type(
+            model,
+            site,
+            lambda m: type(m).__name__ == tname or f"{type(m).__module__}.{type(m).__name__}".endswith(tname),
+            allow_empty,
+        )
     if any(c in name for c in "*?"):
         hits = [n for n in modules if n and fnmatch.fnmatchcase(n, name)]
         if hits or allow_empty:
@@ -113,7 +123,10 @@ def resolve(model: nn.Module, spec, *, allow_empty: bool = False) -> list[Resolv
         raise SiteError(f"site pattern {name!r} matches no module", hint=did_you_mean(name.replace("*", ""), modules))
     if allow_empty:
         return []
-    raise SiteError(f"no module named {name!r} in {type(model).__name__}", hint=did_you_mean(name, list(modules) + list(families.canonical_sites(model))))
+    raise SiteError(
+        f"no module named {name!r} in {type(model).__name__}",
+        hint=did_you_mean(name, list(modules) + list(families.canonical_sites(model))),
+    )
 
 
 def _resolve_call(model: nn.Module, site: Site, allow_empty: bool) -> list[ResolvedSite]:
@@ -127,7 +140,10 @@ def _by_type(model, site: Site, pred, allow_empty: bool) -> list[ResolvedSite]:
     hits = [ResolvedSite(site.with_(module=n), m) for n, m in model.named_modules() if pred(m)]
     if not hits and not allow_empty:
         types = sorted({type(m).__name__ for m in model.modules()})
-        raise SiteError(f"no module of type {site.module[1:]!r} in {type(model).__name__}", hint=did_you_mean(site.module[1:], types) + f" (types present: {', '.join(types)})")
+        raise SiteError(
+            f"no module of type {site.module[1:]!r} in {type(model).__name__}",
+            hint=did_you_mean(site.module[1:], types) + f" (types present: {', '.join(types)})",
+        )
     return hits
 
 

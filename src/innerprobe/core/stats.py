@@ -20,6 +20,7 @@ and printed one way:
 Non-finite inputs are refused by name unless ``nan_policy="omit"`` asks to drop them; ``n`` is then the
 number of values actually used.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -65,8 +66,10 @@ class CI:
             if v is not None:
                 v = float(v)
                 if not math.isfinite(v):
-                    raise DataError(f"CI.{name} is {v}: a CI holds finite numbers or None",
-                                    hint="pass None where the figure is undefined")
+                    raise DataError(
+                        f"CI.{name} is {v}: a CI holds finite numbers or None",
+                        hint="pass None where the figure is undefined",
+                    )
                 object.__setattr__(self, name, v)
         if (self.lo is None) != (self.hi is None):
             raise DataError("CI needs both lo and hi, or neither")
@@ -85,7 +88,7 @@ class CI:
 
     def map(self, fn: Callable[[float], float], method: str | None = None) -> CI:
         """The CI with ``fn`` (monotone increasing, e.g. ``exp``) applied to estimate and bounds."""
-        f = (lambda v: None if v is None else float(fn(v)))
+        f = lambda v: None if v is None else float(fn(v))
         return CI(f(self.estimate), f(self.lo), f(self.hi), self.level, method or self.method, self.n)
 
     def to_dict(self) -> dict:
@@ -106,8 +109,10 @@ def _clean(values, nan_policy: str, what: str = "values") -> np.ndarray:
     bad = ~np.isfinite(v)
     if bad.any():
         if nan_policy == "raise":
-            raise DataError(f"{int(bad.sum())} of {len(v)} {what} are NaN, inf or None",
-                            hint="fix the source, or pass nan_policy='omit' to drop them (n counts the rest)")
+            raise DataError(
+                f"{int(bad.sum())} of {len(v)} {what} are NaN, inf or None",
+                hint="fix the source, or pass nan_policy='omit' to drop them (n counts the rest)",
+            )
         v = v[~bad]
     return v
 
@@ -135,8 +140,17 @@ def t_interval(values: Sequence[float], level: float = 0.95, *, nan_policy: str 
     return CI(m, m - half, m + half, level, "t", n)
 
 
-def bootstrap(values, stat: Callable = np.mean, *, method: str = "percentile", n_resamples: int = 2000,
-              seed: int = 0, level: float = 0.95, paired: Sequence = (), independent: Sequence = ()) -> CI:
+def bootstrap(
+    values,
+    stat: Callable = np.mean,
+    *,
+    method: str = "percentile",
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    paired: Sequence = (),
+    independent: Sequence = (),
+) -> CI:
     """``stat(values, *paired)`` (or ``stat(values, *independent)``) with a percentile or BCa bootstrap interval.
 
     Rows of ``values`` and of each array in ``paired`` are resampled together; arrays in ``independent``
@@ -183,9 +197,16 @@ def _scipy_boot(arrays, stat, method, n_resamples, seed, level, paired=True):
         vectorised = False
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy's DegenerateDataWarning: handled below by name in ``method``
-        res = _st.bootstrap(tuple(arrays), robust, paired=paired, vectorized=vectorised, n_resamples=n_resamples,
-                            confidence_level=level, method="percentile" if method == "percentile" else "BCa",
-                            random_state=np.random.default_rng(seed))
+        res = _st.bootstrap(
+            tuple(arrays),
+            robust,
+            paired=paired,
+            vectorized=vectorised,
+            n_resamples=n_resamples,
+            confidence_level=level,
+            method="percentile" if method == "percentile" else "BCa",
+            random_state=np.random.default_rng(seed),
+        )
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if math.isfinite(lo) and math.isfinite(hi):
         return lo, hi, method
@@ -225,7 +246,7 @@ def nested_bootstrap(values, *, n_resamples: int = 2000, seed: int = 0, level: f
         b = min(block, n_resamples - b0)
         si = rng.integers(0, s, (b, s))[:, :, None]
         ii = rng.integers(0, m, (b, s, m))
-        reps[b0:b0 + b] = dz[si, ii].sum((1, 2)) / np.maximum(vf[si, ii].sum((1, 2)), 1)
+        reps[b0 : b0 + b] = dz[si, ii].sum((1, 2)) / np.maximum(vf[si, ii].sum((1, 2)), 1)
     a = (1 - level) / 2
     lo, hi = np.quantile(reps, [a, 1 - a])
     return CI(est, float(lo), float(hi), level, "nested-bootstrap", nv)
@@ -248,8 +269,9 @@ def proportion(k: int, n: int, method: str = "clopper-pearson", level: float = 0
     return CI(k / n, float(ci.low), float(ci.high), level, method, n)
 
 
-def paired_difference(a, b, method: str = "t", *, level: float = 0.95, n_resamples: int = 2000, seed: int = 0,
-                      nan_policy: str = "raise") -> CI:
+def paired_difference(
+    a, b, method: str = "t", *, level: float = 0.95, n_resamples: int = 2000, seed: int = 0, nan_policy: str = "raise"
+) -> CI:
     """Mean of ``a - b`` over pairs with a paired t-interval (``method="t"``) or a bootstrap one."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape:
@@ -272,6 +294,8 @@ def geometric_mean_ratio(ratios, den=None, *, level: float = 0.95, nan_policy: s
     r = np.asarray(ratios, float) if den is None else np.asarray(ratios, float) / np.asarray(den, float)
     r = _clean(r, nan_policy, "ratios")
     if (r <= 0).any():
-        raise DataError(f"geometric_mean_ratio needs positive ratios, got {int((r <= 0).sum())} <= 0",
-                        hint="a ratio of non-negative figures with a zero denominator or numerator has no log")
+        raise DataError(
+            f"geometric_mean_ratio needs positive ratios, got {int((r <= 0).sum())} <= 0",
+            hint="a ratio of non-negative figures with a zero denominator or numerator has no log",
+        )
     return t_interval(np.log(r), level).map(math.exp, method="t-log")

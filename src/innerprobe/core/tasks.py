@@ -42,8 +42,10 @@ class TaskFailed(InnerprobeError):
 
     def __init__(self, failures: dict[int, str], results: dict[int, dict], tasks: list[Task]):
         first = next(iter(failures.items()))
-        super().__init__(f"{len(failures)} of {len(tasks)} tasks failed (task {first[0]}: {first[1]})",
-                         hint="the finished tasks are kept; rerun the same command to retry only the failed ones")
+        super().__init__(
+            f"{len(failures)} of {len(tasks)} tasks failed (task {first[0]}: {first[1]})",
+            hint="the finished tasks are kept; rerun the same command to retry only the failed ones",
+        )
         self.failures, self.results, self.tasks = failures, results, tasks
 
 
@@ -95,8 +97,9 @@ class Store:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ConfigError(f"cannot use {str(self.folder)!r} as a task store: {e.strerror or e}",
-                              hint="give a writable folder") from None
+            raise ConfigError(
+                f"cannot use {str(self.folder)!r} as a task store: {e.strerror or e}", hint="give a writable folder"
+            ) from None
 
     def path(self, task: Task) -> Path:
         return self.folder / f"{task.key}.npz"
@@ -194,8 +197,11 @@ class RayExecutor:
             raise ConfigError("the ray executor needs Ray", hint="pip install 'innerprobe[ray]'") from None
         started = not ray.is_initialized()
         if started:
-            kw = {"address": self.address} if self.address else {
-                "num_cpus": self.workers, "include_dashboard": False, "object_store_memory": 256 * 2**20}
+            kw = (
+                {"address": self.address}
+                if self.address
+                else {"num_cpus": self.workers, "include_dashboard": False, "object_store_memory": 256 * 2**20}
+            )
             ray.init(log_to_driver=False, ignore_reinit_error=True, **kw)
         refs = {k: ray.put(v) for k, v in shared.items()}
         remote = ray.remote(_ray_run)
@@ -218,8 +224,11 @@ def _ray_completed(ray, remote, refs: dict, tasks) -> Iterator[tuple[int, bool, 
     names = sorted(refs)
     pending = {}
     for i, t in tasks:
-        opts = {"num_cpus": t.resources.get("num_cpus", 1), "num_gpus": t.resources.get("num_gpus", 0),
-                "max_retries": 0}
+        opts = {
+            "num_cpus": t.resources.get("num_cpus", 1),
+            "num_gpus": t.resources.get("num_gpus", 0),
+            "max_retries": 0,
+        }
         ids = [refs[n].hex() for n in names]
         pending[remote.options(**opts).remote(t, names, ids, *[refs[n] for n in names])] = i
     while pending:
@@ -247,9 +256,18 @@ def get_executor(executor: str = "local", workers: int | None = None, address: s
     return LocalExecutor(workers or 1)
 
 
-def run_tasks(tasks: list[Task], *, executor: str = "local", workers: int | None = None, address: str | None = None,
-              store: str | Path | None = None, shared: dict | None = None, retries: int = 1,
-              progress: bool | None = None, label: str = "tasks") -> list[dict]:
+def run_tasks(
+    tasks: list[Task],
+    *,
+    executor: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    store: str | Path | None = None,
+    shared: dict | None = None,
+    retries: int = 1,
+    progress: bool | None = None,
+    label: str = "tasks",
+) -> list[dict]:
     """Run ``tasks`` and return their results in task order (docs/scale.md).
 
     ``store`` keeps each result under its task's content hash, so a rerun skips finished tasks; ``shared``

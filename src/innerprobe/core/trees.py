@@ -3,6 +3,7 @@
 Handles tensors, tuples, lists, dicts, Hugging Face ``ModelOutput`` and dataclasses. An unknown
 container raises a :class:`~innerprobe.errors.SiteError` naming the type, never a bare assert.
 """
+
 from __future__ import annotations
 
 import dataclasses

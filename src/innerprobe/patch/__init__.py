@@ -13,6 +13,7 @@ EAP and EAP-IG. Node patching (:mod:`.activation`). Metrics and bootstrap CIs (:
 Discovery (:mod:`.discovery`): exact single-edge effects, ACDC-style pruning, ACDC++ (EAP-IG
 prune + exact verification), top-k. The exact edge-set evaluator runs on :mod:`.fast`.
 """
+
 from .activation import ablate_run, patch_run, sweep
 from .compiled import evaluate_compiled
 from .discovery import acdc, acdc_pp, single_edge_effects, top_k
@@ -21,6 +22,28 @@ from .hypothesis import Hypothesis
 from .metrics import bootstrap_proportion, kl_div, lm_loss, logit_diff, proportion, signed_loss
 from .path import Runs, edge_mask, evaluate, evaluate_edges, evaluate_paths, position_edge_mask, prepare
 
-__all__ = ["Hypothesis", "Runs", "ablate_run", "acdc", "acdc_pp", "bootstrap_proportion", "eap_scores", "edge_mask", "evaluate", "evaluate_edges",
-           "evaluate_compiled", "evaluate_paths", "kl_div", "lm_loss", "logit_diff", "patch_run", "position_edge_mask", "prepare", "proportion", "signed_loss",
-           "single_edge_effects", "sweep", "top_k"]
+__all__ = [
+    "Hypothesis",
+    "Runs",
+    "ablate_run",
+    "acdc",
+    "acdc_pp",
+    "bootstrap_proportion",
+    "eap_scores",
+    "edge_mask",
+    "evaluate",
+    "evaluate_edges",
+    "evaluate_compiled",
+    "evaluate_paths",
+    "kl_div",
+    "lm_loss",
+    "logit_diff",
+    "patch_run",
+    "position_edge_mask",
+    "prepare",
+    "proportion",
+    "signed_loss",
+    "single_edge_effects",
+    "sweep",
+    "top_k",
+]

@@ -6,6 +6,7 @@ base = x_r and source = x_c this is the path hypothesis "every path that avoids 
 TransformerLens's patching utilities use base = corrupted, source = clean ("denoising"): swap
 the arguments to match them.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -27,24 +28,32 @@ def patch_run(model: nn.Module, site, base, source, *, source_value: torch.Tenso
     base = check_inputs(base, model, name="base inputs")  # shape/dtype/device/NaN: one innerprobe error line
     rs = resolve(model, site)
     if len(rs) != 1:
-        raise ConfigError(f"site {site} resolves to {len(rs)} places; patch one at a time", hint=", ".join(str(r) for r in rs[:5]))
+        raise ConfigError(
+            f"site {site} resolves to {len(rs)} places; patch one at a time", hint=", ".join(str(r) for r in rs[:5])
+        )
     if source_value is None:
         with HookSession(model, eval=True) as hs:
             cap = hs.capture(rs[0])[0]
             hs.run(source)
         source_value = cap.value
     with HookSession(model, eval=True) as hs:
+
         def put(value, _rs):
             if value.shape != source_value.shape:
-                raise ConfigError(f"site {rs[0]}: base value has shape {tuple(value.shape)}, source {tuple(source_value.shape)}",
-                                  hint="base and source inputs must have the same shape")
+                raise ConfigError(
+                    f"site {rs[0]}: base value has shape {tuple(value.shape)}, source {tuple(source_value.shape)}",
+                    hint="base and source inputs must have the same shape",
+                )
             return source_value
+
         hs.edit(rs[0], put)
         return hs.run(base)
 
 
 @torch.no_grad()
-def sweep(model: nn.Module, sites: Sequence, base, source, metric: Callable[[torch.Tensor], torch.Tensor]) -> list[dict]:
+def sweep(
+    model: nn.Module, sites: Sequence, base, source, metric: Callable[[torch.Tensor], torch.Tensor]
+) -> list[dict]:
     """``metric(logits)`` (a scalar) after patching each site in turn; one row per site plus the
     unpatched base and the source run."""
     rows = []
@@ -88,8 +97,10 @@ def ablate_run(model: nn.Module, site, x, *, kind: str = "mean", reference=None,
         if mean is None:
             return torch.zeros_like(value)
         if per_position and mean.shape[1:] != value.shape[1:]:
-            raise ConfigError(f"site {rs[0]}: reference has shape {tuple(mean.shape[1:])} per example, input {tuple(value.shape[1:])}",
-                              hint="per-position means need inputs of the reference's length (or per_position=False)")
+            raise ConfigError(
+                f"site {rs[0]}: reference has shape {tuple(mean.shape[1:])} per example, input {tuple(value.shape[1:])}",
+                hint="per-position means need inputs of the reference's length (or per_position=False)",
+            )
         return mean.expand_as(value)
 
     with HookSession(model, eval=True) as hs:
@@ -109,7 +120,10 @@ def head_sites(model: nn.Module, *, positions: int | None = None) -> list[str]:
     canon = canonical_sites(model)
     layers = sorted({int(k[1:].split(".")[0]) for k in canon if k.endswith(".z")})
     if not layers:
-        raise ConfigError(f"{type(model).__name__} has no canonical per-head sites", hint="use the zoo transformer, GPT-2 or a HookedTransformer, or pass sites")
+        raise ConfigError(
+            f"{type(model).__name__} has no canonical per-head sites",
+            hint="use the zoo transformer, GPT-2 or a HookedTransformer, or pass sites",
+        )
     out = []
     for l in layers:
         s = canon[f"L{l}.z"]

@@ -21,6 +21,7 @@ A_c(v) (the x_c run, or the mean / zero ablation of :func:`innerprobe.patch.path
 whose every prefix is in P (I = all, nothing excluded) takes the clean value. Where the sets differ
 by position, a slot reads each position from the copy whose sets hold there.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -42,7 +43,9 @@ def position_mask(spec, B: int, T: int, named: dict | None, device=None) -> torc
     for p in spec:
         if isinstance(p, str):
             if not named or p not in named:
-                raise ConfigError(f"position {p!r} is not bound", hint=f"pass positions={{{p!r}: tensor of {B} indices}}")
+                raise ConfigError(
+                    f"position {p!r} is not bound", hint=f"pass positions={{{p!r}: tensor of {B} indices}}"
+                )
             idx = torch.as_tensor(named[p], device=device).long().reshape(-1)
             if idx.numel() == 1:
                 idx = idx.expand(B)
@@ -71,7 +74,9 @@ def parse_positions(text: str | None):
         elif tok.isidentifier():
             out.append(tok)
         else:
-            raise ConfigError(f"bad position {tok!r}", hint="integers (negative from the end), ranges a:b, or a name such as END")
+            raise ConfigError(
+                f"bad position {tok!r}", hint="integers (negative from the end), ranges a:b, or a name such as END"
+            )
     return tuple(out)
 
 
@@ -87,8 +92,10 @@ class Token:
 
     def matches(self, elem) -> bool:
         n, s = elem
-        return any(fnmatch.fnmatchcase(n, a) and (b is None or (s is not None and fnmatch.fnmatchcase(s, b)))
-                   for a, b in self.alts)
+        return any(
+            fnmatch.fnmatchcase(n, a) and (b is None or (s is not None and fnmatch.fnmatchcase(s, b)))
+            for a, b in self.alts
+        )
 
 
 class Automaton:
@@ -320,7 +327,9 @@ class _Evaluator:
 
     def read(self, u, elem, li, lx):
         parts = self.live_sets(u, elem, li, lx)
-        vals = [(m, self.leaf(u, a, b) if self.g.nodes[u].kind == "input" else self.value(u, a, b)) for m, a, b in parts]
+        vals = [
+            (m, self.leaf(u, a, b) if self.g.nodes[u].kind == "input" else self.value(u, a, b)) for m, a, b in parts
+        ]
         on = any(o for _, (_, o) in vals)
         if len(vals) == 1:
             return vals[0][1][0], on

@@ -10,6 +10,7 @@
 * :func:`top_k` - keep the k edges with the largest |score| (EAP / EAP-IG circuits).
 * :func:`prune_dangling` - drop edges that lie on no complete input -> output path.
 """
+
 from __future__ import annotations
 
 import time
@@ -30,8 +31,9 @@ def mean_metric(out: torch.Tensor, metric: Callable) -> torch.Tensor:
         return torch.stack([metric(o).mean() for o in out])
 
 
-def single_edge_effects(graph: Graph, runs: Runs, metric: Callable, *, chunk: int | None = None, memory_budget=None,
-                        progress: bool = False) -> torch.Tensor:
+def single_edge_effects(
+    graph: Graph, runs: Runs, metric: Callable, *, chunk: int | None = None, memory_budget=None, progress: bool = False
+) -> torch.Tensor:
     """[E] mean metric with edge e patched to x_c minus the mean metric on x_r (exact).
 
     Edges go in chunks of mask rows (``chunk``, or as many as fit in ``memory_budget``; see
@@ -44,15 +46,19 @@ def single_edge_effects(graph: Graph, runs: Runs, metric: Callable, *, chunk: in
     pos = {n: k for k, n in enumerate(graph.order)}
     order = sorted(range(E), key=lambda i: pos[graph.edges[i].dst])
     step = chunk or fast.rows_for_budget(graph, runs, fast.parse_bytes(memory_budget, runs.clean["out"].device))
-    batches = [order[s:s + step] for s in range(0, E, step)]
+    batches = [order[s : s + step] for s in range(0, E, step)]
     for idx in track(batches, "single-edge effects", enable=None if progress else False):
         masks = torch.ones(len(idx), E)
         masks[torch.arange(len(idx)), torch.tensor(idx)] = 0
-        effects[idx] = (mean_metric(evaluate_edges(graph, runs, masks, memory_budget=memory_budget), metric) - base).cpu()
+        effects[idx] = (
+            mean_metric(evaluate_edges(graph, runs, masks, memory_budget=memory_budget), metric) - base
+        ).cpu()
     return effects
 
 
-def acdc(graph: Graph, runs: Runs, metric: Callable, tau: float, *, progress: bool = False) -> tuple[frozenset, list[dict]]:
+def acdc(
+    graph: Graph, runs: Runs, metric: Callable, tau: float, *, progress: bool = False
+) -> tuple[frozenset, list[dict]]:
     """Greedy edge pruning; returns (kept edges without dangling ones, log of every decision)."""
     mask = torch.ones(len(graph.edges))
     current = float(mean_metric(evaluate_edges(graph, runs, mask[None]), metric)[0])
@@ -71,9 +77,19 @@ def acdc(graph: Graph, runs: Runs, metric: Callable, tau: float, *, progress: bo
     return prune_dangling(graph, kept), log
 
 
-def acdc_pp(graph: Graph, runs: Runs, metric: Callable, tau: float, *, ig_steps: int = 5, prune_tau: float | None = None,
-            batch: int | None = None, time_budget_s: float | None = None, memory_budget=None,
-            progress: bool = False) -> tuple[frozenset, dict]:
+def acdc_pp(
+    graph: Graph,
+    runs: Runs,
+    metric: Callable,
+    tau: float,
+    *,
+    ig_steps: int = 5,
+    prune_tau: float | None = None,
+    batch: int | None = None,
+    time_budget_s: float | None = None,
+    memory_budget=None,
+    progress: bool = False,
+) -> tuple[frozenset, dict]:
     """ACDC++: EAP-IG prunes, exact patching verifies (docs/patching.md, "Discovery").
 
     1. EAP-IG (``ig_steps``) scores every edge; the edges with |score| < ``prune_tau`` (default
@@ -92,18 +108,28 @@ def acdc_pp(graph: Graph, runs: Runs, metric: Callable, tau: float, *, ig_steps:
     scores = eap_scores(graph, runs, metric, ig_steps=ig_steps, memory_budget=memory_budget)
     mask = torch.ones(E)
     full = _metric_of(graph, runs, metric, mask[None], memory_budget)[0]
-    cut = (scores.abs() < (tau if prune_tau is None else prune_tau))
+    cut = scores.abs() < (tau if prune_tau is None else prune_tau)
     mask[cut] = 0
     current = _metric_of(graph, runs, metric, mask[None], memory_budget)[0]
-    report = {"metric_full": full, "metric_after_eap_prune": current, "eap_removed": int(cut.sum()), "exact_removed": 0,
-              "unverified": 0, "redone_batches": 0, "tau": tau, "ig_steps": ig_steps}
+    report = {
+        "metric_full": full,
+        "metric_after_eap_prune": current,
+        "eap_removed": int(cut.sum()),
+        "exact_removed": 0,
+        "unverified": 0,
+        "redone_batches": 0,
+        "tau": tau,
+        "ig_steps": ig_steps,
+    }
     todo = [int(i) for i in torch.argsort(scores.abs()) if mask[int(i)] > 0]
     step = batch or fast.rows_for_budget(graph, runs, fast.parse_bytes(memory_budget, runs.clean["out"].device))
     done = 0
     for b0 in track(range(0, len(todo), step), "ACDC++ exact verification", enable=None if progress else False):
         if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
             break
-        mask, current = _verify_batch(graph, runs, metric, mask, current, todo[b0:b0 + step], tau, memory_budget, report)
+        mask, current = _verify_batch(
+            graph, runs, metric, mask, current, todo[b0 : b0 + step], tau, memory_budget, report
+        )
         done = b0 + step
     report["unverified"] = max(0, len(todo) - done)
     report["metric_final"] = current
@@ -163,6 +189,12 @@ def compare(found, reference) -> dict:
     """Edge-level precision / recall of a found circuit against a reference edge set."""
     found, reference = set(found), set(reference)
     tp = len(found & reference)
-    return {"found": len(found), "reference": len(reference), "shared": tp,
-            "precision": tp / len(found) if found else float("nan"), "recall": tp / len(reference) if reference else float("nan"),
-            "missing": sorted(str(e) for e in reference - found), "extra": sorted(str(e) for e in found - reference)}
+    return {
+        "found": len(found),
+        "reference": len(reference),
+        "shared": tp,
+        "precision": tp / len(found) if found else float("nan"),
+        "recall": tp / len(reference) if reference else float("nan"),
+        "missing": sorted(str(e) for e in reference - found),
+        "extra": sorted(str(e) for e in found - reference),
+    }

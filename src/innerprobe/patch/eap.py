@@ -18,6 +18,7 @@ inputs only (no parameter gradients, nothing written to ``.grad``). So the peak 
 own forward + backward. EAP-IG runs as many interpolation steps per pass, stacked on the batch
 axis, as ``memory_budget`` allows (default 1 GiB; at least one).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -30,8 +31,9 @@ from . import fast
 from .path import Runs, _model_state
 
 
-def eap_scores(graph: Graph, runs: Runs, metric: Callable[[torch.Tensor], torch.Tensor], *, ig_steps: int = 0,
-               memory_budget=None) -> torch.Tensor:
+def eap_scores(
+    graph: Graph, runs: Runs, metric: Callable[[torch.Tensor], torch.Tensor], *, ig_steps: int = 0, memory_budget=None
+) -> torch.Tensor:
     """[E] estimated effect of patching each edge to x_c on mean(metric). ``ig_steps`` > 0 gives
     EAP-IG; ``memory_budget`` (bytes or e.g. ``"2GiB"``) sets how many IG steps share a pass."""
     if ig_steps < 0:
@@ -46,8 +48,10 @@ def eap_scores(graph: Graph, runs: Runs, metric: Callable[[torch.Tensor], torch.
             per_pass = steps_per_pass(graph, runs, fast.parse_bytes(memory_budget))
             alphas = [(k + 0.5) / ig_steps for k in range(ig_steps)]
             for s0 in range(0, ig_steps, per_pass):
-                pts = [{n: runs.inputs_c[n] + a * (runs.inputs_r[n] - runs.inputs_c[n]) for n in graph.inputs}
-                       for a in alphas[s0:s0 + per_pass]]
+                pts = [
+                    {n: runs.inputs_c[n] + a * (runs.inputs_r[n] - runs.inputs_c[n]) for n in graph.inputs}
+                    for a in alphas[s0 : s0 + per_pass]
+                ]
                 _accumulate(graph, tabs, pts, metric, scores, 1.0 / ig_steps)
     return scores.cpu()
 
@@ -83,7 +87,7 @@ def _accumulate(graph: Graph, tabs, points: list, metric: Callable, scores: torc
                 slots[(n, s)] = v
         acts.update(zip(g.nodes, graph.run_group(g, slots)))
     out = acts["out"]
-    m = sum(metric(out[k * B:(k + 1) * B]).mean() for k in range(S))
+    m = sum(metric(out[k * B : (k + 1) * B]).mean() for k in range(S))
     torch.autograd.grad(m, list(leaves.values()), allow_unused=True)
 
 
@@ -99,4 +103,5 @@ def _scorer(graph: Graph, tabs, n: str, s: str, S: int, B: int, scores: torch.Te
             dots = tab[lo:hi].reshape(hi - lo, -1) @ g.to(tab.dtype)
             scores[idx] += weight * dots[[r - lo for r in rows]].to(scores.dtype)
         return None
+
     return hook

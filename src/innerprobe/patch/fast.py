@@ -25,6 +25,7 @@ The plan (which rows and nodes change) is read from a CPU copy of the masks; act
 leave their device. Position-restricted edges are refused by name (:func:`supports`); the
 reference evaluator in :mod:`.path` handles what this one does not.
 """
+
 from __future__ import annotations
 
 import re
@@ -39,8 +40,19 @@ from ..errors import ConfigError
 DEFAULT_BUDGET = 1 << 30  # bytes of working memory per chunk of mask rows (1 GiB)
 CPU_BUDGET = 1 << 28  # the default on the CPU (256 MiB)
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10 ** 3, "kib": 1 << 10, "m": 1 << 20, "mb": 10 ** 6, "mib": 1 << 20,
-          "g": 1 << 30, "gb": 10 ** 9, "gib": 1 << 30}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kb": 10**3,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mb": 10**6,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 10**9,
+    "gib": 1 << 30,
+}
 
 
 def parse_bytes(value, device=None) -> int:
@@ -70,14 +82,14 @@ def supports(graph: Graph) -> str | None:
 class _Info:
     """Structure of a graph the evaluator needs, computed once per graph."""
 
-    gindex: dict          # node -> index of its group in graph.groups
-    slot_src: dict        # (node, slot) -> tuple of source names
-    slot_srcset: dict     # (node, slot) -> frozenset of source names
-    node_srcs: dict       # node -> frozenset of every source of every slot
-    last_reader: dict     # node -> index of the last group reading it (-1: none)
-    full_reader: dict     # node -> every slot of every later group reads it
-    edge_slot: list       # edge index -> (dst, slot)
-    edge_src: list        # edge index -> src
+    gindex: dict  # node -> index of its group in graph.groups
+    slot_src: dict  # (node, slot) -> tuple of source names
+    slot_srcset: dict  # (node, slot) -> frozenset of source names
+    node_srcs: dict  # node -> frozenset of every source of every slot
+    last_reader: dict  # node -> index of the last group reading it (-1: none)
+    full_reader: dict  # node -> every slot of every later group reads it
+    edge_slot: list  # edge index -> (dst, slot)
+    edge_src: list  # edge index -> src
 
 
 def _structure(graph: Graph) -> _Info:
@@ -93,8 +105,16 @@ def _structure(graph: Graph) -> _Info:
         readers[e.src].add((e.dst, e.slot))
     last = {n: max((gindex[d] for d, _ in r), default=-1) for n, r in readers.items()}
     full = {n: len(readers[n]) == slots_after[gindex[n] + 1] and len(readers[n]) > 0 for n in graph.nodes}
-    return _Info(gindex, slot_src, {k: frozenset(v) for k, v in slot_src.items()}, node_srcs, last, full,
-                 [(e.dst, e.slot) for e in graph.edges], [e.src for e in graph.edges])
+    return _Info(
+        gindex,
+        slot_src,
+        {k: frozenset(v) for k, v in slot_src.items()},
+        node_srcs,
+        last,
+        full,
+        [(e.dst, e.slot) for e in graph.edges],
+        [e.src for e in graph.edges],
+    )
 
 
 _INFO: dict = {}
@@ -118,8 +138,8 @@ class _Tables:
     def __init__(self, graph: Graph, runs):
         self.graph, self.runs = graph, runs
         self.slots: dict = {}
-        self.rows: dict = {}   # node -> (shape key, row)
-        self.tabs: dict = {}   # shape key -> [N, B, ...] tensor
+        self.rows: dict = {}  # node -> (shape key, row)
+        self.tabs: dict = {}  # shape key -> [N, B, ...] tensor
         self._built = False
 
     def clean_slot(self, n: str, s: str) -> torch.Tensor:
@@ -165,7 +185,9 @@ def _shape_key(t: torch.Tensor):
 
 # ----------------------------------------------------------------------------- entry point
 @torch.no_grad()
-def fast_evaluate(graph: Graph, runs, masks: torch.Tensor, *, chunk: int | None = None, memory_budget=None) -> torch.Tensor:
+def fast_evaluate(
+    graph: Graph, runs, masks: torch.Tensor, *, chunk: int | None = None, memory_budget=None
+) -> torch.Tensor:
     """Outputs [K, B, ...] of K edge-set hypotheses (``masks`` [K, E] or per example [K, B, E]).
 
     Rows run ``chunk`` at a time; without ``chunk`` the chunk size comes from ``memory_budget``
@@ -174,7 +196,9 @@ def fast_evaluate(graph: Graph, runs, masks: torch.Tensor, *, chunk: int | None 
     """
     why = supports(graph)
     if why is not None:
-        raise ConfigError(why, hint="use innerprobe.patch.path.evaluate_edges, which falls back to the reference evaluator")
+        raise ConfigError(
+            why, hint="use innerprobe.patch.path.evaluate_edges, which falls back to the reference evaluator"
+        )
     info = _cached(_INFO, graph, lambda: _structure(graph))
     tabs = _cached(_TABLES, runs, lambda: _Tables(graph, runs))
     out0 = runs.clean["out"]
@@ -183,7 +207,9 @@ def fast_evaluate(graph: Graph, runs, masks: torch.Tensor, *, chunk: int | None 
     step = chunk or rows_for_budget(graph, runs, parse_bytes(memory_budget, out0.device))
     m_cpu = masks.detach().to("cpu")
     m_dev = masks.detach().to(device=out0.device, dtype=out0.dtype if out0.is_floating_point() else torch.float32)
-    outs = [_Chunk(graph, info, tabs, runs, m_cpu[k:k + step], m_dev[k:k + step], B).run() for k in range(0, K, step)]
+    outs = [
+        _Chunk(graph, info, tabs, runs, m_cpu[k : k + step], m_dev[k : k + step], B).run() for k in range(0, K, step)
+    ]
     return torch.cat(outs, 0) if outs else out0.new_zeros((0, *out0.shape))
 
 
@@ -191,6 +217,7 @@ def rows_for_budget(graph: Graph, runs, budget: int) -> int:
     """How many mask rows fit in ``budget`` bytes: a row holds, at the widest group, its slot
     inputs, outputs and the family's internals (taken as twice the inputs), plus the residual
     deltas; each of those is B examples."""
+
     def numel(t):
         return t.numel() * t.element_size()
 
@@ -198,8 +225,12 @@ def rows_for_budget(graph: Graph, runs, budget: int) -> int:
     for g in graph.groups:
         if g.kind == "input":
             continue
-        ins = sum(numel(runs.clean[graph.edges[graph.incoming[(n, s)][0]].src])
-                  for n in g.nodes for s in graph.nodes[n].slots if graph.incoming[(n, s)])
+        ins = sum(
+            numel(runs.clean[graph.edges[graph.incoming[(n, s)][0]].src])
+            for n in g.nodes
+            for s in graph.nodes[n].slots
+            if graph.incoming[(n, s)]
+        )
         outs = sum(numel(runs.clean[n]) for n in g.nodes)
         widest = max(widest, 3 * ins + 2 * outs)
     per_row = widest + 4 * max(numel(v) for v in runs.clean.values())
@@ -241,10 +272,10 @@ class _Chunk:
         self.slot_edges: dict = {}
         for i in cols:
             self.slot_edges.setdefault(info.edge_slot[i], []).append(i)
-        self.bits: dict = {}      # changed node -> row bitmask
-        self.d: dict = {}         # node -> (rows or None = all, d(node) on those rows), kept only while needed
-        self.R: dict = {}         # shape key -> (sum of d over self.active[key])
-        self.active: dict = {}    # shape key -> set of nodes in R
+        self.bits: dict = {}  # changed node -> row bitmask
+        self.d: dict = {}  # node -> (rows or None = all, d(node) on those rows), kept only while needed
+        self.R: dict = {}  # shape key -> (sum of d over self.active[key])
+        self.active: dict = {}  # shape key -> set of nodes in R
         self.edge_srcs = {info.edge_src[i] for i in cols}
 
     # -------------------------------------------------------------- driver
@@ -293,8 +324,12 @@ class _Chunk:
         """Whether only the sum of the group's outputs is needed: every member changed on every row,
         read by every later slot (so only R carries it) and the source of no patched edge."""
         info = self.info
-        return (getattr(grp, "total", None) is not None and gi < len(self.g.groups) - 1 and len(need) == len(grp.nodes)
-                and all(b == self.full and info.full_reader[n] and n not in self.edge_srcs for n, b in need.items()))
+        return (
+            getattr(grp, "total", None) is not None
+            and gi < len(self.g.groups) - 1
+            and len(need) == len(grp.nodes)
+            and all(b == self.full and info.full_reader[n] and n not in self.edge_srcs for n, b in need.items())
+        )
 
     def _compute_total(self, grp) -> None:
         clean = self.tabs.group_sum(grp)

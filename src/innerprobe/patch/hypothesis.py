@@ -28,6 +28,7 @@ of listed edges). A hypothesis made only of ``edge`` lines without positions is 
 (``resolve(graph, need_paths=True)``) for the memoised and brute-force reference evaluators.
 IOI-style helpers: :meth:`Hypothesis.sender_receiver` (docs/patching.md).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -100,12 +101,16 @@ class Hypothesis:
             if line:
                 items += _parse_line(line, raw)
         if not items:
-            raise ConfigError("empty hypothesis", hint="write 'all', 'none', 'edge SRC -> DST:SLOT' or a path 'embed -> a1.0:v -> out'")
+            raise ConfigError(
+                "empty hypothesis",
+                hint="write 'all', 'none', 'edge SRC -> DST:SLOT' or a path 'embed -> a1.0:v -> out'",
+            )
         return cls(items, name or text.strip().replace("\n", "; ")[:80])
 
     @classmethod
-    def sender_receiver(cls, senders, receivers, *, positions=None, convention: str = "freeze",
-                        name: str = "") -> "Hypothesis":
+    def sender_receiver(
+        cls, senders, receivers, *, positions=None, convention: str = "freeze", name: str = ""
+    ) -> "Hypothesis":
         """IOI-style path patching (Wang et al. 2022, arXiv 2211.00593): every path is clean except the
         senders' effect on the receivers, which carries the counterfactual.
 
@@ -118,7 +123,11 @@ class Hypothesis:
         ``except path ... -> S -> ...m* -> R@pos -> ...``. docs/patching.md, "IOI-style path patching".
         """
         S, R = _as_list(senders), _as_list(receivers)
-        at = "" if positions is None else f" @ {positions if isinstance(positions, str) else ','.join(map(str, _as_list(positions)))}"
+        at = (
+            ""
+            if positions is None
+            else f" @ {positions if isinstance(positions, str) else ','.join(map(str, _as_list(positions)))}"
+        )
         if convention == "freeze":
             lines = [f"except edge {s} -> {r}{at}" for s in S for r in R]
         elif convention in ("recompute-mlps", "recompute_mlps"):
@@ -132,9 +141,11 @@ class Hypothesis:
         from pathlib import Path
 
         p = Path(file_or_text)
-        if "\n" not in file_or_text and len(file_or_text) < 255 and p.suffix in (".txt", ".hyp", ".path") :
+        if "\n" not in file_or_text and len(file_or_text) < 255 and p.suffix in (".txt", ".hyp", ".path"):
             if not p.exists():
-                raise ConfigError(f"hypothesis file {p} does not exist", hint="pass a file, or the hypothesis text itself")
+                raise ConfigError(
+                    f"hypothesis file {p} does not exist", hint="pass a file, or the hypothesis text itself"
+                )
             return cls.parse(p.read_text(), name=p.stem)
         return cls.parse(file_or_text)
 
@@ -166,8 +177,12 @@ class Hypothesis:
                     edges[e] = _merge(edges, e, pos)
             elif kind == "xedge":
                 for e, pos in _edges_with_positions(graph, it).items():
-                    exc.append(PatternAutomaton([Token(any=True), Token(((e.src, None),)), Token(((e.dst, e.slot),), pos),
-                                                 Token(any=True)], len(exc)))
+                    exc.append(
+                        PatternAutomaton(
+                            [Token(any=True), Token(((e.src, None),)), Token(((e.dst, e.slot),), pos), Token(any=True)],
+                            len(exc),
+                        )
+                    )
             elif kind in ("path", "xpath"):
                 toks = [_token(graph, t) for t in it[1]]
                 (inc if kind == "path" else exc).append(PatternAutomaton(toks, 1000 + len(inc) + len(exc)))
@@ -185,14 +200,20 @@ class Hypothesis:
         comp = self.compile(graph)
         kinds = {it[0] for it in self.items}
         if kinds <= {"all", "none", "edge", "xedge"} and not comp.positional:
-            inc = graph.edges if ("all" in kinds or not kinds & {"none", "edge"}) else _union_edges(graph, self.items, "edge")
+            inc = (
+                graph.edges
+                if ("all" in kinds or not kinds & {"none", "edge"})
+                else _union_edges(graph, self.items, "edge")
+            )
             E = frozenset(inc) - _union_edges(graph, self.items, "xedge")
             paths = frozenset(p for p in graph.paths() if all(e in E for e in p)) if need_paths else None
             return Resolved(E, paths, self.name, comp)
         if comp.positional:
             if need_paths:
-                raise ConfigError(f"hypothesis {self.name!r} restricts positions, so it is not a set of paths",
-                                  hint="evaluate it with innerprobe.patch.evaluate (compiled evaluator)")
+                raise ConfigError(
+                    f"hypothesis {self.name!r} restricts positions, so it is not a set of paths",
+                    hint="evaluate it with innerprobe.patch.evaluate (compiled evaluator)",
+                )
             return Resolved(None, None, self.name, comp)
         try:
             every = graph.paths()
@@ -248,9 +269,9 @@ def _parse_line(line: str, raw: str) -> list:
     if low in ("all", "none"):
         return [(low,)]
     if low.startswith("all except "):
-        return [("all",)] + _parse_line("except " + line[len("all except "):].strip(), raw)
+        return [("all",)] + _parse_line("except " + line[len("all except ") :].strip(), raw)
     if low.startswith("except "):
-        rest = line[len("except "):].strip()
+        rest = line[len("except ") :].strip()
         if rest.lower().startswith(("edge ", "edges ")):
             src, dst, pos = _split_edge(rest.split(None, 1)[1], raw)
             return [("xedge", src, dst, pos)]
@@ -299,8 +320,10 @@ def _edges_with_positions(graph: Graph, it) -> dict:
     pos_text = it[3] if len(it) > 3 else None
     given = [p for p in (parse_positions(pos_text), _site_positions(src), _site_positions(dst)) if p is not None]
     if len(set(given)) > 1:
-        raise ConfigError(f"edge {src} -> {dst} gives positions more than once ({given})",
-                          hint="a residual edge carries the sender's value at position t to the receiver at t: give one set")
+        raise ConfigError(
+            f"edge {src} -> {dst} gives positions more than once ({given})",
+            hint="a residual edge carries the sender's value at position t to the receiver at t: give one set",
+        )
     pos = given[0] if given else None
     return {e: pos for e in _match_edges(graph, _strip_positions(src), _strip_positions(dst))}
 
@@ -327,7 +350,9 @@ def _token(graph: Graph, text: str) -> Token:
 
 def _split_edge(text: str, raw: str) -> tuple[str, str, str | None]:
     if "->" not in text:
-        raise ConfigError(f"edge {raw.strip()!r} needs the form SRC -> DST[:SLOT] [@ POS]", hint="e.g. 'edge a0.1 -> a1.*:k'")
+        raise ConfigError(
+            f"edge {raw.strip()!r} needs the form SRC -> DST[:SLOT] [@ POS]", hint="e.g. 'edge a0.1 -> a1.*:k'"
+        )
     src, dst = (s.strip() for s in text.split("->", 1))
     dst, pos = _split_at(dst)
     if not src or not dst or "->" in dst:
@@ -338,7 +363,9 @@ def _split_edge(text: str, raw: str) -> tuple[str, str, str | None]:
 def _tokens(line: str, raw: str) -> list[str]:
     toks = [t.strip() for t in line.replace("→", "->").split("->")]
     if len(toks) < 2 or any(not t for t in toks):
-        raise ConfigError(f"path {raw.strip()!r} needs at least two nodes joined by '->'", hint="e.g. 'embed -> a1.0:v -> out'")
+        raise ConfigError(
+            f"path {raw.strip()!r} needs at least two nodes joined by '->'", hint="e.g. 'embed -> a1.0:v -> out'"
+        )
     return toks
 
 
@@ -357,10 +384,15 @@ def _check_token(graph: Graph, tok: str) -> None:
     node, slot = _split_tok(tok)
     hits = [n for n in graph.nodes if fnmatch.fnmatchcase(n, node)]
     if not hits:
-        raise ConfigError(f"hypothesis names unknown node {node!r}", hint=did_you_mean(node, graph.nodes) + f" (nodes: {' '.join(graph.nodes)})")
+        raise ConfigError(
+            f"hypothesis names unknown node {node!r}",
+            hint=did_you_mean(node, graph.nodes) + f" (nodes: {' '.join(graph.nodes)})",
+        )
     if slot is not None and not any(any(fnmatch.fnmatchcase(s, slot) for s in graph.nodes[n].slots) for n in hits):
         have = sorted({s for n in hits for s in graph.nodes[n].slots})
-        raise ConfigError(f"node {node!r} has no slot {slot!r}", hint=f"its slots: {', '.join(have) or 'none (an input node)'}")
+        raise ConfigError(
+            f"node {node!r} has no slot {slot!r}", hint=f"its slots: {', '.join(have) or 'none (an input node)'}"
+        )
 
 
 def _match_edges(graph: Graph, src: str, dst: str) -> set[Edge]:
@@ -373,18 +405,25 @@ def _match_edges(graph: Graph, src: str, dst: str) -> set[Edge]:
         recv.setdefault(n, []).append(s)
     if not recv:
         _check_token(graph, dst)
-    out = {e for e in graph.edges if e.src in srcs and e.dst in recv
-           and any(s is None or fnmatch.fnmatchcase(e.slot, s) for s in recv[e.dst])}
+    out = {
+        e
+        for e in graph.edges
+        if e.src in srcs and e.dst in recv and any(s is None or fnmatch.fnmatchcase(e.slot, s) for s in recv[e.dst])
+    }
     if not out:
         dnode = split_slot(dst)[0]
-        raise ConfigError(f"'edge {src} -> {dst}' matches no edge of graph {graph.name}",
-                          hint=f"edges into {dnode}: " + ", ".join(str(e) for e in graph.edges if e.dst in recv)[:300])
+        raise ConfigError(
+            f"'edge {src} -> {dst}' matches no edge of graph {graph.name}",
+            hint=f"edges into {dnode}: " + ", ".join(str(e) for e in graph.edges if e.dst in recv)[:300],
+        )
     return out
 
 
 def _elem_ok(tok: str, elem: tuple[str, str | None]) -> bool:
     node, slot = _split_tok(tok)
-    return fnmatch.fnmatchcase(elem[0], node) and (slot is None or (elem[1] is not None and fnmatch.fnmatchcase(elem[1], slot)))
+    return fnmatch.fnmatchcase(elem[0], node) and (
+        slot is None or (elem[1] is not None and fnmatch.fnmatchcase(elem[1], slot))
+    )
 
 
 def _matches(toks: list[str], elems: list) -> bool:
@@ -418,18 +457,27 @@ def _match_paths(graph: Graph, toks: list[str]) -> set:
         line = " -> ".join(toks)
         lit = [t for t in toks if t != "..."]
         if toks[0] != "..." and not any(_elem_ok(toks[0], (n, None)) for n in graph.inputs):
-            raise ConfigError(f"path {line!r} does not start at an input node", hint=f"inputs: {', '.join(graph.inputs)}; or start with '...'")
+            raise ConfigError(
+                f"path {line!r} does not start at an input node",
+                hint=f"inputs: {', '.join(graph.inputs)}; or start with '...'",
+            )
         if toks[-1] != "..." and not _elem_ok(toks[-1], ("out", "in")):
             raise ConfigError(f"path {line!r} does not end at 'out'", hint="end with '-> out' or '-> ...'")
         for a, b in zip(toks, toks[1:]):
             if "..." in (a, b):
                 continue
-            if not any(fnmatch.fnmatchcase(e.src, _split_tok(a)[0]) and _elem_ok(b, (e.dst, e.slot)) for e in graph.edges):
-                raise ConfigError(f"path {line!r} is not a path: no edge from {a!r} to {b!r}",
-                                  hint="a later layer cannot feed an earlier one; each step must be an edge of the graph")
+            if not any(
+                fnmatch.fnmatchcase(e.src, _split_tok(a)[0]) and _elem_ok(b, (e.dst, e.slot)) for e in graph.edges
+            ):
+                raise ConfigError(
+                    f"path {line!r} is not a path: no edge from {a!r} to {b!r}",
+                    hint="a later layer cannot feed an earlier one; each step must be an edge of the graph",
+                )
         raise ConfigError(f"path {line!r} matches no input -> output path of graph {graph.name}", hint=f"tokens: {lit}")
     return hits
 
 
 def describe_paths(paths) -> list[str]:
-    return [" -> ".join([p[0].src] + [e.dst + ("" if e.slot == "in" else f":{e.slot}") for e in p]) for p in sorted(paths)]
+    return [
+        " -> ".join([p[0].src] + [e.dst + ("" if e.slot == "in" else f":{e.slot}") for e in p]) for p in sorted(paths)
+    ]

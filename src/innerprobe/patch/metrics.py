@@ -9,6 +9,7 @@ a ratio of means (never a mean of ratios); it may exceed 1 or fall below 0. With
 delta(y, y') = L(y') - L(y) on x_r's labels this is causal scrubbing's "fraction of loss recovered".
 Bootstrap CIs resample (x_r, x_c) pairs.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -22,6 +23,7 @@ from ..errors import ConfigError
 
 def lm_loss(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Per-example mean next-token cross-entropy on x_r's tokens (``mask`` [B, T-1] picks targets)."""
+
     def loss(logits: torch.Tensor) -> torch.Tensor:
         lead = logits.shape[:-3]  # optional hypothesis axis
         V = logits.shape[-1]
@@ -32,6 +34,7 @@ def lm_loss(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> Callable[
             return ce.mean(-1)
         m = mask.to(ce.dtype)
         return (ce * m).sum(-1) / m.sum(-1).clamp_min(1)
+
     return loss
 
 
@@ -50,14 +53,17 @@ def label_loss(labels: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def signed_loss(loss: Callable) -> Callable:
     """delta(ref, patched) = L(patched) - L(ref), per example."""
+
     def delta(ref_out, patched_out):
         return loss(patched_out) - loss(ref_out)
+
     delta.name = "signed loss"
     return delta
 
 
 def kl_div(mask: torch.Tensor | None = None) -> Callable:
     """delta = KL(softmax(G(x_r)) || softmax(G_H)) per example, averaged over (masked) positions."""
+
     def delta(ref_out, patched_out):
         p = ref_out.log_softmax(-1)
         q = patched_out.log_softmax(-1)
@@ -69,16 +75,20 @@ def kl_div(mask: torch.Tensor | None = None) -> Callable:
         m = mask.to(kl.dtype)
         kl = kl[..., : m.shape[-1]]
         return (kl * m).sum(-1) / m.sum(-1).clamp_min(1)
+
     delta.name = "KL"
     return delta
 
 
 def logit_diff(correct: torch.Tensor, wrong: torch.Tensor, position: int = -1) -> Callable:
     """Per-example logit[correct] - logit[wrong] at ``position`` (a metric, not a delta)."""
+
     def metric(logits):
         lg = logits[..., position, :] if logits.dim() >= 3 else logits
-        return lg.gather(-1, correct.view(*([1] * (lg.dim() - 2)), -1, 1).expand(*lg.shape[:-1], 1)).squeeze(-1) - \
-            lg.gather(-1, wrong.view(*([1] * (lg.dim() - 2)), -1, 1).expand(*lg.shape[:-1], 1)).squeeze(-1)
+        return lg.gather(-1, correct.view(*([1] * (lg.dim() - 2)), -1, 1).expand(*lg.shape[:-1], 1)).squeeze(
+            -1
+        ) - lg.gather(-1, wrong.view(*([1] * (lg.dim() - 2)), -1, 1).expand(*lg.shape[:-1], 1)).squeeze(-1)
+
     return metric
 
 
@@ -87,16 +97,22 @@ def proportion(ue: np.ndarray, ue0: np.ndarray) -> float:
     ue, ue0 = np.asarray(ue, float), np.asarray(ue0, float)
     d = ue0.mean()
     if abs(d) < 1e-12:
-        raise ConfigError("the baseline hypothesis has no effect (AUE(H0) = 0): proportion explained is undefined",
-                          hint="check that x_c differs from x_r where it matters, or choose another baseline")
+        raise ConfigError(
+            "the baseline hypothesis has no effect (AUE(H0) = 0): proportion explained is undefined",
+            hint="check that x_c differs from x_r where it matters, or choose another baseline",
+        )
     return float((d - ue.mean()) / d)
 
 
-def bootstrap_proportion(ue: np.ndarray, ue0: np.ndarray, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+def bootstrap_proportion(
+    ue: np.ndarray, ue0: np.ndarray, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
     """(estimate, low, high): percentile bootstrap over (x_r, x_c) pairs of the ratio of means."""
     ue, ue0 = np.asarray(ue, float), np.asarray(ue0, float)
     if ue.shape != ue0.shape or ue.ndim != 1:
-        raise ConfigError(f"unexplained effects must be two 1-D arrays of the same length, got {ue.shape} and {ue0.shape}")
+        raise ConfigError(
+            f"unexplained effects must be two 1-D arrays of the same length, got {ue.shape} and {ue0.shape}"
+        )
     est = proportion(ue, ue0)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(ue), size=(n_boot, len(ue)))

@@ -29,6 +29,7 @@ position t* of example b: 1 = slot s of v reads a^H(u)[b, t], 0 = it reads the c
 A_c(u)[b, t]. Residual edges are position-wise, so this restricts sender and receiver together.
 :func:`position_edge_mask` builds one from a hypothesis; the reference two-version loop accepts it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -63,8 +64,16 @@ class Runs:
 
 
 @torch.no_grad()
-def prepare(graph: Graph, x_r, x_c=None, *, ablation: str = "input", reference=None, per_position: bool = True,
-            check: bool = True) -> Runs:
+def prepare(
+    graph: Graph,
+    x_r,
+    x_c=None,
+    *,
+    ablation: str = "input",
+    reference=None,
+    per_position: bool = True,
+    check: bool = True,
+) -> Runs:
     """Run the graph on x_r and build the counterfactual cache (module docstring, "Counterfactuals").
 
     ``ablation="input"`` (default): A_c = the run on ``x_c``. ``"mean"``: A_c(v) = mean of v over the
@@ -88,9 +97,12 @@ def prepare(graph: Graph, x_r, x_c=None, *, ablation: str = "input", reference=N
         elif ablation == "zero":
             cf = {n: torch.zeros_like(v) for n, v in clean.items()}
         else:
-            cf = _means(graph, clean, reference if reference is not None else (x_c if x_c is not None else x_r), per_position)
-    return Runs(x_r, x_c, clean, cf, {n: clean[n] for n in graph.inputs}, {n: cf[n] for n in graph.inputs}, slots,
-                kind=ablation)
+            cf = _means(
+                graph, clean, reference if reference is not None else (x_c if x_c is not None else x_r), per_position
+            )
+    return Runs(
+        x_r, x_c, clean, cf, {n: clean[n] for n in graph.inputs}, {n: cf[n] for n in graph.inputs}, slots, kind=ablation
+    )
 
 
 def _run(graph: Graph, x, slots: dict | None = None):
@@ -98,8 +110,10 @@ def _run(graph: Graph, x, slots: dict | None = None):
         return graph.forward(x, return_acts=True, slots_out=slots)
     except (RuntimeError, TypeError, ValueError, IndexError) as e:  # torch's own shape/dtype errors
         what = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ModelError(f"the model failed on {what}: {str(e).splitlines()[0]}",
-                         hint="pass the inputs the model takes (token ids as a long tensor [batch, pos] for transformers)") from e
+        raise ModelError(
+            f"the model failed on {what}: {str(e).splitlines()[0]}",
+            hint="pass the inputs the model takes (token ids as a long tensor [batch, pos] for transformers)",
+        ) from e
 
 
 def _check_model(graph: Graph, x, out: torch.Tensor) -> None:
@@ -110,9 +124,11 @@ def _check_model(graph: Graph, x, out: torch.Tensor) -> None:
         return
     diff = float((out.float() - ref.float()).abs().max())
     if not diff <= 1e-4 * max(1.0, float(ref.float().abs().max())):
-        raise ModelError(f"graph {graph.name} differs from its model by {diff:.3g} on these inputs",
-                         hint="the graph does not model this input (padding? a longer context than the sliding window?); "
-                              "rebuild it or pass check=False knowingly")
+        raise ModelError(
+            f"graph {graph.name} differs from its model by {diff:.3g} on these inputs",
+            hint="the graph does not model this input (padding? a longer context than the sliding window?); "
+            "rebuild it or pass check=False knowingly",
+        )
 
 
 def _means(graph: Graph, clean: dict, reference, per_position: bool) -> dict:
@@ -122,8 +138,10 @@ def _means(graph: Graph, clean: dict, reference, per_position: bool) -> dict:
         a = acts[n]
         per_pos = per_position and a.dim() >= 3
         if per_pos and a.shape[1] != v.shape[1]:
-            raise ConfigError(f"per-position mean ablation needs reference inputs of length {v.shape[1]}, got {a.shape[1]}",
-                              hint="pass per_position=False to average over positions too")
+            raise ConfigError(
+                f"per-position mean ablation needs reference inputs of length {v.shape[1]}, got {a.shape[1]}",
+                hint="pass per_position=False to average over positions too",
+            )
         m = a.mean(0) if (per_pos or a.dim() < 3) else a.mean((0, 1))
         out[n] = m.unsqueeze(0).expand_as(v) if m.dim() == v.dim() - 1 else m.view(1, 1, *m.shape).expand_as(v)
     return out
@@ -131,8 +149,10 @@ def _means(graph: Graph, clean: dict, reference, per_position: bool) -> dict:
 
 def _check_pair(x_r, x_c):
     if isinstance(x_r, torch.Tensor) and isinstance(x_c, torch.Tensor) and x_r.shape != x_c.shape:
-        raise ConfigError(f"reference and counterfactual inputs differ in shape: {tuple(x_r.shape)} vs {tuple(x_c.shape)}",
-                          hint="path patching pairs each x_r with one x_c of the same shape")
+        raise ConfigError(
+            f"reference and counterfactual inputs differ in shape: {tuple(x_r.shape)} vs {tuple(x_c.shape)}",
+            hint="path patching pairs each x_r with one x_c of the same shape",
+        )
 
 
 class _model_state:
@@ -156,7 +176,9 @@ def edge_mask(graph: Graph, hypotheses) -> torch.Tensor:
         if isinstance(h, Hypothesis):
             r = h.resolve(graph)
             if r.edges is None:
-                raise ConfigError(f"hypothesis {h.name!r} is not an edge set", hint="evaluate it with evaluate_paths / evaluate()")
+                raise ConfigError(
+                    f"hypothesis {h.name!r} is not an edge set", hint="evaluate it with evaluate_paths / evaluate()"
+                )
             es = r.edges
         else:
             es = {graph.edge(e) for e in h}
@@ -168,8 +190,9 @@ def edge_mask(graph: Graph, hypotheses) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_edges(graph: Graph, runs: Runs, masks: torch.Tensor, *, chunk: int | None = None,
-                   memory_budget=None, method: str = "fast") -> torch.Tensor:
+def evaluate_edges(
+    graph: Graph, runs: Runs, masks: torch.Tensor, *, chunk: int | None = None, memory_budget=None, method: str = "fast"
+) -> torch.Tensor:
     """Outputs of K edge-set hypotheses, stacked [K, B, ...] (two-version algorithm, §2.1).
 
     ``masks`` is [K, E] (1 = edge in E_imp; fractional values interpolate) or [K, B, E] for a
@@ -198,7 +221,7 @@ def evaluate_edges(graph: Graph, runs: Runs, masks: torch.Tensor, *, chunk: int 
         masks = masks.to(torch.float32)
         K = masks.shape[0]
         chunk = chunk or K
-        outs = [_two_version(graph, runs, masks[k0:k0 + chunk], B) for k0 in range(0, K, chunk)]
+        outs = [_two_version(graph, runs, masks[k0 : k0 + chunk], B) for k0 in range(0, K, chunk)]
     return torch.cat(outs, 0)
 
 
@@ -224,9 +247,15 @@ def _two_version(graph: Graph, runs: Runs, masks: torch.Tensor, B: int) -> torch
                 aH[n] = expand(runs.clean[n])
                 dirty[n] = False
             continue
-        changed = [n for n in g.nodes if any(
-            dirty[graph.edges[i].src] or not bool((masks[..., i] == 1).all())
-            for s in graph.nodes[n].slots for i in graph.incoming[(n, s)])]
+        changed = [
+            n
+            for n in g.nodes
+            if any(
+                dirty[graph.edges[i].src] or not bool((masks[..., i] == 1).all())
+                for s in graph.nodes[n].slots
+                for i in graph.incoming[(n, s)]
+            )
+        ]
         compute = changed if g.subsets else list(g.nodes)
         slots = {}
         for n in compute:
@@ -343,13 +372,18 @@ def reachable_edges(graph: Graph, edges) -> frozenset:
     edges = frozenset(edges)
     reached = set(graph.inputs)
     for n in graph.order:
-        if any(graph.edges[i] in edges and graph.edges[i].src in reached
-               for s in graph.nodes[n].slots for i in graph.incoming[(n, s)]):
+        if any(
+            graph.edges[i] in edges and graph.edges[i].src in reached
+            for s in graph.nodes[n].slots
+            for i in graph.incoming[(n, s)]
+        ):
             reached.add(n)
     return frozenset(e for e in edges if e.src in reached)
 
 
-def position_edge_mask(graph: Graph, hypothesis: Hypothesis, B: int, T: int, *, positions: dict | None = None) -> torch.Tensor:
+def position_edge_mask(
+    graph: Graph, hypothesis: Hypothesis, B: int, T: int, *, positions: dict | None = None
+) -> torch.Tensor:
     """The ``[1, B, T, E]`` position-aware mask (module docstring) of a hypothesis made of ``all`` /
     ``edge`` / ``except edge`` lines, with or without positions."""
     kinds = {it[0] for it in hypothesis.items}

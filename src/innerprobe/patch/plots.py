@@ -1,4 +1,5 @@
 """Figures for path patching: circuit diagrams, head heatmaps, hypothesis bars (matplotlib, lazy)."""
+
 from __future__ import annotations
 
 import math
@@ -81,8 +82,9 @@ def _arrow(ax, pos, e, **style) -> None:
     else:
         dy = 0.12 * np.sign(y1 - y0)
         start, end = (x0, y0 + dy), (x1, y1 - dy)
-    ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color=SLOT_COLORS.get(e.slot, "0.35"),
-                                                          **style))
+    ax.annotate(
+        "", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color=SLOT_COLORS.get(e.slot, "0.35"), **style)
+    )
 
 
 def draw_circuit(graph: Graph, weights, path, *, title: str = "", reference=None) -> Path:
@@ -105,8 +107,15 @@ def draw_circuit(graph: Graph, weights, path, *, title: str = "", reference=None
     used = {e.src for e in weights} | {e.dst for e in weights}
     font = max(5, min(8, int(80 / max(xs, 1))))
     for n, (x, y) in pos.items():
-        ax.text(x, y, n, ha="center", va="center", fontsize=font,
-                bbox=dict(boxstyle="round", fc="lightyellow" if n in used else "white", ec="0.3" if n in used else "0.8"))
+        ax.text(
+            x,
+            y,
+            n,
+            ha="center",
+            va="center",
+            fontsize=font,
+            bbox=dict(boxstyle="round", fc="lightyellow" if n in used else "white", ec="0.3" if n in used else "0.8"),
+        )
     slots = sorted({e.slot for e in graph.edges}, key=list(SLOT_LABELS).index) if graph.edges else []
     attention = any(s in slots for s in "qkv")
     for s in slots:
@@ -129,10 +138,23 @@ def head_heatmaps(panels: dict[str, np.ndarray], path, *, title: str = "") -> Pa
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.6), squeeze=False)
     for ax, (name, arr) in zip(axes[0], panels.items()):
         arr = np.asarray(arr, float)
-        im = ax.imshow(arr, cmap="viridis" if arr.min() >= 0 else "RdBu_r", aspect="auto",
-                       vmin=None if arr.min() >= 0 else -np.abs(arr).max(), vmax=None if arr.min() >= 0 else np.abs(arr).max())
+        im = ax.imshow(
+            arr,
+            cmap="viridis" if arr.min() >= 0 else "RdBu_r",
+            aspect="auto",
+            vmin=None if arr.min() >= 0 else -np.abs(arr).max(),
+            vmax=None if arr.min() >= 0 else np.abs(arr).max(),
+        )
         for (i, j), v in np.ndenumerate(arr):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if arr.min() >= 0 and v < arr.max() * 0.6 else "k")
+            ax.text(
+                j,
+                i,
+                f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="w" if arr.min() >= 0 and v < arr.max() * 0.6 else "k",
+            )
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_xticks(range(arr.shape[1]))

@@ -6,6 +6,7 @@
 * :func:`edge_report` -- every edge's exact single-edge effect, its EAP and EAP-IG estimates (Syed et al. 2023;
   Hanna et al. 2024) and their Spearman rank agreement with the exact effects, overall and per receiving slot.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,15 +78,32 @@ class EdgeReport:
 
     def table(self) -> list[dict]:
         """One record per edge: ``{"edge", "slot", "exact", "eap", "eap_ig"}`` (None where not computed)."""
+
         def val(t, i):
             return None if t is None else float(t[i])
 
-        return [{"edge": str(e), "slot": str(s), "exact": float(self.exact[i]), "eap": val(self.eap, i),
-                 "eap_ig": val(self.eap_ig, i)} for i, (e, s) in enumerate(zip(self.graph.edges, self.slots))]
+        return [
+            {
+                "edge": str(e),
+                "slot": str(s),
+                "exact": float(self.exact[i]),
+                "eap": val(self.eap, i),
+                "eap_ig": val(self.eap_ig, i),
+            }
+            for i, (e, s) in enumerate(zip(self.graph.edges, self.slots))
+        ]
 
 
-def edge_report(graph: Graph, runs: Runs, metric: Callable, *, ig_steps: int = 10, estimates: bool = True,
-                progress: bool = False, exact: torch.Tensor | None = None) -> EdgeReport:
+def edge_report(
+    graph: Graph,
+    runs: Runs,
+    metric: Callable,
+    *,
+    ig_steps: int = 10,
+    estimates: bool = True,
+    progress: bool = False,
+    exact: torch.Tensor | None = None,
+) -> EdgeReport:
     """Exact single-edge effects (every edge patched alone, batched) and, if ``estimates``, EAP and EAP-IG
     with ``ig_steps`` interpolation steps, all for the per-example ``metric`` of the patched output.
     ``exact`` takes effects computed elsewhere (e.g. sharded on an executor, docs/scale.md), in edge order."""

@@ -7,6 +7,7 @@ docs/apex.md, 'Definitions': escape noise and class, large-noise class histogram
 curve, and the clean-margin / input-noise controls. :class:`Engine` is the reusable core,
 :func:`escape_bisect` the bisection refinement, :func:`backdoor_scan` a reference-free scan.
 """
+
 from .engine import NONFINITE, Engine, default_sites, is_activation, mix_seed
 from .noise import KINDS, NoiseKind, get_kind
 from .outputs import Readout

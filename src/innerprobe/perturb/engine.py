@@ -17,6 +17,7 @@ weights fixed, and reads the distribution of predicted classes p_sigma(c|x) over
 
 Only integer counts ``[N, S, C]`` are kept (logits of all passes only on request).
 """
+
 from __future__ import annotations
 
 import functools
@@ -70,28 +71,44 @@ def check_sigmas(sigmas, *, kind: NoiseKind | None = None, increasing: bool = Tr
     try:
         sig = np.asarray(sigmas, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
-        raise ConfigError(f"sigmas must be numbers, got {sigmas!r}", hint="e.g. --sigmas 0.1,0.3,1,3 or a numpy array") from None
+        raise ConfigError(
+            f"sigmas must be numbers, got {sigmas!r}", hint="e.g. --sigmas 0.1,0.3,1,3 or a numpy array"
+        ) from None
     check(sig.size > 0, "no sigmas given", "give at least one noise scale, e.g. 0.1,0.3,1,3")
     check(bool(np.isfinite(sig).all()), f"sigmas must be finite, got {sig.tolist()}", "drop nan/inf values")
-    check(bool((sig >= 0).all()), f"sigmas must be >= 0, got {sig[sig < 0].tolist()}", "noise scales are standard deviations")
+    check(
+        bool((sig >= 0).all()),
+        f"sigmas must be >= 0, got {sig[sig < 0].tolist()}",
+        "noise scales are standard deviations",
+    )
     if increasing:
-        check(bool((np.diff(sig) > 0).all()), f"sigmas must be strictly increasing, got {sig.tolist()}",
-              "sort them and drop repeats, e.g. numpy.geomspace(0.02, 20, 31)")
+        check(
+            bool((np.diff(sig) > 0).all()),
+            f"sigmas must be strictly increasing, got {sig.tolist()}",
+            "sort them and drop repeats, e.g. numpy.geomspace(0.02, 20, 31)",
+        )
     if kind is not None and kind.max_sigma is not None:
-        check(bool((sig < kind.max_sigma).all()), f"{kind.name} noise needs sigma < {kind.max_sigma}, got {sig.max()}",
-              "for dropout noise sigma is the drop probability")
+        check(
+            bool((sig < kind.max_sigma).all()),
+            f"{kind.name} noise needs sigma < {kind.max_sigma}, got {sig.max()}",
+            "for dropout noise sigma is the drop probability",
+        )
     return sig
 
 
 def _check_model(model) -> None:
     if not isinstance(model, nn.Module):
-        raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}",
-                         hint="load it with innerprobe.zoo.load_model(...) or pass your nn.Module")
+        raise ModelError(
+            f"expected a torch.nn.Module, got {type(model).__name__}",
+            hint="load it with innerprobe.zoo.load_model(...) or pass your nn.Module",
+        )
 
 
 def _check_input(x) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
-        raise ConfigError(f"inputs must be a torch.Tensor, got {type(x).__name__}", hint="stack your inputs into one tensor [N, ...]")
+        raise ConfigError(
+            f"inputs must be a torch.Tensor, got {type(x).__name__}", hint="stack your inputs into one tensor [N, ...]"
+        )
     check(x.dim() >= 1 and x.shape[0] > 0, f"inputs must have a non-empty batch axis, got shape {tuple(x.shape)}")
     return x
 
@@ -123,21 +140,47 @@ class Engine:
     (or token id); ``NONFINITE`` marks the column of passes whose scores were not finite.
     """
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, *, sites=None, noise="gaussian", samples: int = 64,
-                 relative: bool = False, calibration: torch.Tensor | None = None, seed: int = 0,
-                 chunk_rows: int | None = None, prefix: bool = True, ids: Sequence[int] | None = None,
-                 noise_cache_mb: float = 0, readout: Readout | None = None, position=None, tokens=None):
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        *,
+        sites=None,
+        noise="gaussian",
+        samples: int = 64,
+        relative: bool = False,
+        calibration: torch.Tensor | None = None,
+        seed: int = 0,
+        chunk_rows: int | None = None,
+        prefix: bool = True,
+        ids: Sequence[int] | None = None,
+        noise_cache_mb: float = 0,
+        readout: Readout | None = None,
+        position=None,
+        tokens=None,
+    ):
         _check_model(model)
         self.model = model
         self.x = _check_input(x)
-        check(isinstance(samples, (int, np.integer)) and not isinstance(samples, bool) and samples >= 1,
-              f"samples (K, noisy passes per input) must be a positive integer, got {samples!r}", "K = 32-64 is enough for escape noise")
-        check(chunk_rows is None or isinstance(chunk_rows, (int, np.integer)) and not isinstance(chunk_rows, bool) and chunk_rows >= 1,
-              f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+        check(
+            isinstance(samples, (int, np.integer)) and not isinstance(samples, bool) and samples >= 1,
+            f"samples (K, noisy passes per input) must be a positive integer, got {samples!r}",
+            "K = 32-64 is enough for escape noise",
+        )
+        check(
+            chunk_rows is None
+            or isinstance(chunk_rows, (int, np.integer))
+            and not isinstance(chunk_rows, bool)
+            and chunk_rows >= 1,
+            f"chunk_rows must be a positive integer, got {chunk_rows!r}",
+        )
         self.K = int(samples)
         self.kind = get_kind(noise)
-        check(not (relative and self.kind.name == "dropout"), "relative sigma makes no sense for dropout noise",
-              "dropout's sigma is a probability; use relative=False")
+        check(
+            not (relative and self.kind.name == "dropout"),
+            "relative sigma makes no sense for dropout noise",
+            "dropout's sigma is a probability; use relative=False",
+        )
         self.seed = int(seed)
         self.ids = list(range(len(x))) if ids is None else [int(i) for i in ids]
         check(len(self.ids) == len(x), f"ids has {len(self.ids)} entries for {len(x)} inputs")
@@ -158,8 +201,11 @@ class Engine:
         self.relative = bool(relative)
         self.scale = [r if relative else 1.0 for r in self.rms]
         if relative:
-            check(all(r > 0 for r in self.rms), "a noise site has zero activation RMS on the calibration batch",
-                  "relative sigma needs non-zero activations; use absolute sigma")
+            check(
+                all(r > 0 for r in self.rms),
+                "a noise site has zero activation RMS on the calibration batch",
+                "relative sigma needs non-zero activations; use absolute sigma",
+            )
         calls = any("/" in r.name or "#" in r.name for r in self.rsites)
         self.split = self._find_prefix() if prefix and not calls and not self.call_kwargs else None
 
@@ -203,7 +249,7 @@ class Engine:
             caps = [hs.capture(rs)[0] for rs in self.rsites]
             for part, keep, measure in passes:
                 for start in range(0, len(part), step):
-                    xb = part[start:start + step]
+                    xb = part[start : start + step]
                     for c in caps:
                         c.clear()
                     out = _call(model, xb, self.call_kwargs)
@@ -215,14 +261,19 @@ class Engine:
                         logits_all.append(self.readout(out, torch.arange(start, start + len(xb))).detach().clone())
                     for j, c in enumerate(caps):
                         if not c.values:
-                            raise SiteError(f"noise site {self.rsites[j]} was never reached in the forward pass", hint=_unreached_hint(self.rsites[j]))
+                            raise SiteError(
+                                f"noise site {self.rsites[j]} was never reached in the forward pass",
+                                hint=_unreached_hint(self.rsites[j]),
+                            )
                         for i, v in enumerate(c.values):
                             if c.came_from(i, raw):  # captures are clones: ask whether it was the logits tensor
                                 at_logits.add(j)
                                 continue
                             if v.dim() == 0 or v.shape[0] != xb.shape[0]:
-                                raise ModelError(f"site {self.rsites[j]} has shape {tuple(v.shape)}: its first axis is not the batch",
-                                                 hint="APEX needs batch-first activations at every noise site")
+                                raise ModelError(
+                                    f"site {self.rsites[j]} has shape {tuple(v.shape)}: its first axis is not the batch",
+                                    hint="APEX needs batch-first activations at every noise site",
+                                )
                             self._site_row_bytes[j] = max(self._site_row_bytes[j], v[:1].numel() * v.element_size())
                             if measure and v.is_floating_point():
                                 sumsq[j] += float(v.double().pow(2).sum())
@@ -235,10 +286,17 @@ class Engine:
         if at_logits:
             if not self.default_sites:
                 j = min(at_logits)
-                raise SiteError(f"site {self.rsites[j]} is the model's logits; APEX never perturbs the logits",
-                                hint="pick a hidden site, e.g. the nonlinearity before the last layer")
+                raise SiteError(
+                    f"site {self.rsites[j]} is the model's logits; APEX never perturbs the logits",
+                    hint="pick a hidden site, e.g. the nonlinearity before the last layer",
+                )
             keep = [j for j in range(len(self.rsites)) if j not in at_logits]
-            check(bool(keep), "the model's only activation module produces its logits", "pass hidden sites explicitly", SiteError)
+            check(
+                bool(keep),
+                "the model's only activation module produces its logits",
+                "pass hidden sites explicitly",
+                SiteError,
+            )
             self.rsites = [self.rsites[j] for j in keep]
             self.rms = [self.rms[j] for j in keep]
             self._site_row_bytes = [self._site_row_bytes[j] for j in keep]
@@ -326,11 +384,15 @@ class Engine:
             call = ctx.calls[j]
             ctx.calls[j] += 1
             if value.shape[0] != ctx.rows:
-                raise ModelError(f"site {rs} has {value.shape[0]} rows where {ctx.rows} were fed in",
-                                 hint="APEX needs batch-first activations at every noise site")
+                raise ModelError(
+                    f"site {rs} has {value.shape[0]} rows where {ctx.rows} were fed in",
+                    hint="APEX needs batch-first activations at every noise site",
+                )
             if not value.is_floating_point():
-                raise SiteError(f"site {rs} holds a {value.dtype} tensor; noise needs floating-point activations",
-                                hint="use ':input' only for models with float inputs (for token models pick an embedding output)")
+                raise SiteError(
+                    f"site {rs} holds a {value.dtype} tensor; noise needs floating-point activations",
+                    hint="use ':input' only for models with float inputs (for token models pick an embedding output)",
+                )
             shape = tuple(value.shape[1:])
             key = (j, call)
             xi = ctx.cache.get(key)
@@ -342,6 +404,7 @@ class Engine:
             sig = (ctx.sigma_rows * self.scale[j]).to(value.dtype).view(ctx.B, ctx.s, *([1] * (nd + 1)))
             new = self.kind.apply(value.view(ctx.B, ctx.s, self.K, *shape), sig, xi.unsqueeze(1))
             return new.reshape(ctx.rows, *shape)
+
         return fn
 
     # ------------------------------------------------------------------ runs
@@ -387,7 +450,7 @@ class Engine:
                 self._ctx = None
         counts = np.zeros((N, S, self.n_outcomes), dtype=np.int64)
         for b0, s0, cnt in parts:
-            counts[b0:b0 + cnt.shape[0], s0:s0 + cnt.shape[1], :cnt.shape[2]] = cnt
+            counts[b0 : b0 + cnt.shape[0], s0 : s0 + cnt.shape[1], : cnt.shape[2]] = cnt
         return (counts, logits_out) if keep_logits else counts
 
     def _block(self, xb, ids, idx, sig_b, s_sub, parts, b0, logits_out) -> None:
@@ -408,14 +471,16 @@ class Engine:
             self._ctx = _Ctx(ids, rows, nb, ns, sig_b[:, s0:s1].reshape(nb * ns), [0] * len(self.rsites), cache)
             if self.split is not None:
                 out = h.repeat_interleave(ns * K, dim=0)
-                for child in list(model._modules.values())[self.split:]:
+                for child in list(model._modules.values())[self.split :]:
                     out = child(out)
             else:
                 out = _call(model, xb.repeat_interleave(ns * K, dim=0), self.call_kwargs)
             scores = self.readout(out, idx.repeat_interleave(ns * K))
             if scores.dim() != 2 or scores.shape != (rows, C):
-                raise ModelError(f"noisy scores have shape {tuple(scores.shape)}, expected {(rows, C)}",
-                                 hint="APEX needs a model that keeps the batch axis first")
+                raise ModelError(
+                    f"noisy scores have shape {tuple(scores.shape)}, expected {(rows, C)}",
+                    hint="APEX needs a model that keeps the batch axis first",
+                )
             pred = scores.argmax(-1)
             bad = ~torch.isfinite(scores).all(-1)
             if bool(bad.any()):
@@ -426,13 +491,17 @@ class Engine:
             cnt = torch.zeros(nb * ns, W, dtype=torch.int64).scatter_add_(1, col, torch.ones_like(col))
             parts.append((b0, s0, cnt.view(nb, ns, W).numpy()))
             if logits_out is not None:
-                logits_out[b0:b0 + nb, s0:s1] = scores.float().view(nb, ns, K, C)
+                logits_out[b0 : b0 + nb, s0:s1] = scores.float().view(nb, ns, K, C)
 
     def _warn_nonfinite(self, bad: int, rows: int) -> None:
         if not self.nonfinite_warned:
             self.nonfinite_warned = True
-            warnings.warn(f"APEX: {bad} of {rows} noisy passes gave non-finite logits (overflow at a large sigma?); they are "
-                          "counted as their own outcome 'non-finite', never as a class (docs/apex.md)", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"APEX: {bad} of {rows} noisy passes gave non-finite logits (overflow at a large sigma?); they are "
+                "counted as their own outcome 'non-finite', never as a class (docs/apex.md)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def fingerprint(self) -> dict:
         """What a saved sweep must match to be resumed: inputs, weights, sites, noise, K, seed, readout."""
@@ -440,12 +509,22 @@ class Engine:
         h.update(self.x.detach().cpu().contiguous().numpy().tobytes())
         for k, v in self.model.state_dict().items():
             h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().view(-1).to(torch.float64).numpy().tobytes() if v.is_floating_point()
-                     else v.detach().cpu().contiguous().view(-1).numpy().tobytes())
+            h.update(
+                v.detach().cpu().contiguous().view(-1).to(torch.float64).numpy().tobytes()
+                if v.is_floating_point()
+                else v.detach().cpu().contiguous().view(-1).numpy().tobytes()
+            )
         readout = hashlib.sha256(json.dumps(self.readout.describe(), sort_keys=True).encode()).hexdigest()[:16]
-        return {"data_and_weights": h.hexdigest()[:32], "sites": [str(r) for r in self.rsites], "noise": self.kind.name,
-                "K": self.K, "seed": self.seed, "relative": self.relative, "ids": hashlib.sha256(str(self.ids).encode()).hexdigest()[:16],
-                "readout": readout}
+        return {
+            "data_and_weights": h.hexdigest()[:32],
+            "sites": [str(r) for r in self.rsites],
+            "noise": self.kind.name,
+            "K": self.K,
+            "seed": self.seed,
+            "relative": self.relative,
+            "ids": hashlib.sha256(str(self.ids).encode()).hexdigest()[:16],
+            "readout": readout,
+        }
 
 
 def _check_finite_clean(scores: torch.Tensor) -> None:
@@ -453,14 +532,18 @@ def _check_finite_clean(scores: torch.Tensor) -> None:
     bad = ~torch.isfinite(scores).all(-1)
     if bool(bad.any()):
         rows = torch.nonzero(bad)[:5, 0].tolist()
-        raise ModelError(f"the clean logits of {int(bad.sum())} of {len(scores)} inputs are not finite (inputs {rows}...)",
-                         hint="check the weights and inputs for NaN/inf (torch.isfinite(x).all()); APEX needs a finite clean prediction")
+        raise ModelError(
+            f"the clean logits of {int(bad.sum())} of {len(scores)} inputs are not finite (inputs {rows}...)",
+            hint="check the weights and inputs for NaN/inf (torch.isfinite(x).all()); APEX needs a finite clean prediction",
+        )
 
 
 def _unreached_hint(rs: ResolvedSite) -> str:
     if "/" in rs.name:
-        return ("a functional site MODULE/FUNCTION#K counts calls made directly in MODULE's forward; "
-                "innerprobe.core.functional.discover(model, x) lists the calls that happen")
+        return (
+            "a functional site MODULE/FUNCTION#K counts calls made directly in MODULE's forward; "
+            "innerprobe.core.functional.discover(model, x) lists the calls that happen"
+        )
     return "pick a module that runs for these inputs"
 
 
@@ -492,14 +575,19 @@ def _call(model: nn.Module, x: torch.Tensor, kwargs: dict | None = None) -> Any:
         if getattr(e, "_innerprobe_from_hook", False) or isinstance(e, torch.OutOfMemoryError):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        err = ModelError(f"the model failed on inputs of shape {tuple(x.shape)} ({x.dtype}): {first[:300]}",
-                         hint="check that the inputs have the shape and dtype the model expects")
+        err = ModelError(
+            f"the model failed on inputs of shape {tuple(x.shape)} ({x.dtype}): {first[:300]}",
+            hint="check that the inputs have the shape and dtype the model expects",
+        )
         raise _retype(err, model, x) from e
 
 
 def _retype(err: ModelError, model: nn.Module, x: torch.Tensor) -> ModelError:
     """A forward error on float inputs to a model that embeds token ids: say so, instead of a generic hint."""
     if x.is_floating_point() and any(isinstance(m, nn.Embedding) for m in model.modules()):
-        return ModelError(err.message, hint=f"this model embeds integer token ids, but the inputs are {x.dtype}: pass them as "
-                                            "torch.long (on the CLI a .pt/.npy file of integer ids)")
+        return ModelError(
+            err.message,
+            hint=f"this model embeds integer token ids, but the inputs are {x.dtype}: pass them as "
+            "torch.long (on the CLI a .pt/.npy file of integer ids)",
+        )
     return err

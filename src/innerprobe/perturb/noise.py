@@ -11,6 +11,7 @@ numbers can be reused for every sigma) and applies it at scale ``sigma``:
 
 Every kind returns ``a`` bitwise at sigma = 0.
 """
+
 from __future__ import annotations
 
 import torch
@@ -84,4 +85,6 @@ def get_kind(kind: "str | NoiseKind") -> NoiseKind:
         return kind
     if isinstance(kind, str) and kind in KINDS:
         return KINDS[kind]()
-    raise ConfigError(f"unknown noise kind {kind!r}", hint=did_you_mean(str(kind), KINDS) + f" (kinds: {', '.join(KINDS)})")
+    raise ConfigError(
+        f"unknown noise kind {kind!r}", hint=did_you_mean(str(kind), KINDS) + f" (kinds: {', '.join(KINDS)})"
+    )

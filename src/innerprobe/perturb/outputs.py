@@ -13,6 +13,7 @@ APEX (Ren, Luo, Li 2026, arXiv 2602.03586; docs/apex.md "Language models") count
 
 Outputs can be tensors, tuples (first element), dicts or Hugging Face ``ModelOutput`` (``.logits``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +29,9 @@ def _index_array(value, name: str, n: int | None) -> torch.Tensor | int | None:
     try:
         t = torch.as_tensor(np.asarray(value))
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be an int or integers, got {type(value).__name__}", hint="e.g. -1 or one index per input") from None
+        raise ConfigError(
+            f"{name} must be an int or integers, got {type(value).__name__}", hint="e.g. -1 or one index per input"
+        ) from None
     if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
         raise ConfigError(f"{name} must hold integers, got {t.dtype}", hint="token ids and positions are integers")
     return t.long()
@@ -49,8 +52,10 @@ class Readout:
         if isinstance(tok, int):
             tok = torch.tensor([tok])
         if tok is not None and (tok.dim() not in (1, 2) or tok.shape[-1] < 2):
-            raise ConfigError(f"tokens must be [C] or [N, C] with C >= 2 candidates, got shape {tuple(tok.shape)}",
-                              hint="APEX counts which candidate wins; give at least two")
+            raise ConfigError(
+                f"tokens must be [C] or [N, C] with C >= 2 candidates, got shape {tuple(tok.shape)}",
+                hint="APEX counts which candidate wins; give at least two",
+            )
         self.tokens = tok
         self.names = None if names is None else [str(n) for n in names]
         self.kind: str | None = None  # "classifier" or "lm", set by bind()
@@ -62,11 +67,15 @@ class Readout:
         T = int(seq_len)
         p = torch.as_tensor(-1 if self.position is None else self.position)
         if p.dim() == 1 and len(p) != n_inputs:
-            raise ConfigError(f"position has {len(p)} entries for {n_inputs} inputs", hint="one position per input, or one int")
+            raise ConfigError(
+                f"position has {len(p)} entries for {n_inputs} inputs", hint="one position per input, or one int"
+            )
         if p.dim() > 1 or bool(((p < -T) | (p >= T)).any()):
             shown = p.tolist() if p.dim() == 0 else p.tolist()[:8]
-            raise ConfigError(f"position {shown} is out of range for sequences of length {T}",
-                              hint=f"positions lie in [-{T}, {T - 1}]; -1 is the last token")
+            raise ConfigError(
+                f"position {shown} is out of range for sequences of length {T}",
+                hint=f"positions lie in [-{T}, {T - 1}]; -1 is the last token",
+            )
         return p % T
 
     def bind(self, output, n_inputs: int, *, seq_len: int | None = None, kept: torch.Tensor | None = None) -> None:
@@ -77,12 +86,16 @@ class Readout:
             self.kind = "lm"
         elif logits.dim() == 2:
             if self.position is not None:
-                raise ConfigError(f"position= applies to [batch, seq, vocab] logits; this model returns {tuple(logits.shape)}",
-                                  hint="drop --position for a classifier")
+                raise ConfigError(
+                    f"position= applies to [batch, seq, vocab] logits; this model returns {tuple(logits.shape)}",
+                    hint="drop --position for a classifier",
+                )
             self.kind = "classifier"
         else:
-            raise ModelError(f"the model's logits have shape {tuple(logits.shape)}, neither [batch, classes] nor [batch, seq, vocab]",
-                             hint="APEX reads a classifier's logits or a language model's logits at a position")
+            raise ModelError(
+                f"the model's logits have shape {tuple(logits.shape)}, neither [batch, classes] nor [batch, seq, vocab]",
+                hint="APEX reads a classifier's logits or a language model's logits at a position",
+            )
         self.vocab = int(logits.shape[-1])
         if self.kind == "lm":
             self._pos = self.positions(seq_len or logits.shape[1], n_inputs)
@@ -94,10 +107,15 @@ class Readout:
         if self.tokens is not None:
             t = self.tokens
             if t.dim() == 2 and len(t) != n_inputs:
-                raise ConfigError(f"tokens has {len(t)} rows for {n_inputs} inputs", hint="one row of candidates per input, or one list")
+                raise ConfigError(
+                    f"tokens has {len(t)} rows for {n_inputs} inputs",
+                    hint="one row of candidates per input, or one list",
+                )
             if bool(((t < 0) | (t >= self.vocab)).any()):
-                raise ConfigError(f"token ids must lie in [0, {self.vocab}), got {t.min().item()}..{t.max().item()}",
-                                  hint="candidates are ids into the model's vocabulary (or class indices)")
+                raise ConfigError(
+                    f"token ids must lie in [0, {self.vocab}), got {t.min().item()}..{t.max().item()}",
+                    hint="candidates are ids into the model's vocabulary (or class indices)",
+                )
 
     @property
     def n_classes(self) -> int:

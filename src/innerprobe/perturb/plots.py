@@ -1,5 +1,6 @@
 """PNG plots of an APEX result (read from the Result only): escape-noise histogram,
 sample-dependence curve with its Monte Carlo floor, and class histograms per sigma."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,17 +18,31 @@ def escape_histogram(res: Result, path: Path, title: str = "escape noise") -> Pa
     fig, ax = new_figure(size=(4.6, 3.0))
     lo = grid[grid > 0].min() if (grid > 0).any() else 1e-3
     bins = np.geomspace(lo, max(grid.max(), lo * 1.01), 30)
-    for i, (name, mask) in enumerate((("escaped", cen == 0), ("left-censored", cen == -1), ("right-censored", cen == 1))):
+    for i, (name, mask) in enumerate(
+        (("escaped", cen == 0), ("left-censored", cen == -1), ("right-censored", cen == 1))
+    ):
         if mask.any():
-            ax.hist(np.clip(sig[mask], bins[0], bins[-1]), bins=bins, color=PALETTE[i], alpha=0.8, label=f"{name} ({int(mask.sum())})")
+            ax.hist(
+                np.clip(sig[mask], bins[0], bins[-1]),
+                bins=bins,
+                color=PALETTE[i],
+                alpha=0.8,
+                label=f"{name} ({int(mask.sum())})",
+            )
     ax.set_xscale("log")
     style_axes(ax, title=title, xlabel="sigma_esc (survival < tau)", ylabel="inputs")
     ax.legend(fontsize=7, frameon=False)
     return savefig(fig, path)
 
 
-def sample_dependence_plot(curves: dict, sigmas, path: Path, floors: dict | None = None, title: str = "sample dependence D(sigma)",
-                           xlabel: str = "sigma") -> Path:
+def sample_dependence_plot(
+    curves: dict,
+    sigmas,
+    path: Path,
+    floors: dict | None = None,
+    title: str = "sample dependence D(sigma)",
+    xlabel: str = "sigma",
+) -> Path:
     """One line per curve name; dashed lines are the Monte Carlo floors."""
     from ..core.plotting import PALETTE, new_figure, savefig, style_axes
 
@@ -55,8 +70,16 @@ def class_histograms(res: Result, path: Path, class_names=None, title: str = "cl
     rows = list(range(0, len(sig), step))
     if rows[-1] != len(sig) - 1:
         rows.append(len(sig) - 1)
-    fig = heatmap(h[rows], row_labels=[f"{sig[r]:.3g}" for r in rows], col_labels=[str(n)[:8] for n in names], title=title,
-                  vmin=0, vmax=max(0.2, float(h.max())), fmt="{:.2f}", size=(1.6 + 0.62 * C, 1.0 + 0.32 * len(rows)))
+    fig = heatmap(
+        h[rows],
+        row_labels=[f"{sig[r]:.3g}" for r in rows],
+        col_labels=[str(n)[:8] for n in names],
+        title=title,
+        vmin=0,
+        vmax=max(0.2, float(h.max())),
+        fmt="{:.2f}",
+        size=(1.6 + 0.62 * C, 1.0 + 0.32 * len(rows)),
+    )
     return savefig(fig, path)
 
 
@@ -69,8 +92,13 @@ def new_figure_hist_pairs(values: dict, grid, path: Path, title: str = "escape n
     bins = np.geomspace(lo, max(grid.max(), lo * 1.01), 30)
     fig, ax = new_figure(size=(4.8, 3.0))
     for i, (name, v) in enumerate(values.items()):
-        ax.hist(np.clip(np.asarray(v), bins[0], bins[-1]), bins=bins, alpha=0.6, color=PALETTE[i % len(PALETTE)],
-                label=f"{name} (median {np.median(v):.3g})")
+        ax.hist(
+            np.clip(np.asarray(v), bins[0], bins[-1]),
+            bins=bins,
+            alpha=0.6,
+            color=PALETTE[i % len(PALETTE)],
+            label=f"{name} (median {np.median(v):.3g})",
+        )
     ax.set_xscale("log")
     style_axes(ax, title=title, xlabel="escape sigma", ylabel="inputs")
     ax.legend(fontsize=7, frameon=False)

@@ -13,6 +13,7 @@ Everything here is a function of the stored integer counts ``[N inputs, S sigmas
   floor (docs/apex.md, 'Definitions'); :func:`mutual_information` the plug-in alternative.
 * :func:`logit_margin` -- the clean-margin control.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,7 +55,9 @@ def _margin_curve(counts, y0, rule: str, tau: float) -> np.ndarray:
         rival = p.copy()
         np.put_along_axis(rival, np.asarray(y0, np.int64)[:, None, None].repeat(p.shape[1], 1), -1.0, axis=2)
         return s - rival.max(-1) - 1e-12  # a tie with a rival counts as a flip (argmax no longer unique)
-    raise ConfigError(f"unknown escape rule {rule!r}", hint="use 'survival' (share of the clean class < tau) or 'majority'")
+    raise ConfigError(
+        f"unknown escape rule {rule!r}", hint="use 'survival' (share of the clean class < tau) or 'majority'"
+    )
 
 
 @dataclass
@@ -69,7 +72,10 @@ class Escape:
 
     def rates(self) -> dict:
         n = max(len(self.censor), 1)
-        return {"left_censored": float((self.censor == LEFT).sum() / n), "right_censored": float((self.censor == RIGHT).sum() / n)}
+        return {
+            "left_censored": float((self.censor == LEFT).sum() / n),
+            "right_censored": float((self.censor == RIGHT).sum() / n),
+        }
 
 
 def escape_noise(counts, sigmas, y0, *, tau: float = 0.5, rule: str = "survival", refine: str = "log") -> Escape:
@@ -84,7 +90,11 @@ def escape_noise(counts, sigmas, y0, *, tau: float = 0.5, rule: str = "survival"
     sig = np.asarray(sigmas, dtype=np.float64)
     check(sig.ndim == 1 and len(sig) == c.shape[1], f"sigmas has shape {sig.shape} but counts has {c.shape[1]} sigmas")
     check(0 < tau < 1, f"tau must be in (0, 1), got {tau}")
-    check(refine in ("log", "none"), f"unknown refinement {refine!r}", "use 'log' or 'none' (bisection is apex.escape_bisect)")
+    check(
+        refine in ("log", "none"),
+        f"unknown refinement {refine!r}",
+        "use 'log' or 'none' (bisection is apex.escape_bisect)",
+    )
     f = _margin_curve(c, y0, rule, tau)
     N = f.shape[0]
     below = f < 0

@@ -12,6 +12,7 @@ docs/apex.md, 'Definitions' "Where (default)": after every hidden nonlinearity, 
 ``sites="residual"`` is the residual stream after every block instead; ``':input'`` is the
 model input, for token models the output of the token embedding.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -28,8 +29,10 @@ def _hint(model: nn.Module) -> str:
     if any(n.endswith("hook_resid_post") for n in names) or _blocks(model):
         return "this model has no MLP nonlinearity: sites='residual' (CLI --sites residual) puts noise on the residual stream"
     types = sorted({type(m).__name__ for m in model.modules()})
-    return ("pass sites explicitly: a module name, MODULE/FUNCTION#K for a functional call, or ':input'. "
-            f"Module types present: {', '.join(types[:12])}")
+    return (
+        "pass sites explicitly: a module name, MODULE/FUNCTION#K for a functional call, or ':input'. "
+        f"Module types present: {', '.join(types[:12])}"
+    )
 
 
 def default_sites(model: nn.Module, example=None) -> list[Site]:
@@ -43,8 +46,11 @@ def default_sites(model: nn.Module, example=None) -> list[Site]:
     if example is not None:
         sites += [Site(c.site) for c in discover(model, example) if c.function and not c.in_activation_module]
     if not sites:
-        raise SiteError(f"{type(model).__name__} has no hidden nonlinearity to put noise after"
-                        + ("" if example is not None else " among its modules"), hint=_hint(model))
+        raise SiteError(
+            f"{type(model).__name__} has no hidden nonlinearity to put noise after"
+            + ("" if example is not None else " among its modules"),
+            hint=_hint(model),
+        )
     return sites
 
 
@@ -52,7 +58,9 @@ def _blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
     """The transformer's list of blocks: TransformerLens / zoo ``blocks``, HF ``transformer.h``, ``model.layers``..."""
     best = None
     for name, m in model.named_modules():
-        is_blocks = isinstance(m, nn.ModuleList) and len(m) and name.split(".")[-1] in ("blocks", "h", "layers", "layer")
+        is_blocks = (
+            isinstance(m, nn.ModuleList) and len(m) and name.split(".")[-1] in ("blocks", "h", "layers", "layer")
+        )
         if is_blocks and (best is None or len(m) > len(best[1])):
             best = (name, m)
     return best
@@ -67,8 +75,10 @@ def residual_sites(model: nn.Module) -> list[Site]:
         return [Site(n) for n in post]
     found = _blocks(model)
     if found is None:
-        raise SiteError(f"found no transformer blocks in {type(model).__name__} for sites='residual'",
-                        hint="name the block outputs explicitly, e.g. 'transformer.h.*:output.0'")
+        raise SiteError(
+            f"found no transformer blocks in {type(model).__name__} for sites='residual'",
+            hint="name the block outputs explicitly, e.g. 'transformer.h.*:output.0'",
+        )
     return [Site(f"{found[0]}.{i}", "output", 0) for i in range(len(found[1]))]
 
 
@@ -89,8 +99,10 @@ def embedding_site(model: nn.Module) -> Site:
     for n, m in model.named_modules():
         if isinstance(m, nn.Embedding):
             return Site(n)
-    raise SiteError(f"':input' on token ids means the token embedding, but {type(model).__name__} has no nn.Embedding",
-                    hint="name the embedding's output site explicitly, or feed float inputs")
+    raise SiteError(
+        f"':input' on token ids means the token embedding, but {type(model).__name__} has no nn.Embedding",
+        hint="name the embedding's output site explicitly, or feed float inputs",
+    )
 
 
 def preset(model: nn.Module, sites, example=None):

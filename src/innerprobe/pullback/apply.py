@@ -14,6 +14,7 @@ the mode is popped and every hook is removed.
 ``ctx.coverage`` counts gated calls against every nonlinearity, pool, norm and attention call seen.
 Activation checkpointing (recomputation in the backward pass) is refused with a ModelError.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -74,10 +75,12 @@ def _check_selector_site(sel) -> None:
     except InnerprobeError:
         return  # resolve() reports unparsable sites
     if site.port != "output" or site.index is not None or site.selects:
-        raise ConfigError(f"rule selector {str(sel)!r} names a port, element or selector ({site.port}"
-                          f"{'' if site.index is None else '.' + str(site.index)}{', selectors' if site.selects else ''}); "
-                          "a rule applies to whole modules, so these would be ignored",
-                          hint=f"select the module only, e.g. {site.module!r}")
+        raise ConfigError(
+            f"rule selector {str(sel)!r} names a port, element or selector ({site.port}"
+            f"{'' if site.index is None else '.' + str(site.index)}{', selectors' if site.selects else ''}); "
+            "a rule applies to whole modules, so these would be ignored",
+            hint=f"select the module only, e.g. {site.module!r}",
+        )
 
 
 class Rules:
@@ -94,14 +97,22 @@ class Rules:
     :class:`Coverage`) to per-call T.
     """
 
-    def __init__(self, entries: Sequence[tuple[Selector, Rule | None]] = (), *, functional: dict | None = None,
-                 temperatures: dict[str, float] | None = None, description: str = "custom"):
+    def __init__(
+        self,
+        entries: Sequence[tuple[Selector, Rule | None]] = (),
+        *,
+        functional: dict | None = None,
+        temperatures: dict[str, float] | None = None,
+        description: str = "custom",
+    ):
         self.entries = list(entries)
         for sel, rule in self.entries:
             if rule is not None and not isinstance(rule, Rule):
-                raise ConfigError(f"rule for selector {sel!r} is a {type(rule).__name__}, not a Rule",
-                                  hint="use Gate(), HardGate(), GuidedGate(), MaxPoolSurrogate(), NormSurrogate(), "
-                                       "AttentionSurrogate() or None")
+                raise ConfigError(
+                    f"rule for selector {sel!r} is a {type(rule).__name__}, not a Rule",
+                    hint="use Gate(), HardGate(), GuidedGate(), MaxPoolSurrogate(), NormSurrogate(), "
+                    "AttentionSurrogate() or None",
+                )
             if isinstance(sel, (str, Site)):
                 _check_selector_site(sel)
         self.functional = dict(functional or {})
@@ -112,8 +123,12 @@ class Rules:
         self.description = description
 
     def with_temperatures(self, temperatures: dict[str, float]) -> Rules:
-        return Rules(self.entries, functional=self.functional, temperatures=temperatures,
-                     description=self.description + " (per-call T)")
+        return Rules(
+            self.entries,
+            functional=self.functional,
+            temperatures=temperatures,
+            description=self.description + " (per-call T)",
+        )
 
     def bind(self, model: nn.Module) -> dict[int, list[tuple[int, Rule | None]]]:
         """id(module) -> [(entry index, rule)] for every module some entry selects."""
@@ -127,9 +142,11 @@ class Rules:
             elif callable(sel):
                 hits = [m for n, m in named if sel(n, m)]
             else:
-                raise ConfigError(f"cannot select modules with {sel!r}",
-                                  hint="a selector is a module class, a site string like 'features.3' or '@ReLU', "
-                                       "or a callable (name, module) -> bool")
+                raise ConfigError(
+                    f"cannot select modules with {sel!r}",
+                    hint="a selector is a module class, a site string like 'features.3' or '@ReLU', "
+                    "or a callable (name, module) -> bool",
+                )
             for m in hits:
                 out.setdefault(id(m), []).append((i, rule))
         return out
@@ -149,10 +166,12 @@ class Rules:
                 return s.__name__
             return str(s) if isinstance(s, (str, Site)) else getattr(s, "__name__", "callable")
 
-        return {"description": self.description,
-                "entries": [[sel_name(s), None if r is None else r.name] for s, r in self.entries],
-                "functional": {k: None if r is None else r.name for k, r in self.functional.items()},
-                "temperatures": dict(self.temperatures)}
+        return {
+            "description": self.description,
+            "entries": [[sel_name(s), None if r is None else r.name] for s, r in self.entries],
+            "functional": {k: None if r is None else r.name for k, r in self.functional.items()},
+            "temperatures": dict(self.temperatures),
+        }
 
 
 def _norm_rule(norm) -> NormSurrogate | None:
@@ -172,14 +191,26 @@ def _attention_rule(attention) -> AttentionSurrogate | None:
         return attention
     if isinstance(attention, (int, float)) and not isinstance(attention, bool):
         return AttentionSurrogate(float(attention))
-    raise ConfigError(f"unknown attention rule {attention!r}",
-                      hint="attention=T (a softmax temperature, e.g. 1.0), AttentionSurrogate(T, detach_pattern=True) or None")
+    raise ConfigError(
+        f"unknown attention rule {attention!r}",
+        hint="attention=T (a softmax temperature, e.g. 1.0), AttentionSurrogate(T, detach_pattern=True) or None",
+    )
 
 
-def pullback_rules(temperature: float | None = None, gate: str = "logistic", *, pool: str = "soft",
-                   pool_temperature: float | None = None, pool_detach: bool = False, pool_padding: str = "-inf",
-                   gelu_temperature: float = 1.0, silu_temperature: float = 1.6, norm=None, attention=None,
-                   functional: bool = True) -> Rules:
+def pullback_rules(
+    temperature: float | None = None,
+    gate: str = "logistic",
+    *,
+    pool: str = "soft",
+    pool_temperature: float | None = None,
+    pool_detach: bool = False,
+    pool_padding: str = "-inf",
+    gelu_temperature: float = 1.0,
+    silu_temperature: float = 1.6,
+    norm=None,
+    attention=None,
+    functional: bool = True,
+) -> Rules:
     """The excitation-pullback rule set (Satkiewicz 2025, arXiv 2507.22832; docs/pullback.md, "Rules").
 
     ``gate``: 'logistic' (sigmoid(z/T), the original; T defaults to 0.3), 'probit' (Phi(z/T), the
@@ -196,20 +227,45 @@ def pullback_rules(temperature: float | None = None, gate: str = "logistic", *, 
         temperature = 0.6 if gate == "probit" else 0.3
     relu = GATES[gate](temperature) if gate in ("logistic", "probit") else GATES[gate]()
     if pool not in ("soft", "hard"):
-        raise ConfigError(f"unknown pool rule {pool!r}", hint="use 'soft' (softmax-weighted backward) or 'hard' (plain max-pool gradient)")
+        raise ConfigError(
+            f"unknown pool rule {pool!r}",
+            hint="use 'soft' (softmax-weighted backward) or 'hard' (plain max-pool gradient)",
+        )
     soft = gate in ("logistic", "probit")
     mp = None
     if pool == "soft" and soft:
-        mp = MaxPoolSurrogate(pool_temperature if pool_temperature is not None else temperature, pool_detach, pool_padding)
+        mp = MaxPoolSurrogate(
+            pool_temperature if pool_temperature is not None else temperature, pool_detach, pool_padding
+        )
     gelu = GELUGate(gelu_temperature) if soft else None
     silu = SiLUGate(silu_temperature) if soft else None
     nr, ar = _norm_rule(norm), _attention_rule(attention)
-    by_op = {"relu": relu, "gelu": gelu, "silu": silu, "layer_norm": nr, "rms_norm": nr, "norm_module": nr,
-             "attention_softmax": ar, "sdpa": ar}
+    by_op = {
+        "relu": relu,
+        "gelu": gelu,
+        "silu": silu,
+        "layer_norm": nr,
+        "rms_norm": nr,
+        "norm_module": nr,
+        "attention_softmax": ar,
+        "sdpa": ar,
+    }
     by_op.update({op: mp for op in MaxPoolSurrogate.ops})
-    entries = [(nn.ReLU, relu), (nn.MaxPool2d, mp), (nn.MaxPool1d, mp), (nn.GELU, gelu), (nn.SiLU, silu),
-               (nn.LayerNorm, nr), (nn.RMSNorm, nr)]
-    desc = relu.name + (f", {mp.name}" if mp else ", hard pool") + (f", {nr.name}" if nr else "") + (f", {ar.name}" if ar else "")
+    entries = [
+        (nn.ReLU, relu),
+        (nn.MaxPool2d, mp),
+        (nn.MaxPool1d, mp),
+        (nn.GELU, gelu),
+        (nn.SiLU, silu),
+        (nn.LayerNorm, nr),
+        (nn.RMSNorm, nr),
+    ]
+    desc = (
+        relu.name
+        + (f", {mp.name}" if mp else ", hard pool")
+        + (f", {nr.name}" if nr else "")
+        + (f", {ar.name}" if ar else "")
+    )
     desc += "" if functional else ", modules only"
     return Rules(entries, functional=by_op if functional else {}, description=desc)
 
@@ -232,10 +288,21 @@ def preset_rules(preset: str, *, functional: bool = False, **overrides) -> Rules
     if preset == "original":
         kw = {"temperature": 0.3, "gate": "logistic", "pool_detach": False, "pool_padding": "zero"}
     elif preset == "successor":
-        kw = {"temperature": 0.6, "gate": "probit", "pool_temperature": 0.3, "pool_detach": True, "pool_padding": "zero",
-              "gelu_temperature": 1.0, "silu_temperature": 1.6, "norm": "detach", "attention": 1.0}
+        kw = {
+            "temperature": 0.6,
+            "gate": "probit",
+            "pool_temperature": 0.3,
+            "pool_detach": True,
+            "pool_padding": "zero",
+            "gelu_temperature": 1.0,
+            "silu_temperature": 1.6,
+            "norm": "detach",
+            "attention": 1.0,
+        }
     else:
-        raise ConfigError(f"unknown preset {preset!r}", hint="preset='original' (the authors' first code) or 'successor'")
+        raise ConfigError(
+            f"unknown preset {preset!r}", hint="preset='original' (the authors' first code) or 'successor'"
+        )
     kw.update(overrides)
     rules = pullback_rules(functional=functional, **kw)
     # the module classes each code swaps (the first: ReLU and MaxPool2d; the successor adds SiLU, GELU, LayerNorm)
@@ -313,7 +380,13 @@ class Coverage:
         return text
 
     def to_dict(self) -> dict:
-        return {"seen": self.seen, "gated": self.gated, "fraction": self.fraction, "by_op": self.by_op(), "calls": self.calls}
+        return {
+            "seen": self.seen,
+            "gated": self.gated,
+            "fraction": self.fraction,
+            "by_op": self.by_op(),
+            "calls": self.calls,
+        }
 
 
 def warn_if_ungated(coverage: Coverage | None, rules: Rules | None, stacklevel: int = 3) -> None:
@@ -321,7 +394,9 @@ def warn_if_ungated(coverage: Coverage | None, rules: Rules | None, stacklevel: 
     if coverage is None or rules is None or not rules.soft or coverage.gated:
         return
     what = "no nonlinearity was seen" if not coverage.seen else str(coverage)
-    warnings.warn(f"the pullback gated no call, so it equals the plain gradient: {what}", PullbackWarning, stacklevel=stacklevel)
+    warnings.warn(
+        f"the pullback gated no call, so it equals the plain gradient: {what}", PullbackWarning, stacklevel=stacklevel
+    )
 
 
 # --------------------------------------------------------------------------- the mode
@@ -348,8 +423,10 @@ class _Frame:
     inner_norm: bool = False  # an F.layer_norm / F.rms_norm ran inside (a norm module that calls torch's norm)
 
 
-_CHECKPOINT_HINT = ("disable activation checkpointing for attribution (HF: model.gradient_checkpointing_disable(); "
-                    "or call the block without torch.utils.checkpoint)")
+_CHECKPOINT_HINT = (
+    "disable activation checkpointing for attribution (HF: model.gradient_checkpointing_disable(); "
+    "or call the block without torch.utils.checkpoint)"
+)
 
 
 class RuleContext:
@@ -420,9 +497,21 @@ class RuleContext:
         """Gate a hand-written activation at its output: value kept, d out / d z = gate(z)."""
         key = self._key(where, op)
         _, rule = self._choose(op)
-        ok = isinstance(rule, Gate) and isinstance(z, torch.Tensor) and isinstance(out, torch.Tensor) and z.shape == out.shape
-        reason = "" if ok else (f"{what}: no rule (functional=False gates torch's modules only)" if rule is None
-                                else f"{what}: rule {getattr(rule, 'name', rule)} cannot gate it")
+        ok = (
+            isinstance(rule, Gate)
+            and isinstance(z, torch.Tensor)
+            and isinstance(out, torch.Tensor)
+            and z.shape == out.shape
+        )
+        reason = (
+            ""
+            if ok
+            else (
+                f"{what}: no rule (functional=False gates torch's modules only)"
+                if rule is None
+                else f"{what}: rule {getattr(rule, 'name', rule)} cannot gate it"
+            )
+        )
         self.coverage.record(key, op, rule.name if ok else None, ok, reason)
         if not ok or not (torch.is_grad_enabled() and z.requires_grad):
             return None
@@ -434,7 +523,9 @@ class RuleContext:
         if frame.inner_norm:  # an F.layer_norm / F.rms_norm inside was counted already
             return
         ok = isinstance(rule, NormSurrogate)
-        self.coverage.record(key, "norm_module", rule.name if ok else None, ok, "" if ok else self._why_ungated("norm_module"))
+        self.coverage.record(
+            key, "norm_module", rule.name if ok else None, ok, "" if ok else self._why_ungated("norm_module")
+        )
         return
 
     def tl_hooks(self, hs: HookSession) -> None:
@@ -490,9 +581,11 @@ class RuleContext:
             self._record(key, op, z)
         if rule is None or not torch.is_grad_enabled():
             if rule is not None and self.expect_grad:
-                raise ModelError(f"{key} ran without autograd inside the attributed forward pass (torch.no_grad inside the "
-                                 "model, or torch.utils.checkpoint with use_reentrant=True): the rules cannot apply there",
-                                 hint=_CHECKPOINT_HINT)
+                raise ModelError(
+                    f"{key} ran without autograd inside the attributed forward pass (torch.no_grad inside the "
+                    "model, or torch.utils.checkpoint with use_reentrant=True): the rules cannot apply there",
+                    hint=_CHECKPOINT_HINT,
+                )
             return func(*args, **kwargs)
         if not _any_requires_grad(args, kwargs):
             return func(*args, **kwargs)
@@ -514,16 +607,29 @@ class RuleContext:
         elif op == "gelu":
             extra = {"approximate": kwargs.get("approximate", args[1] if len(args) > 1 else "none")}
         elif op in ("layer_norm", "rms_norm"):
-            names = ("input", "normalized_shape", "weight", "bias", "eps") if op == "layer_norm" else ("input", "normalized_shape", "weight", "eps")
+            names = (
+                ("input", "normalized_shape", "weight", "bias", "eps")
+                if op == "layer_norm"
+                else ("input", "normalized_shape", "weight", "eps")
+            )
             extra = dict(zip(names, args))
             extra.update(kwargs)
             extra.setdefault("eps", 1e-5 if op == "layer_norm" else None)
-            extra["normalized_shape"] = tuple(extra["normalized_shape"]) if not isinstance(extra["normalized_shape"], int) else (extra["normalized_shape"],)
+            extra["normalized_shape"] = (
+                tuple(extra["normalized_shape"])
+                if not isinstance(extra["normalized_shape"], int)
+                else (extra["normalized_shape"],)
+            )
         elif op == "sdpa":
             names = ("query", "key", "value")
             qkv = dict(zip(names, args))
             qkv.update({k: v for k, v in kwargs.items() if k in names})
-            extra = {"q": qkv["query"], "k": qkv["key"], "v": qkv["value"], "rest": {k: v for k, v in kwargs.items() if k not in names}}
+            extra = {
+                "q": qkv["query"],
+                "k": qkv["key"],
+                "v": qkv["value"],
+                "rest": {k: v for k, v in kwargs.items() if k not in names},
+            }
             if len(args) > 3:
                 return None, {}, "scaled_dot_product_attention with positional options: no surrogate"
         elif op == "attention_softmax":
@@ -566,28 +672,39 @@ def _detach_all(out):
     if isinstance(out, torch.Tensor):
         return out.detach()
     if isinstance(out, tuple):
-        return type(out)(_detach_all(o) for o in out) if not hasattr(out, "_fields") else type(out)(*[_detach_all(o) for o in out])
+        return (
+            type(out)(_detach_all(o) for o in out)
+            if not hasattr(out, "_fields")
+            else type(out)(*[_detach_all(o) for o in out])
+        )
     return out
 
 
 def _refuse_recompute(what: str) -> None:
     """A forward call while the autograd engine runs is a recomputation (activation checkpointing)."""
     if torch._C._current_graph_task_id() != -1:
-        raise ModelError(f"activation checkpointing detected: {what} was recomputed during the backward pass, where the "
-                         "pullback rules would read the recomputed values (innerprobe refuses rather than return a "
-                         "silently wrong map)", hint=_CHECKPOINT_HINT)
+        raise ModelError(
+            f"activation checkpointing detected: {what} was recomputed during the backward pass, where the "
+            "pullback rules would read the recomputed values (innerprobe refuses rather than return a "
+            "silently wrong map)",
+            hint=_CHECKPOINT_HINT,
+        )
 
 
 def _refuse_checkpointing_flags(model: nn.Module) -> None:
     """Hugging Face models with gradient checkpointing switched on (it only runs in train mode)."""
     if model.training and getattr(model, "is_gradient_checkpointing", False):
-        raise ModelError("the model has gradient checkpointing on and is in train mode: its blocks are recomputed in "
-                         "the backward pass, which the pullback rules cannot follow", hint=_CHECKPOINT_HINT + ", or model.eval()")
+        raise ModelError(
+            "the model has gradient checkpointing on and is in train mode: its blocks are recomputed in "
+            "the backward pass, which the pullback rules cannot follow",
+            hint=_CHECKPOINT_HINT + ", or model.eval()",
+        )
 
 
 @contextlib.contextmanager
-def apply_rules(model: nn.Module, rules: Rules | None = None, *, record: Callable | None = None,
-                expect_grad: bool = True) -> Iterator[RuleContext]:
+def apply_rules(
+    model: nn.Module, rules: Rules | None = None, *, record: Callable | None = None, expect_grad: bool = True
+) -> Iterator[RuleContext]:
     """``with apply_rules(model, pullback_rules(0.3)) as ctx:`` forward + backward use the rules.
 
     The forward value of every op is unchanged (bitwise). On exit every hook is removed, the
@@ -596,8 +713,10 @@ def apply_rules(model: nn.Module, rules: Rules | None = None, *, record: Callabl
     """
     rules = pullback_rules() if rules is None else rules
     if not isinstance(rules, Rules):
-        raise ConfigError(f"rules must be a Rules object, got {type(rules).__name__}",
-                          hint="build one with pullback_rules(temperature=0.3) or Rules([...])")
+        raise ConfigError(
+            f"rules must be a Rules object, got {type(rules).__name__}",
+            hint="build one with pullback_rules(temperature=0.3) or Rules([...])",
+        )
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}", hint="pass the model object")
     _refuse_checkpointing_flags(model)
@@ -611,8 +730,9 @@ def apply_rules(model: nn.Module, rules: Rules | None = None, *, record: Callabl
             yield ctx
 
 
-def calibrate_temperatures(model: nn.Module, inputs: torch.Tensor, tau: float, rules: Rules,
-                           forward: Callable | None = None) -> Rules:
+def calibrate_temperatures(
+    model: nn.Module, inputs: torch.Tensor, tau: float, rules: Rules, forward: Callable | None = None
+) -> Rules:
     """Per-call T = tau * std(z) of each gated call's input on a batch (networks without BatchNorm).
 
     A project option, not from the paper: the paper's ImageNet models put BatchNorm before every

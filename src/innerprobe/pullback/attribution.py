@@ -18,6 +18,7 @@ own names (``steps``, ``baseline``, ``chunk_size``) stay as aliases. Targets: se
 :mod:`innerprobe.pullback.targets`. Attribution runs in eval mode (a train-mode model is warned
 about and restored after), works inside ``torch.no_grad()``, and leaves the model as it came.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,27 +56,38 @@ def _check_model(model) -> None:
     check_model(model)
     for p in list(model.parameters())[:1] + list(model.buffers())[:1]:
         if p.is_inference():
-            raise ModelError("the model's parameters were created under torch.inference_mode(), so no gradient can flow through them",
-                             hint="build or load the model outside torch.inference_mode()")
+            raise ModelError(
+                "the model's parameters were created under torch.inference_mode(), so no gradient can flow through them",
+                hint="build or load the model outside torch.inference_mode()",
+            )
 
 
 def _check_inputs(inputs, model: nn.Module | None = None, *, tokens_ok: bool = False) -> torch.Tensor:
     if isinstance(inputs, torch.Tensor) and inputs.is_inference():
-        raise ConfigError("the inputs are inference-mode tensors (created under torch.inference_mode()); gradients cannot be "
-                          "taken w.r.t. them", hint="create the inputs outside torch.inference_mode() (torch.no_grad() is fine), "
-                                                    "or pass inputs.clone() made outside it")
+        raise ConfigError(
+            "the inputs are inference-mode tensors (created under torch.inference_mode()); gradients cannot be "
+            "taken w.r.t. them",
+            hint="create the inputs outside torch.inference_mode() (torch.no_grad() is fine), "
+            "or pass inputs.clone() made outside it",
+        )
     x = check_inputs(inputs, model, min_dim=2)
     if not x.is_floating_point() and not tokens_ok:
-        raise ConfigError(f"inputs are {x.dtype} (token ids?) but there is no float layer to attribute to",
-                          hint="for a language model pass layer='<embedding module>' (HF and TransformerLens models find it "
-                               "themselves); for images pass float inputs (x.float())")
+        raise ConfigError(
+            f"inputs are {x.dtype} (token ids?) but there is no float layer to attribute to",
+            hint="for a language model pass layer='<embedding module>' (HF and TransformerLens models find it "
+            "themselves); for images pass float inputs (x.float())",
+        )
     return x
 
 
 def _forward_args(additional_forward_args) -> tuple:
     if additional_forward_args is None:
         return ()
-    return tuple(additional_forward_args) if isinstance(additional_forward_args, (tuple, list)) else (additional_forward_args,)
+    return (
+        tuple(additional_forward_args)
+        if isinstance(additional_forward_args, (tuple, list))
+        else (additional_forward_args,)
+    )
 
 
 def _take_args(args: tuple, idx, n: int) -> tuple:
@@ -84,17 +96,22 @@ def _take_args(args: tuple, idx, n: int) -> tuple:
 
 
 def _repeat_args(args: tuple, k: int, n: int) -> tuple:
-    return tuple(a.repeat(k, *[1] * (a.dim() - 1)) if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == n else a
-                 for a in args)
+    return tuple(
+        a.repeat(k, *[1] * (a.dim() - 1)) if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == n else a
+        for a in args
+    )
 
 
 @contextlib.contextmanager
 def _grad_env(model, *, warn: bool = False):
     """Grad on (also inside no_grad / inference_mode), eval mode, buffers and flags restored on exit."""
     if warn and model.training:
-        warnings.warn("the model is in train mode; attribution runs it in eval mode (dropout off, BatchNorm running "
-                      "statistics) so maps do not depend on the batch or chunk size; its flags are restored afterwards",
-                      PullbackWarning, stacklevel=4)
+        warnings.warn(
+            "the model is in train mode; attribution runs it in eval mode (dropout off, BatchNorm running "
+            "statistics) so maps do not depend on the batch or chunk size; its flags are restored afterwards",
+            PullbackWarning,
+            stacklevel=4,
+        )
     with contextlib.ExitStack() as st:
         st.enter_context(preserved_buffers(model))
         if torch.is_inference_mode_enabled():
@@ -109,9 +126,17 @@ def _merge(coverage: Coverage | None, ctx) -> None:
         coverage.merge(ctx.coverage)
 
 
-def target_gradient(model: nn.Module, inputs: torch.Tensor, target=None, rules: Rules | None = None,
-                    coverage: Coverage | None = None, *, tap: LayerTap | None = None, transform=None,
-                    forward_args: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
+def target_gradient(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target=None,
+    rules: Rules | None = None,
+    coverage: Coverage | None = None,
+    *,
+    tap: LayerTap | None = None,
+    transform=None,
+    forward_args: tuple = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(d score / d inputs -- or d score / d the site value when ``tap`` is given --, logits) for one batch.
 
     The score is the target's raw logit (or logit difference), summed over the batch; ``rules`` are
@@ -133,8 +158,10 @@ def target_gradient(model: nn.Module, inputs: torch.Tensor, target=None, rules: 
             score = t.scores(logits).sum()
             leaf = x if tap is None else tap.leaf
             if not score.requires_grad:
-                raise ModelError("the target score does not depend on the attributed tensor (no gradient path)",
-                                 hint="check that the layer lies between the inputs and the logits")
+                raise ModelError(
+                    "the target score does not depend on the attributed tensor (no gradient path)",
+                    hint="check that the layer lies between the inputs and the logits",
+                )
             (g,) = torch.autograd.grad(score, leaf, allow_unused=True)
             g = torch.zeros_like(leaf) if g is None else g
         _merge(coverage, ctx)
@@ -156,17 +183,28 @@ class Attribution:
 
     name = "attribution"
 
-    def __init__(self, model: nn.Module, *, rules: Rules | None = None, chunk_size: int | None = None, layer=None,
-                 attribute_to_layer_input: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        rules: Rules | None = None,
+        chunk_size: int | None = None,
+        layer=None,
+        attribute_to_layer_input: bool = False,
+    ):
         _check_model(model)
         if rules is not None and not isinstance(rules, Rules):
-            raise ConfigError(f"rules must be a Rules object, got {type(rules).__name__}", hint="use pullback_rules(temperature=0.3)")
+            raise ConfigError(
+                f"rules must be a Rules object, got {type(rules).__name__}", hint="use pullback_rules(temperature=0.3)"
+            )
         self.chunk_size = _check_chunk(chunk_size, "chunk_size")
         self.model = model
         self.rules = rules
         self.layer = layer
         self.attribute_to_layer_input = bool(attribute_to_layer_input)
-        self._tap = LayerTap(model, resolve_layer(model, layer, self.attribute_to_layer_input)) if layer is not None else None
+        self._tap = (
+            LayerTap(model, resolve_layer(model, layer, self.attribute_to_layer_input)) if layer is not None else None
+        )
         self.coverage: Coverage | None = None
         self.layer_values: torch.Tensor | None = None
 
@@ -177,8 +215,9 @@ class Attribution:
     single_pass = False  # one forward on the inputs themselves: the target can be read from that pass's logits
 
     def _grad(self, x, t, args=(), transform=None):
-        return target_gradient(self.model, x, t, self._rules_for(x), self.coverage, tap=self._tap, transform=transform,
-                               forward_args=args)[0]
+        return target_gradient(
+            self.model, x, t, self._rules_for(x), self.coverage, tap=self._tap, transform=transform, forward_args=args
+        )[0]
 
     def _one(self, x: torch.Tensor, t: Target, args: tuple, values: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -187,33 +226,48 @@ class Attribution:
         if self._tap is None and not x.is_floating_point():
             rs = default_layer(self.model)
             if rs is None:
-                raise ConfigError(f"inputs are {x.dtype} (token ids?) but the model has no embedding layer innerprobe can find",
-                                  hint="pass layer='<the embedding module's name>' (or float inputs for an image model)")
+                raise ConfigError(
+                    f"inputs are {x.dtype} (token ids?) but the model has no embedding layer innerprobe can find",
+                    hint="pass layer='<the embedding module's name>' (or float inputs for an image model)",
+                )
             self._tap = LayerTap(self.model, rs)
 
     def _clean(self, x: torch.Tensor, args: tuple, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits, layer values) of the unmodified model, chunked, without grad."""
         logits, values = [], []
         for lo in range(0, x.shape[0], size):
-            xc, ac = x[lo:lo + size], _take_args(args, slice(lo, lo + size), x.shape[0])
-            with torch.no_grad(), (self._tap.active() if self._tap is not None else contextlib.nullcontext()):
+            xc, ac = x[lo : lo + size], _take_args(args, slice(lo, lo + size), x.shape[0])
+            with torch.no_grad(), self._tap.active() if self._tap is not None else contextlib.nullcontext():
                 logits.append(logits_of(call_model(self.model, xc, *ac)).detach())
             if self._tap is not None:
                 values.append(self._tap.value)
         return torch.cat(logits), (torch.cat(values) if values else None)
 
     # ---------------------------------------------------------------- the verb
-    def attribute(self, inputs: torch.Tensor, target=None, *, additional_forward_args=None, internal_batch_size=None,
-                  reduce: str | None = None, **kwargs) -> torch.Tensor:
+    def attribute(
+        self,
+        inputs: torch.Tensor,
+        target=None,
+        *,
+        additional_forward_args=None,
+        internal_batch_size=None,
+        reduce: str | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
         """Attributions for ``inputs`` (captum keywords accepted; see the class docstring)."""
         self._pop_kwargs(kwargs)
         if kwargs:
-            raise ConfigError(f"{type(self).__name__}.attribute got unknown keyword(s) {sorted(kwargs)}",
-                              hint="captum keywords: target, baselines, n_steps, method, internal_batch_size, "
-                                   "return_convergence_delta, additional_forward_args")
+            raise ConfigError(
+                f"{type(self).__name__}.attribute got unknown keyword(s) {sorted(kwargs)}",
+                hint="captum keywords: target, baselines, n_steps, method, internal_batch_size, "
+                "return_convergence_delta, additional_forward_args",
+            )
         if reduce not in REDUCE:
-            raise ConfigError(f"unknown reduce {reduce!r}", hint="None (full map), 'dot' (sum over features of value x map), "
-                                                                 "'sum' (sum of the map), 'norm' (L2 norm per position)")
+            raise ConfigError(
+                f"unknown reduce {reduce!r}",
+                hint="None (full map), 'dot' (sum over features of value x map), "
+                "'sum' (sum of the map), 'norm' (L2 norm per position)",
+            )
         if isinstance(inputs, torch.Tensor):
             self._layer_for(inputs)
         x = _check_inputs(inputs, self.model, tokens_ok=self._tap is not None)
@@ -238,7 +292,9 @@ class Attribution:
         outs = []
         for lo in range(0, x.shape[0], size):
             sl = slice(lo, lo + size)
-            outs.append(self._one(x[sl], t.take(sl), _take_args(args, sl, x.shape[0]), None if values is None else values[sl]))
+            outs.append(
+                self._one(x[sl], t.take(sl), _take_args(args, sl, x.shape[0]), None if values is None else values[sl])
+            )
         return outs
 
     def _single(self, x, target, args, size) -> list[torch.Tensor]:
@@ -274,8 +330,10 @@ def reduce_map(attr: torch.Tensor, values: torch.Tensor, how: str | None) -> tor
     if how is None:
         return attr
     if attr.dim() < 3:
-        raise ConfigError(f"reduce={how!r} needs a map with a feature axis [N, T, d], got shape {tuple(attr.shape)}",
-                          hint="use reduce=None for this model")
+        raise ConfigError(
+            f"reduce={how!r} needs a map with a feature axis [N, T, d], got shape {tuple(attr.shape)}",
+            hint="use reduce=None for this model",
+        )
     if how == "dot":
         if values is None or values.shape != attr.shape or not values.is_floating_point():
             raise ConfigError("reduce='dot' needs the attributed tensor's values", hint="use reduce='sum' or 'norm'")
@@ -314,8 +372,13 @@ class GuidedBackprop(Gradient):
     name = "guided_backprop"
 
     def __init__(self, model, *, chunk_size=None, layer=None, attribute_to_layer_input=False):
-        super().__init__(model, rules=guided_rules(), chunk_size=chunk_size, layer=layer,
-                         attribute_to_layer_input=attribute_to_layer_input)
+        super().__init__(
+            model,
+            rules=guided_rules(),
+            chunk_size=chunk_size,
+            layer=layer,
+            attribute_to_layer_input=attribute_to_layer_input,
+        )
 
 
 class SmoothGrad(Attribution):
@@ -329,9 +392,21 @@ class SmoothGrad(Attribution):
 
     name = "smoothgrad"
 
-    def __init__(self, model, *, n_samples: int = 16, sigma: float = 0.15, seed: int = 0, rules=None, chunk_size=None,
-                 layer=None, attribute_to_layer_input=False):
-        super().__init__(model, rules=rules, chunk_size=chunk_size, layer=layer, attribute_to_layer_input=attribute_to_layer_input)
+    def __init__(
+        self,
+        model,
+        *,
+        n_samples: int = 16,
+        sigma: float = 0.15,
+        seed: int = 0,
+        rules=None,
+        chunk_size=None,
+        layer=None,
+        attribute_to_layer_input=False,
+    ):
+        super().__init__(
+            model, rules=rules, chunk_size=chunk_size, layer=layer, attribute_to_layer_input=attribute_to_layer_input
+        )
         self.n_samples, self.sigma, self.seed = _check_samples(n_samples), _check_sigma(sigma), seed
 
     def _pop_kwargs(self, kwargs):
@@ -346,8 +421,11 @@ class SmoothGrad(Attribution):
     def _noise_for(self, like: torch.Tensor, n_total: int) -> torch.Tensor:
         if self._noise is None:
             gen = torch.Generator(device="cpu").manual_seed(self.seed)
-            self._noise = torch.randn((self._n, n_total, *like.shape[1:]), generator=gen, dtype=like.dtype).to(like.device) * self._sigma
-        noise = self._noise[:, self._offset:self._offset + like.shape[0]]
+            self._noise = (
+                torch.randn((self._n, n_total, *like.shape[1:]), generator=gen, dtype=like.dtype).to(like.device)
+                * self._sigma
+            )
+        noise = self._noise[:, self._offset : self._offset + like.shape[0]]
         return noise
 
     def attribute(self, inputs, target=None, **kwargs):
@@ -382,7 +460,10 @@ def _check_sigma(sigma):
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ConfigError(f"sigma (stdevs) must be a number >= 0, got {sigma!r}", hint="noise std in input units, e.g. 0.15 for images in [0, 1]")
+        raise ConfigError(
+            f"sigma (stdevs) must be a number >= 0, got {sigma!r}",
+            hint="noise std in input units, e.g. 0.15 for images in [0, 1]",
+        )
     return float(sigma)
 
 
@@ -423,10 +504,23 @@ class IntegratedGradients(Attribution):
 
     name = "integrated_gradients"
 
-    def __init__(self, model, *, steps: int = 32, baseline: float | torch.Tensor = 0.0, method: str = "riemann_middle",
-                 rules=None, chunk_size=None, layer=None, attribute_to_layer_input=False, n_steps: int | None = None,
-                 baselines=None):
-        super().__init__(model, rules=rules, chunk_size=chunk_size, layer=layer, attribute_to_layer_input=attribute_to_layer_input)
+    def __init__(
+        self,
+        model,
+        *,
+        steps: int = 32,
+        baseline: float | torch.Tensor = 0.0,
+        method: str = "riemann_middle",
+        rules=None,
+        chunk_size=None,
+        layer=None,
+        attribute_to_layer_input=False,
+        n_steps: int | None = None,
+        baselines=None,
+    ):
+        super().__init__(
+            model, rules=rules, chunk_size=chunk_size, layer=layer, attribute_to_layer_input=attribute_to_layer_input
+        )
         self.steps = _check_steps(n_steps if n_steps is not None else steps)
         self.method = _check_method(method)
         self.baseline = baselines if baselines is not None else baseline
@@ -448,20 +542,28 @@ class IntegratedGradients(Attribution):
 
     def _baseline_rows(self, x: torch.Tensor, lo: int) -> torch.Tensor:
         b = self._base
-        b = b.to(x.device) if isinstance(b, torch.Tensor) else torch.as_tensor(b, device=x.device,
-                                                                               dtype=x.dtype if x.is_floating_point() else None)
+        b = (
+            b.to(x.device)
+            if isinstance(b, torch.Tensor)
+            else torch.as_tensor(b, device=x.device, dtype=x.dtype if x.is_floating_point() else None)
+        )
         if not x.is_floating_point() and b.is_floating_point() and bool((b == b.round()).all()):
             b = b.long()  # the default baseline 0.0 is token id 0 for token inputs (as in captum)
         b = b.to(x.dtype) if (x.is_floating_point() or not b.is_floating_point()) else b
         if not x.is_floating_point() and b.is_floating_point():
-            raise ConfigError("token-id inputs need integer baselines (token ids, e.g. a pad token)", hint="baselines=0 or a [N, T] id tensor")
+            raise ConfigError(
+                "token-id inputs need integer baselines (token ids, e.g. a pad token)",
+                hint="baselines=0 or a [N, T] id tensor",
+            )
         if b.dim() > 0 and b.shape[0] == self._n_all and b.shape[0] != x.shape[0] and b.dim() == x.dim():
-            b = b[lo:lo + x.shape[0]]
+            b = b[lo : lo + x.shape[0]]
         try:
             return b.expand_as(x)
         except RuntimeError:
-            raise ConfigError(f"baselines of shape {tuple(b.shape)} do not broadcast to inputs {tuple(x.shape)}",
-                              hint="a number, or a tensor shaped like the inputs (or one input)") from None
+            raise ConfigError(
+                f"baselines of shape {tuple(b.shape)} do not broadcast to inputs {tuple(x.shape)}",
+                hint="a number, or a tensor shaped like the inputs (or one input)",
+            ) from None
 
     def _one(self, x, t, args, values):
         lo = getattr(self, "_lo", 0)
@@ -484,14 +586,14 @@ class IntegratedGradients(Attribution):
             a = a.view(-1, *[1] * (diff.dim() - 1))
             tk, ak = t.repeat(len(ks)), _repeat_args(args, len(ks), n)
             if values is None:
-                xk = (base.repeat(len(ks), *[1] * (x.dim() - 1)) + a * diff.repeat(len(ks), *[1] * (x.dim() - 1)))
+                xk = base.repeat(len(ks), *[1] * (x.dim() - 1)) + a * diff.repeat(len(ks), *[1] * (x.dim() - 1))
                 g = self._grad(xk, tk, ak)
             else:
                 xk = x.repeat(len(ks), *[1] * (x.dim() - 1))
                 path = base.repeat(len(ks), *[1] * (base.dim() - 1)) + a * diff.repeat(len(ks), *[1] * (base.dim() - 1))
                 g = self._grad(xk, tk, ak, transform=lambda v, p=path: p)
             for j, k in enumerate(ks):
-                acc += weights[k] * g[j * n:(j + 1) * n]
+                acc += weights[k] * g[j * n : (j + 1) * n]
         attr = diff * acc
         if self._delta:
             self._deltas.append(self._convergence(x, b, t, args, attr))
@@ -538,27 +640,62 @@ class ExcitationPullback(Gradient):
 
     name = "excitation_pullback"
 
-    def __init__(self, model, temperature: float | None = None, *, gate: str = "logistic", pool: str = "soft",
-                 pool_temperature: float | None = None, pool_detach: bool = False, pool_padding: str | None = None,
-                 gelu_temperature: float | None = None, silu_temperature: float | None = None,
-                 norm=None, attention=None, functional: bool | None = None, preset: str | None = None,
-                 scale: str = "global", rules: Rules | None = None, chunk_size=None, layer=None,
-                 attribute_to_layer_input=False):
+    def __init__(
+        self,
+        model,
+        temperature: float | None = None,
+        *,
+        gate: str = "logistic",
+        pool: str = "soft",
+        pool_temperature: float | None = None,
+        pool_detach: bool = False,
+        pool_padding: str | None = None,
+        gelu_temperature: float | None = None,
+        silu_temperature: float | None = None,
+        norm=None,
+        attention=None,
+        functional: bool | None = None,
+        preset: str | None = None,
+        scale: str = "global",
+        rules: Rules | None = None,
+        chunk_size=None,
+        layer=None,
+        attribute_to_layer_input=False,
+    ):
         if scale not in ("global", "spread"):
-            raise ConfigError(f"unknown temperature scale {scale!r}", hint="'global' (one T for every layer) or 'spread' (T_l = tau * std(z_l))")
+            raise ConfigError(
+                f"unknown temperature scale {scale!r}",
+                hint="'global' (one T for every layer) or 'spread' (T_l = tau * std(z_l))",
+            )
         if rules is None and preset is not None:
-            over = {"temperature": temperature, "pool_temperature": pool_temperature, "pool_padding": pool_padding,
-                    "norm": norm, "attention": attention, "gelu_temperature": gelu_temperature,
-                    "silu_temperature": silu_temperature}
+            over = {
+                "temperature": temperature,
+                "pool_temperature": pool_temperature,
+                "pool_padding": pool_padding,
+                "norm": norm,
+                "attention": attention,
+                "gelu_temperature": gelu_temperature,
+                "silu_temperature": silu_temperature,
+            }
             over = {k: v for k, v in over.items() if v is not None}
             rules = preset_rules(preset, functional=bool(functional), **over)
         elif rules is None:
-            rules = pullback_rules(temperature, gate, pool=pool, pool_temperature=pool_temperature, pool_detach=pool_detach,
-                                   pool_padding=pool_padding or "-inf", norm=norm, attention=attention,
-                                   gelu_temperature=1.0 if gelu_temperature is None else gelu_temperature,
-                                   silu_temperature=1.6 if silu_temperature is None else silu_temperature,
-                                   functional=True if functional is None else functional)
-        super().__init__(model, rules=rules, chunk_size=chunk_size, layer=layer, attribute_to_layer_input=attribute_to_layer_input)
+            rules = pullback_rules(
+                temperature,
+                gate,
+                pool=pool,
+                pool_temperature=pool_temperature,
+                pool_detach=pool_detach,
+                pool_padding=pool_padding or "-inf",
+                norm=norm,
+                attention=attention,
+                gelu_temperature=1.0 if gelu_temperature is None else gelu_temperature,
+                silu_temperature=1.6 if silu_temperature is None else silu_temperature,
+                functional=True if functional is None else functional,
+            )
+        super().__init__(
+            model, rules=rules, chunk_size=chunk_size, layer=layer, attribute_to_layer_input=attribute_to_layer_input
+        )
         probit = gate == "probit" or preset == "successor"
         self.temperature = (0.6 if probit else 0.3) if temperature is None else temperature
         self.scale, self.preset = scale, preset
@@ -602,9 +739,19 @@ class AscentResult:
     config: dict
 
 
-def pullback_ascent(model: nn.Module, inputs: torch.Tensor, target, *, steps: int = 5, step: float | None = None,
-                    radius: float | None = None, rules: Rules | None = None, clamp: tuple[float, float] | None = (0.0, 1.0),
-                    step_rms: float = 0.025, radius_rms: float = 0.13) -> AscentResult:
+def pullback_ascent(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target,
+    *,
+    steps: int = 5,
+    step: float | None = None,
+    radius: float | None = None,
+    rules: Rules | None = None,
+    clamp: tuple[float, float] | None = (0.0, 1.0),
+    step_rms: float = 0.025,
+    radius_rms: float = 0.13,
+) -> AscentResult:
     """L2 projected gradient ascent on the target logit, guided by pullbacks (authors' code, "PGA").
 
     For k = 1..K: g = pullback at x; x <- x + step * g / |g|_2; project x - x0 on the L2 ball of
@@ -642,8 +789,12 @@ def pullback_ascent(model: nn.Module, inputs: torch.Tensor, target, *, steps: in
                 x = x.clamp(*clamp)
         with torch.no_grad():
             traj.append(logits_of(model(x)).detach())
-    return AscentResult(x.detach(), (x - x0).detach(), torch.stack(traj), {"steps": steps, "step": step, "radius": radius,
-                                                                            "rules": rules.to_dict(), "clamp": clamp})
+    return AscentResult(
+        x.detach(),
+        (x - x0).detach(),
+        torch.stack(traj),
+        {"steps": steps, "step": step, "radius": radius, "rules": rules.to_dict(), "clamp": clamp},
+    )
 
 
 class PullbackAscent(Attribution):
@@ -651,14 +802,26 @@ class PullbackAscent(Attribution):
 
     name = "pullback_ascent"
 
-    def __init__(self, model, *, steps: int = 5, step: float | None = None, radius: float | None = None,
-                 rules: Rules | None = None, clamp=(0.0, 1.0), chunk_size=None):
+    def __init__(
+        self,
+        model,
+        *,
+        steps: int = 5,
+        step: float | None = None,
+        radius: float | None = None,
+        rules: Rules | None = None,
+        clamp=(0.0, 1.0),
+        chunk_size=None,
+    ):
         super().__init__(model, rules=rules if rules is not None else pullback_rules(), chunk_size=chunk_size)
         self.kw = {"steps": steps, "step": step, "radius": radius, "clamp": clamp}
 
     def attribute(self, inputs, target=None, **kwargs):
         if kwargs.get("additional_forward_args") is not None:
-            raise ConfigError("PullbackAscent does not take additional_forward_args", hint="wrap the model so it takes the inputs only")
+            raise ConfigError(
+                "PullbackAscent does not take additional_forward_args",
+                hint="wrap the model so it takes the inputs only",
+            )
         _check_inputs(inputs, self.model)
         return super().attribute(inputs, target, **kwargs)
 
@@ -670,7 +833,9 @@ class PullbackAscent(Attribution):
 def LayerIntegratedGradients(model: nn.Module, layer, *, multiply_by_inputs: bool = True, **kw) -> IntegratedGradients:
     """captum's ``LayerIntegratedGradients(forward_func, layer)``: :class:`IntegratedGradients` at ``layer``."""
     if not multiply_by_inputs:
-        raise ConfigError("multiply_by_inputs=False is not supported", hint="IG attributions are multiplied by (value - baseline)")
+        raise ConfigError(
+            "multiply_by_inputs=False is not supported", hint="IG attributions are multiplied by (value - baseline)"
+        )
     return IntegratedGradients(model, layer=layer, **kw)
 
 
@@ -679,10 +844,32 @@ def LayerGradientXActivation(model: nn.Module, layer, *, multiply_by_inputs: boo
     return (InputXGradient if multiply_by_inputs else Gradient)(model, layer=layer, **kw)
 
 
-METHODS = {"gradient": Gradient, "input_x_gradient": InputXGradient, "smoothgrad": SmoothGrad,
-           "integrated_gradients": IntegratedGradients, "guided_backprop": GuidedBackprop,
-           "excitation_pullback": ExcitationPullback, "pullback_ascent": PullbackAscent}
+METHODS = {
+    "gradient": Gradient,
+    "input_x_gradient": InputXGradient,
+    "smoothgrad": SmoothGrad,
+    "integrated_gradients": IntegratedGradients,
+    "guided_backprop": GuidedBackprop,
+    "excitation_pullback": ExcitationPullback,
+    "pullback_ascent": PullbackAscent,
+}
 
-__all__ = ["METHODS", "AscentResult", "Attribution", "ExcitationPullback", "Gradient", "GuidedBackprop", "InputXGradient",
-           "IntegratedGradients", "LayerGradientXActivation", "LayerIntegratedGradients", "LogitDiff", "PullbackAscent",
-           "SmoothGrad", "TokenTarget", "pullback_ascent", "reduce_map", "target_gradient"]
+__all__ = [
+    "METHODS",
+    "AscentResult",
+    "Attribution",
+    "ExcitationPullback",
+    "Gradient",
+    "GuidedBackprop",
+    "InputXGradient",
+    "IntegratedGradients",
+    "LayerGradientXActivation",
+    "LayerIntegratedGradients",
+    "LogitDiff",
+    "PullbackAscent",
+    "SmoothGrad",
+    "TokenTarget",
+    "pullback_ascent",
+    "reduce_map",
+    "target_gradient",
+]

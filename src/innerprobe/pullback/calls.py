@@ -15,6 +15,7 @@ intercepts falls in one of three groups:
 Hand-written activation, norm and attention modules are recognised by class name
 (:func:`module_kind`).
 """
+
 from __future__ import annotations
 
 import re
@@ -38,31 +39,91 @@ def _inplace(i):
     return lambda a, k: bool(_arg(a, k, i, "inplace", False))
 
 
-RELU: dict[Any, Any] = {F.relu: _inplace(1), torch.relu: lambda a, k: False, _T.relu: lambda a, k: False,
-                        torch.relu_: lambda a, k: True, _T.relu_: lambda a, k: True}
+RELU: dict[Any, Any] = {
+    F.relu: _inplace(1),
+    torch.relu: lambda a, k: False,
+    _T.relu: lambda a, k: False,
+    torch.relu_: lambda a, k: True,
+    _T.relu_: lambda a, k: True,
+}
 GATED = {F.gelu: "gelu", F.silu: "silu"}
-CLAMPS = {torch.clamp: False, _T.clamp: False, torch.clamp_min: False, _T.clamp_min: False,
-          torch.clamp_: True, _T.clamp_: True, torch.clamp_min_: True, _T.clamp_min_: True}
+CLAMPS = {
+    torch.clamp: False,
+    _T.clamp: False,
+    torch.clamp_min: False,
+    _T.clamp_min: False,
+    torch.clamp_: True,
+    _T.clamp_: True,
+    torch.clamp_min_: True,
+    _T.clamp_min_: True,
+}
 THRESHOLDS = {F.threshold: _inplace(3), torch.threshold: lambda a, k: False, torch.threshold_: lambda a, k: True}
-POOLS = {F.max_pool2d: ("max_pool2d", 2), torch.max_pool2d: ("max_pool2d", 2), F.max_pool2d_with_indices: ("max_pool2d", 2),
-         F.max_pool1d: ("max_pool1d", 1), torch.max_pool1d: ("max_pool1d", 1), F.max_pool1d_with_indices: ("max_pool1d", 1),
-         F.adaptive_max_pool2d: ("adaptive_max_pool2d", 2), F.adaptive_max_pool2d_with_indices: ("adaptive_max_pool2d", 2),
-         F.adaptive_max_pool1d: ("adaptive_max_pool1d", 1), F.adaptive_max_pool1d_with_indices: ("adaptive_max_pool1d", 1)}
+POOLS = {
+    F.max_pool2d: ("max_pool2d", 2),
+    torch.max_pool2d: ("max_pool2d", 2),
+    F.max_pool2d_with_indices: ("max_pool2d", 2),
+    F.max_pool1d: ("max_pool1d", 1),
+    torch.max_pool1d: ("max_pool1d", 1),
+    F.max_pool1d_with_indices: ("max_pool1d", 1),
+    F.adaptive_max_pool2d: ("adaptive_max_pool2d", 2),
+    F.adaptive_max_pool2d_with_indices: ("adaptive_max_pool2d", 2),
+    F.adaptive_max_pool1d: ("adaptive_max_pool1d", 1),
+    F.adaptive_max_pool1d_with_indices: ("adaptive_max_pool1d", 1),
+}
 NORMS = {F.layer_norm: "layer_norm", F.rms_norm: "rms_norm"}
 SOFTMAX = {F.softmax, torch.softmax, _T.softmax}
 SDPA = {F.scaled_dot_product_attention}
-COUNTED = {F.hardtanh: "hardtanh", F.relu6: "relu6", F.leaky_relu: "leaky_relu", F.elu: "elu", F.selu: "selu",
-           F.celu: "celu", F.softplus: "softplus", F.mish: "mish", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid",
-           torch.prelu: "prelu", F.rrelu: "rrelu", F.glu: "glu", F.logsigmoid: "logsigmoid", F.softsign: "softsign",
-           torch.tanh: "tanh", _T.tanh: "tanh", torch.sigmoid: "sigmoid", _T.sigmoid: "sigmoid",
-           F.max_pool3d: "max_pool3d", torch.max_pool3d: "max_pool3d", F.adaptive_max_pool3d: "adaptive_max_pool3d",
-           F.fractional_max_pool2d: "fractional_max_pool2d", F.fractional_max_pool3d: "fractional_max_pool3d",
-           F.lp_pool1d: "lp_pool1d", F.lp_pool2d: "lp_pool2d", F.group_norm: "group_norm",
-           F.multi_head_attention_forward: "multi_head_attention"}
-STATS = {torch.mean, _T.mean, torch.var, _T.var, torch.std, _T.std, torch.var_mean, torch.std_mean, torch.rsqrt,
-         _T.rsqrt, torch.sqrt, _T.sqrt, torch.norm, _T.norm}
-WHY = {"hardtanh": "ReLU6 / Hardtanh: no rule (saturating, not a ReLU)", "multi_head_attention":
-       "nn.MultiheadAttention's fused forward: no surrogate", "group_norm": "GroupNorm: no surrogate"}
+COUNTED = {
+    F.hardtanh: "hardtanh",
+    F.relu6: "relu6",
+    F.leaky_relu: "leaky_relu",
+    F.elu: "elu",
+    F.selu: "selu",
+    F.celu: "celu",
+    F.softplus: "softplus",
+    F.mish: "mish",
+    F.hardswish: "hardswish",
+    F.hardsigmoid: "hardsigmoid",
+    torch.prelu: "prelu",
+    F.rrelu: "rrelu",
+    F.glu: "glu",
+    F.logsigmoid: "logsigmoid",
+    F.softsign: "softsign",
+    torch.tanh: "tanh",
+    _T.tanh: "tanh",
+    torch.sigmoid: "sigmoid",
+    _T.sigmoid: "sigmoid",
+    F.max_pool3d: "max_pool3d",
+    torch.max_pool3d: "max_pool3d",
+    F.adaptive_max_pool3d: "adaptive_max_pool3d",
+    F.fractional_max_pool2d: "fractional_max_pool2d",
+    F.fractional_max_pool3d: "fractional_max_pool3d",
+    F.lp_pool1d: "lp_pool1d",
+    F.lp_pool2d: "lp_pool2d",
+    F.group_norm: "group_norm",
+    F.multi_head_attention_forward: "multi_head_attention",
+}
+STATS = {
+    torch.mean,
+    _T.mean,
+    torch.var,
+    _T.var,
+    torch.std,
+    _T.std,
+    torch.var_mean,
+    torch.std_mean,
+    torch.rsqrt,
+    _T.rsqrt,
+    torch.sqrt,
+    _T.sqrt,
+    torch.norm,
+    _T.norm,
+}
+WHY = {
+    "hardtanh": "ReLU6 / Hardtanh: no rule (saturating, not a ReLU)",
+    "multi_head_attention": "nn.MultiheadAttention's fused forward: no surrogate",
+    "group_norm": "GroupNorm: no surrogate",
+}
 
 
 def classify(func, args, kwargs) -> tuple[str, bool] | None:
@@ -81,7 +142,11 @@ def classify(func, args, kwargs) -> tuple[str, bool] | None:
             return POOLS[func][0], False
         if func in CLAMPS:
             lo = _arg(args, kwargs, 1, "min")
-            hi = _arg(args, kwargs, 2, "max") if func not in (torch.clamp_min, _T.clamp_min, torch.clamp_min_, _T.clamp_min_) else None
+            hi = (
+                _arg(args, kwargs, 2, "max")
+                if func not in (torch.clamp_min, _T.clamp_min, torch.clamp_min_, _T.clamp_min_)
+                else None
+            )
             if isinstance(lo, (int, float)) and lo == 0 and hi is None:
                 return "relu", CLAMPS[func]
             return None
@@ -116,8 +181,14 @@ def pool_kwargs(func, args, kwargs, z) -> tuple[dict | None, str]:
         if any(o < 1 or s % o for o, s in zip(out, size)):
             return None, f"adaptive max-pool to {tuple(out)} on {tuple(size)}: windows of unequal size, no surrogate"
         k = tuple(s // o for o, s in zip(out, size))
-        d = {"kernel_size": k, "stride": k, "padding": (0,) * nd, "dilation": (1,) * nd, "ceil_mode": False,
-             "return_indices": bool(_arg(args, kwargs, 2, "return_indices", False) or "with_indices" in func.__name__)}
+        d = {
+            "kernel_size": k,
+            "stride": k,
+            "padding": (0,) * nd,
+            "dilation": (1,) * nd,
+            "ceil_mode": False,
+            "return_indices": bool(_arg(args, kwargs, 2, "return_indices", False) or "with_indices" in func.__name__),
+        }
     else:
         names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
         d = dict(zip(names, args))
@@ -126,12 +197,21 @@ def pool_kwargs(func, args, kwargs, z) -> tuple[dict | None, str]:
         k = one(d["kernel_size"])
         s = d.get("stride")
         s = k if s is None or (isinstance(s, (list, tuple)) and len(s) == 0) else one(s)
-        d = {"kernel_size": k, "stride": s, "padding": one(d.get("padding", 0)), "dilation": one(d.get("dilation", 1)),
-             "ceil_mode": bool(d.get("ceil_mode", False)),
-             "return_indices": bool(d.get("return_indices", False) or "with_indices" in getattr(func, "__name__", ""))}
+        d = {
+            "kernel_size": k,
+            "stride": s,
+            "padding": one(d.get("padding", 0)),
+            "dilation": one(d.get("dilation", 1)),
+            "ceil_mode": bool(d.get("ceil_mode", False)),
+            "return_indices": bool(d.get("return_indices", False) or "with_indices" in getattr(func, "__name__", "")),
+        }
     if nd == 1:  # a 1-D pool is a 2-D pool over [..., 1, L]
-        d.update(kernel_size=(1, *d["kernel_size"]), stride=(1, *d["stride"]), padding=(0, *d["padding"]),
-                 dilation=(1, *d["dilation"]))
+        d.update(
+            kernel_size=(1, *d["kernel_size"]),
+            stride=(1, *d["stride"]),
+            padding=(0, *d["padding"]),
+            dilation=(1, *d["dilation"]),
+        )
     d["unsqueeze"] = nd == 1
     return d, ""
 
@@ -140,7 +220,16 @@ def pool_kwargs(func, args, kwargs, z) -> tuple[dict | None, str]:
 _ACT_GELU = re.compile(r"gelu", re.IGNORECASE)
 _ACT_SILU = re.compile(r"silu|swish", re.IGNORECASE)
 _NORM = re.compile(r"(rms|layer)_?norm", re.IGNORECASE)
-_TORCH_CALLS_F = (nn.ReLU, nn.GELU, nn.SiLU, nn.LayerNorm, nn.RMSNorm, nn.MaxPool1d, nn.MaxPool2d, nn.MultiheadAttention)
+_TORCH_CALLS_F = (
+    nn.ReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.LayerNorm,
+    nn.RMSNorm,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MultiheadAttention,
+)
 
 
 def module_kind(module: nn.Module) -> str | None:

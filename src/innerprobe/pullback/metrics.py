@@ -16,6 +16,7 @@ Per-image scores are returned as 1-D tensors (one value per image) so methods ca
 * :func:`cascading_randomisation` -- Adebayo et al. 2018, Sec. 3.1; :func:`random_logit` --
   Sixt et al. 2020, Sec. 5.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,12 +47,15 @@ def _expand_pixels(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _logits(model: nn.Module, x: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    return torch.cat([logits_of(model(x[i:i + chunk_size])) for i in range(0, x.shape[0], chunk_size)])
+    return torch.cat([logits_of(model(x[i : i + chunk_size])) for i in range(0, x.shape[0], chunk_size)])
 
 
 def _check(x: torch.Tensor, attr: torch.Tensor, target) -> torch.Tensor:
     if attr.shape != x.shape:
-        raise ConfigError(f"attribution shape {tuple(attr.shape)} differs from input shape {tuple(x.shape)}", hint="pass one map per input, shaped like it")
+        raise ConfigError(
+            f"attribution shape {tuple(attr.shape)} differs from input shape {tuple(x.shape)}",
+            hint="pass one map per input, shaped like it",
+        )
     t = torch.as_tensor(target).long().reshape(-1)
     return t.expand(x.shape[0]) if t.numel() == 1 else t
 
@@ -76,7 +80,7 @@ def _curve_auc(model, x, attr, target, steps, baseline, insert, chunk_size, seed
     counts = [round(p * k / steps) for k in range(steps + 1)]
     rows_per = max(1, chunk_size // (steps + 1))
     for i in range(0, n, rows_per):
-        xs, bs, os_ = x[i:i + rows_per], base[i:i + rows_per], order[i:i + rows_per]
+        xs, bs, os_ = x[i : i + rows_per], base[i : i + rows_per], order[i : i + rows_per]
         m = xs.shape[0]
         batch = []
         for k in counts:
@@ -85,17 +89,21 @@ def _curve_auc(model, x, attr, target, steps, baseline, insert, chunk_size, seed
             mask = _expand_pixels(mask, xs)
             batch.append(torch.where(mask, xs, bs) if insert else torch.where(mask, bs, xs))
         out = _logits(model, torch.cat(batch), chunk_size).softmax(-1)
-        tt = t[i:i + m].repeat(len(counts))
-        probs[i:i + m] = out.gather(1, tt[:, None]).view(len(counts), m).T
+        tt = t[i : i + m].repeat(len(counts))
+        probs[i : i + m] = out.gather(1, tt[:, None]).view(len(counts), m).T
     return torch.trapezoid(probs, dx=1.0 / steps, dim=1)
 
 
-def deletion_auc(model, x, attr, target, *, steps: int = 16, baseline: float = 0.0, chunk_size: int = 512, seed: int = 0) -> torch.Tensor:
+def deletion_auc(
+    model, x, attr, target, *, steps: int = 16, baseline: float = 0.0, chunk_size: int = 512, seed: int = 0
+) -> torch.Tensor:
     """Per-image AUC of the target's softmax as top-attributed pixels are set to ``baseline`` (lower is better)."""
     return _curve_auc(model, x, attr, target, steps, baseline, False, chunk_size, seed)
 
 
-def insertion_auc(model, x, attr, target, *, steps: int = 16, baseline: float = 0.0, chunk_size: int = 512, seed: int = 0) -> torch.Tensor:
+def insertion_auc(
+    model, x, attr, target, *, steps: int = 16, baseline: float = 0.0, chunk_size: int = 512, seed: int = 0
+) -> torch.Tensor:
     """Per-image AUC of the target's softmax as top-attributed pixels are inserted into ``baseline`` (higher is better)."""
     return _curve_auc(model, x, attr, target, steps, baseline, True, chunk_size, seed)
 
@@ -122,18 +130,28 @@ def _perturbed_drop(model, x, target, masks, baseline, chunk_size) -> torch.Tens
     drops = torch.empty(n, s)
     rows_per = max(1, chunk_size // s)
     for i in range(0, n, rows_per):
-        xs, bs, ms = x[i:i + rows_per], base[i:i + rows_per], masks[i:i + rows_per]
+        xs, bs, ms = x[i : i + rows_per], base[i : i + rows_per], masks[i : i + rows_per]
         m = xs.shape[0]
         xr, br = _repeat_rows(xs, m, s), _repeat_rows(bs, m, s)
         mr = _expand_pixels(ms.reshape(m * s, p), xr)
         out = _logits(model, torch.where(mr, br, xr), chunk_size)
-        f = out.gather(1, t[i:i + m].repeat_interleave(s)[:, None])[:, 0].view(m, s)
-        drops[i:i + m] = f0[i:i + m, None] - f
+        f = out.gather(1, t[i : i + m].repeat_interleave(s)[:, None])[:, 0].view(m, s)
+        drops[i : i + m] = f0[i : i + m, None] - f
     return drops
 
 
-def faithfulness_correlation(model, x, attr, target, *, n_subsets: int = 32, subset_frac: float = 0.125, baseline: float = 0.0,
-                             chunk_size: int = 512, seed: int = 0) -> torch.Tensor:
+def faithfulness_correlation(
+    model,
+    x,
+    attr,
+    target,
+    *,
+    n_subsets: int = 32,
+    subset_frac: float = 0.125,
+    baseline: float = 0.0,
+    chunk_size: int = 512,
+    seed: int = 0,
+) -> torch.Tensor:
     """Per-image Pearson corr over random pixel subsets S of (sum_S A_i, f(x) - f(x_S = baseline)) (Bhatt et al. 2020)."""
     t = _check(x, attr, target)
     a = _pixels(attr).float()
@@ -148,12 +166,23 @@ def faithfulness_correlation(model, x, attr, target, *, n_subsets: int = 32, sub
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a = a - a.mean(-1, keepdim=True)
     b = b - b.mean(-1, keepdim=True)
-    den = (a.norm(dim=-1) * b.norm(dim=-1))
+    den = a.norm(dim=-1) * b.norm(dim=-1)
     return torch.where(den > 0, (a * b).sum(-1) / den.clamp_min(1e-30), torch.full_like(den, float("nan")))
 
 
-def infidelity(model, x, attr, target, *, n_perturb: int = 32, patch: int | None = None, baseline: float = 0.0,
-               chunk_size: int = 512, seed: int = 0, relative: bool = True) -> torch.Tensor:
+def infidelity(
+    model,
+    x,
+    attr,
+    target,
+    *,
+    n_perturb: int = 32,
+    patch: int | None = None,
+    baseline: float = 0.0,
+    chunk_size: int = 512,
+    seed: int = 0,
+    relative: bool = True,
+) -> torch.Tensor:
     """Optimal-scaling infidelity (Yeh et al. 2019, Eq. 2 with beta* = sum(s df) / sum(s^2)), per image.
 
     Perturbations I set a random square patch (side ``patch``, default ~ a quarter of the image
@@ -181,7 +210,7 @@ def infidelity(model, x, attr, target, *, n_perturb: int = 32, patch: int | None
     beta = (s * drops).sum(-1) / (s * s).sum(-1).clamp_min(1e-30)
     err = ((beta[:, None] * s - drops) ** 2).mean(-1)
     if relative:
-        err = err / (drops ** 2).mean(-1).clamp_min(1e-30)
+        err = err / (drops**2).mean(-1).clamp_min(1e-30)
     return err
 
 
@@ -192,7 +221,10 @@ def localisation(attr: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tens
     a = _pixels(attr).float()
     m = _pixels(mask.to(attr.dtype)).bool() if mask.dim() == attr.dim() else mask.flatten(1).bool()
     if m.shape != a.shape:
-        raise ConfigError(f"mask has {m.shape[1]} pixels per image, attribution {a.shape[1]}", hint="pass a [N, H, W] or input-shaped bool mask")
+        raise ConfigError(
+            f"mask has {m.shape[1]} pixels per image, attribution {a.shape[1]}",
+            hint="pass a [N, H, W] or input-shaped bool mask",
+        )
     pos = a.clamp(min=0)
     mass = (pos * m).sum(1) / pos.sum(1).clamp_min(1e-30)
     k = m.sum(1)
@@ -218,8 +250,14 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _pearson(ra, rb)
 
 
-def cascading_randomisation(model: nn.Module, x: torch.Tensor, target, attribute: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
-                            *, seed: int = 0) -> list[dict]:
+def cascading_randomisation(
+    model: nn.Module,
+    x: torch.Tensor,
+    target,
+    attribute: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    seed: int = 0,
+) -> list[dict]:
     """Adebayo et al. 2018: re-initialise layers from the output down, cumulatively, on a *copy*.
 
     ``attribute(model, x, target)`` returns maps. Returns one row per randomised layer with the mean
@@ -228,7 +266,11 @@ def cascading_randomisation(model: nn.Module, x: torch.Tensor, target, attribute
     t = _check(x, x, target)
     ref = _pixels(attribute(model, x, t)).abs()
     m = copy.deepcopy(model)
-    layers = [(n, mod) for n, mod in m.named_modules() if hasattr(mod, "reset_parameters") and any(True for _ in mod.parameters(recurse=False))]
+    layers = [
+        (n, mod)
+        for n, mod in m.named_modules()
+        if hasattr(mod, "reset_parameters") and any(True for _ in mod.parameters(recurse=False))
+    ]
     rows = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -240,7 +282,14 @@ def cascading_randomisation(model: nn.Module, x: torch.Tensor, target, attribute
     return rows
 
 
-def random_logit(attribute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, target, n_classes: int, *, seed: int = 0) -> torch.Tensor:
+def random_logit(
+    attribute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    target,
+    n_classes: int,
+    *,
+    seed: int = 0,
+) -> torch.Tensor:
     """Sixt et al. 2020: per-image Pearson similarity between the map for ``target`` and for a random other class.
 
     High similarity means the explanation ignores which logit is explained (Guided Backprop's failure).
@@ -278,7 +327,7 @@ def paired_bootstrap(a, b=None, *, n_boot: int = 2000, seed: int = 0, ci: float 
         b = min(block, n_boot - b0)
         si = rng.integers(0, s, (b, s))[:, :, None]
         ii = rng.integers(0, n, (b, s, n))
-        stats[b0:b0 + b] = dz[si, ii].sum((1, 2)) / np.maximum(vf[si, ii].sum((1, 2)), 1)
+        stats[b0 : b0 + b] = dz[si, ii].sum((1, 2)) / np.maximum(vf[si, ii].sum((1, 2)), 1)
     lo, hi = np.quantile(stats, [(1 - ci) / 2, 1 - (1 - ci) / 2])
     return {"mean": float(dz.sum() / valid.sum()), "lo": float(lo), "hi": float(hi), "n_seeds": s, "n_images": n}
 

@@ -17,6 +17,7 @@ is offered as the known-failing control of the sanity checks.
 Every rule acts *per call* through a custom ``autograd.Function`` that saves the gate (not z), so
 in-place activations and modules called at several sites gate on the right pre-activation.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,20 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 
-OPS = ("relu", "gelu", "silu", "max_pool2d", "max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool1d",
-       "layer_norm", "rms_norm", "norm_module", "attention_softmax", "sdpa")
+OPS = (
+    "relu",
+    "gelu",
+    "silu",
+    "max_pool2d",
+    "max_pool1d",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool1d",
+    "layer_norm",
+    "rms_norm",
+    "norm_module",
+    "attention_softmax",
+    "sdpa",
+)
 
 
 def _check_T(T: float, what: str = "temperature") -> float:
@@ -38,7 +51,10 @@ def _check_T(T: float, what: str = "temperature") -> float:
     except (TypeError, ValueError):
         raise ConfigError(f"{what} must be a positive number, got {T!r}", hint="e.g. temperature=0.3") from None
     if not (T > 0 and math.isfinite(T)):
-        raise ConfigError(f"{what} must be a positive finite number, got {T}", hint="T -> 0 is the plain gradient: use HardGate() for that; e.g. temperature=0.3")
+        raise ConfigError(
+            f"{what} must be a positive finite number, got {T}",
+            hint="T -> 0 is the plain gradient: use HardGate() for that; e.g. temperature=0.3",
+        )
     return T
 
 
@@ -99,12 +115,20 @@ class _SoftMaxPoolFn(torch.autograd.Function):
     def backward(ctx, grad):
         x, out = ctx.saved_tensors
         kernel, stride, padding, dilation, T, detach, pad = ctx.cfg
-        if (tuple(kernel) == tuple(stride) and tuple(padding) == (0, 0) and tuple(dilation) == (1, 1)
-                and out.shape[-2] * kernel[0] <= x.shape[-2] and out.shape[-1] * kernel[1] <= x.shape[-1]):
+        if (
+            tuple(kernel) == tuple(stride)
+            and tuple(padding) == (0, 0)
+            and tuple(dilation) == (1, 1)
+            and out.shape[-2] * kernel[0] <= x.shape[-2]
+            and out.shape[-1] * kernel[1] <= x.shape[-1]
+        ):
             gx = _tiled_backward(x, out, grad, kernel, T, detach)
         else:
             gx = None
-            if detach and tuple(dilation) == (1, 1):  # measured faster for detached weights; the full variant is faster per offset
+            if detach and tuple(dilation) == (
+                1,
+                1,
+            ):  # measured faster for detached weights; the full variant is faster per offset
                 gx = _shifted_backward(x, out, grad, kernel, stride, padding, ctx.ceil_mode, T, detach, pad)
             if gx is None:  # dilated windows, or values so spread that a per-channel shift would underflow
                 gx = _offset_backward(x, out, grad, kernel, stride, padding, dilation, T, detach, pad)
@@ -142,11 +166,13 @@ def _shifted_backward(x, out, grad, kernel, stride, padding, ceil, T, detach, pa
     if zero_pad:  # the authors' zero-padded windows: each padded cell adds exp((0 - M) / T)
         ones = torch.ones((1, 1, *x.shape[-2:]), dtype=x.dtype, device=x.device)
         real = _sumpool(ones, kernel, stride, padding, ceil)
-        inside = _sumpool(F.pad(ones, (padding[1], padding[1], padding[0], padding[0]), value=1.0), kernel, stride, (0, 0), ceil)
+        inside = _sumpool(
+            F.pad(ones, (padding[1], padding[1], padding[0], padding[0]), value=1.0), kernel, stride, (0, 0), ceil
+        )
         if inside.shape != real.shape:
             return None
         s = s + (inside - real) * (-M).mul(1.0 / T).exp()
-    if not bool((s > torch.finfo(x.dtype).tiny * 2.0 ** 24).all()):
+    if not bool((s > torch.finfo(x.dtype).tiny * 2.0**24).all()):
         return None
     a = grad / s
     if detach:
@@ -163,7 +189,7 @@ def _window_views(xp, kernel, stride, dilation, ho, wo):
     for dy in range(kh):
         for dx in range(kw):
             y0, x0 = dy * dh, dx * dw
-            yield (y0, x0), xp[..., y0:y0 + sh * (ho - 1) + 1:sh, x0:x0 + sw * (wo - 1) + 1:sw]
+            yield (y0, x0), xp[..., y0 : y0 + sh * (ho - 1) + 1 : sh, x0 : x0 + sw * (wo - 1) + 1 : sw]
 
 
 def _offset_backward(x, out, grad, kernel, stride, padding, dilation, T, detach, pad):
@@ -177,8 +203,8 @@ def _offset_backward(x, out, grad, kernel, stride, padding, dilation, T, detach,
     low = float(x.min()) - 1000.0 * T
     xp = x.new_full((n, c, hp, wp), low)
     if pad != -math.inf:
-        xp[..., :h + 2 * ph, :w + 2 * pw] = pad
-    xp[..., ph:ph + h, pw:pw + w] = x
+        xp[..., : h + 2 * ph, : w + 2 * pw] = pad
+    xp[..., ph : ph + h, pw : pw + w] = x
     # the window max: the hard output, or the padding value where it is larger (zero padding)
     m = out if pad == -math.inf else F.max_pool2d(xp, kernel, stride, 0, dilation)
     m = m[..., :ho, :wo]
@@ -198,8 +224,8 @@ def _offset_backward(x, out, grad, kernel, stride, padding, dilation, T, detach,
     gxp = torch.zeros_like(xp)
     for e, ((y0, x0), v) in zip(es, views):
         gk = e.mul_(g) if detach else e.mul_(torch.addcmul(a, b, v))
-        gxp[..., y0:y0 + sh * (ho - 1) + 1:sh, x0:x0 + sw * (wo - 1) + 1:sw] += gk
-    return gxp[..., ph:ph + h, pw:pw + w]
+        gxp[..., y0 : y0 + sh * (ho - 1) + 1 : sh, x0 : x0 + sw * (wo - 1) + 1 : sw] += gk
+    return gxp[..., ph : ph + h, pw : pw + w]
 
 
 def _tiled_backward(x, out, grad, kernel, T, detach):
@@ -208,7 +234,12 @@ def _tiled_backward(x, out, grad, kernel, T, detach):
     n, c, h, w = x.shape
     kh, kw = kernel
     ho, wo = out.shape[-2:]
-    xs = x[..., :ho * kh, :wo * kw].reshape(n, c, ho, kh, wo, kw).permute(0, 1, 3, 5, 2, 4).reshape(n, c, kh * kw, ho * wo)
+    xs = (
+        x[..., : ho * kh, : wo * kw]
+        .reshape(n, c, ho, kh, wo, kw)
+        .permute(0, 1, 3, 5, 2, 4)
+        .reshape(n, c, kh * kw, ho * wo)
+    )
     e = (xs - out.reshape(n, c, 1, ho * wo)).mul_(1.0 / T).exp_()  # the window max is the forward output
     s = e.sum(2, keepdim=True)
     g = grad.reshape(n, c, 1, ho * wo)
@@ -342,8 +373,10 @@ class MaxPoolSurrogate(Rule):
     def __post_init__(self):
         _check_T(self.temperature, "max-pool temperature")
         if self.padding not in POOL_PADDING:
-            raise ConfigError(f"unknown pool padding {self.padding!r}",
-                              hint="'-inf' (like max-pooling, the default) or 'zero' (the authors' code)")
+            raise ConfigError(
+                f"unknown pool padding {self.padding!r}",
+                hint="'-inf' (like max-pooling, the default) or 'zero' (the authors' code)",
+            )
 
     @property
     def name(self) -> str:
@@ -356,8 +389,17 @@ class MaxPoolSurrogate(Rule):
         x = z.unsqueeze(-2) if k["unsqueeze"] else z  # a 1-D pool as a 2-D pool of height 1
         batched = x.dim() == 4
         x = x if batched else x.unsqueeze(0)  # unbatched [C, H, W]
-        out = _SoftMaxPoolFn.apply(x, k["kernel_size"], k["stride"], k["padding"], k["dilation"], k["ceil_mode"], T,
-                                   self.detach_weights, POOL_PADDING[self.padding])
+        out = _SoftMaxPoolFn.apply(
+            x,
+            k["kernel_size"],
+            k["stride"],
+            k["padding"],
+            k["dilation"],
+            k["ceil_mode"],
+            T,
+            self.detach_weights,
+            POOL_PADDING[self.padding],
+        )
         out = out if batched else out.squeeze(0)
         return out.squeeze(-2) if k["unsqueeze"] else out
 

@@ -9,6 +9,7 @@ its own (headline values and tables), so every result written below the folder i
 Nothing is fetched from the network when the page is opened; a missing figure becomes a visible
 note in its place.
 """
+
 from __future__ import annotations
 
 import base64
@@ -93,8 +94,11 @@ def _load_section(path: Path, root: Path) -> LoadedSection:
     try:
         return LoadedSection(Section.load(path), path.parent, path)
     except (OSError, ValueError, TypeError, UnicodeError) as e:
-        sec = Section(title=f"Unreadable section: {path.relative_to(root)}", order=0,
-                      paragraphs=[f"This section.json could not be read: {e}"])
+        sec = Section(
+            title=f"Unreadable section: {path.relative_to(root)}",
+            order=0,
+            paragraphs=[f"This section.json could not be read: {e}"],
+        )
         return LoadedSection(sec, path.parent, path, problems=[str(e)])
 
 
@@ -125,8 +129,10 @@ def collect_sections(root: str | Path) -> list[LoadedSection]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"report folder {str(root)!r} does not exist or is not a folder",
-                        hint="pass the folder a study or 'innerprobe demo --out DIR' wrote")
+        raise DataError(
+            f"report folder {str(root)!r} does not exist or is not a folder",
+            hint="pass the folder a study or 'innerprobe demo --out DIR' wrote",
+        )
     out = [_load_section(path, root) for path in _walk(root, name="section.json")]
     covered = {s.source.parent for s in out}
     for path in _walk(root, suffix=".json"):
@@ -252,15 +258,20 @@ def _rows_table(rows: list[dict]) -> str:
         cells += [cond] if "condition" in cols else []
         cells += [value] + ([_interval(r)] if with_ci else []) + [n_text]
         first_num = len(cells) - (3 if with_ci else 2)
-        body.append("<tr>" + "".join(f"<td{' class=num' if i >= first_num else ''}>{html.escape(c)}</td>"
-                                     for i, c in enumerate(cells)) + "</tr>")
+        body.append(
+            "<tr>"
+            + "".join(f"<td{' class=num' if i >= first_num else ''}>{html.escape(c)}</td>" for i, c in enumerate(cells))
+            + "</tr>"
+        )
     if len(models) == 1:
         caption = f"Headline figures ({html.escape(models.pop())})"
     else:
         caption = "Headline figures"
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    return (f'<div class="tablewrap headline"><table><caption>{caption}</caption><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>")
+    return (
+        f'<div class="tablewrap headline"><table><caption>{caption}</caption><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def _table_html(t: dict) -> str:
@@ -288,7 +299,9 @@ def _table_html(t: dict) -> str:
     if not fold:
         return inner
     cap = _inline(t.get("caption") or "Table")
-    return f'<details class="fold"><summary>{cap} <span class="note">({len(rows)} rows)</span></summary>{inner}</details>'
+    return (
+        f'<details class="fold"><summary>{cap} <span class="note">({len(rows)} rows)</span></summary>{inner}</details>'
+    )
 
 
 def _compress(data: bytes) -> bytes:
@@ -321,8 +334,10 @@ def _figure_html(fig: dict, folder: Path, root: Path, problems: list[str]) -> st
     if not name or not inside or not path.is_file():
         shown = html.escape(str((folder / name).relative_to(root)) if inside and name else name or "(no file name)")
         problems.append(f"missing figure {shown}")
-        return (f'<figure class="missing"><div class="missingbox">Figure not found: <code>{shown}</code></div>'
-                f"<figcaption>{caption}</figcaption></figure>")
+        return (
+            f'<figure class="missing"><div class="missingbox">Figure not found: <code>{shown}</code></div>'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
     data = path.read_bytes()
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         mime, data = "image/png", _compress(data)
@@ -332,11 +347,15 @@ def _figure_html(fig: dict, folder: Path, root: Path, problems: list[str]) -> st
         mime = "image/jpeg"
     else:
         problems.append(f"figure {name} is not a PNG/JPEG/SVG")
-        return (f'<figure class="missing"><div class="missingbox">Not an image: <code>{html.escape(name)}</code></div>'
-                f"<figcaption>{caption}</figcaption></figure>")
+        return (
+            f'<figure class="missing"><div class="missingbox">Not an image: <code>{html.escape(name)}</code></div>'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
     b64 = base64.b64encode(data).decode("ascii")
-    return (f'<figure><img alt="{html.escape(fig.get("caption", "") or name)}" src="data:{mime};base64,{b64}">'
-            f"<figcaption>{caption}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{html.escape(fig.get("caption", "") or name)}" src="data:{mime};base64,{b64}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
 
 
 _CSS = """
@@ -409,8 +428,10 @@ def _section_html(s: LoadedSection, root: Path) -> str:
     failed = sec.title.lower().startswith("failed")
     title = _inline(s.display_title or sec.title)
     opened = " open" if sec.open or failed else ""
-    parts = [f'<section class="card{" failed" if failed else ""}" id="{s.anchor}"><details{opened}>',
-             f"<summary><h2>{title}</h2></summary>"]
+    parts = [
+        f'<section class="card{" failed" if failed else ""}" id="{s.anchor}"><details{opened}>',
+        f"<summary><h2>{title}</h2></summary>",
+    ]
     src = f"from <code>{html.escape(str(s.source.relative_to(root)))}</code>"
     run = _run_line(sec.run or {})
     parts.append(f'<p class="src">{src}{" · " + run if run else ""}</p>')
@@ -432,8 +453,10 @@ def _section_html(s: LoadedSection, root: Path) -> str:
         parts.append("</div>")
         if len(figs) > FIGS_SHOWN:
             more = "".join(_figure_html(f, s.folder, root, s.problems) for f in figs[FIGS_SHOWN:])
-            parts.append(f'<details class="fold"><summary>{len(figs) - FIGS_SHOWN} more figures</summary>'
-                         f'<div class="flow">{more}</div></details>')
+            parts.append(
+                f'<details class="fold"><summary>{len(figs) - FIGS_SHOWN} more figures</summary>'
+                f'<div class="flow">{more}</div></details>'
+            )
     parts.append('<p class="top"><a href="#top">back to the top</a></p></details></section>')
     return "\n".join(parts)
 
@@ -442,23 +465,32 @@ def _footer(sections: list[LoadedSection], root: Path, made: str, v: dict) -> li
     rows = []
     for s in sections:
         extra = "; ".join(html.escape(p) for p in s.problems)
-        rows.append(f"<tr><td><code>{html.escape(str(s.source.relative_to(root)))}</code></td>"
-                    f"<td>{_inline(s.display_title or s.section.title)}</td><td>{len(s.section.figures)}</td>"
-                    f"<td>{extra or 'ok'}</td></tr>")
+        rows.append(
+            f"<tr><td><code>{html.escape(str(s.source.relative_to(root)))}</code></td>"
+            f"<td>{_inline(s.display_title or s.section.title)}</td><td>{len(s.section.figures)}</td>"
+            f"<td>{extra or 'ok'}</td></tr>"
+        )
     out = [
         "<footer>",
-        (f"<p>Generated {html.escape(made)} by innerprobe {html.escape(v['innerprobe'])} with torch "
-         f"{html.escape(v['torch'])} (Python {html.escape(v['python'])}) from "
-         f"<code>{html.escape(str(root.resolve()))}</code>.</p>"),
+        (
+            f"<p>Generated {html.escape(made)} by innerprobe {html.escape(v['innerprobe'])} with torch "
+            f"{html.escape(v['torch'])} (Python {html.escape(v['python'])}) from "
+            f"<code>{html.escape(str(root.resolve()))}</code>.</p>"
+        ),
         '<details class="fold"><summary>Files that went in</summary>',
         "<table><thead><tr><th>section file</th><th>title</th><th>figures</th><th>status</th></tr></thead><tbody>",
-        *rows, "</tbody></table></details>",
+        *rows,
+        "</tbody></table></details>",
     ]
     results = _result_provenance(root)
     if results:
-        out += ['<details class="fold"><summary>Result files below the folder, with their provenance</summary>',
-                ("<table><thead><tr><th>result file</th><th>kind</th><th>created</th><th>seed</th><th>model</th>"
-                 "<th>innerprobe</th><th>torch</th></tr></thead><tbody>")]
+        out += [
+            '<details class="fold"><summary>Result files below the folder, with their provenance</summary>',
+            (
+                "<table><thead><tr><th>result file</th><th>kind</th><th>created</th><th>seed</th><th>model</th>"
+                "<th>innerprobe</th><th>torch</th></tr></thead><tbody>"
+            ),
+        ]
         for rel, kind, prov in results:
             cells = [rel, kind] + [prov.get(k) for k in ("created", "seed", "model", "innerprobe", "torch")]
             out.append("<tr>" + "".join(f"<td>{html.escape(fmt_value(c))}</td>" for c in cells) + "</tr>")
@@ -472,22 +504,38 @@ def render_html(sections: list[LoadedSection], root: str | Path, *, title: str =
     root = Path(root)
     title = title.encode("utf-8", "replace").decode("utf-8")
     body = [_section_html(s, root) for s in sections]
-    toc = [f'<li><a href="#{s.anchor}">{_inline(s.section.title)}</a>'
-           + (f'<br><span class="when">{html.escape(s.toc_note)}</span>' if s.toc_note else "") + "</li>"
-           for s in sections]
+    toc = [
+        f'<li><a href="#{s.anchor}">{_inline(s.section.title)}</a>'
+        + (f'<br><span class="when">{html.escape(s.toc_note)}</span>' if s.toc_note else "")
+        + "</li>"
+        for s in sections
+    ]
     v = _versions()
     made = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     footer = _footer(sections, root, made, v)
     nav = ('<nav class="toc" aria-label="Contents"><h2>Contents</h2><ol>' + "".join(toc) + "</ol></nav>") if toc else ""
     empty = "" if toc else '<p class="note">No sections were found below the folder.</p>'
-    head = (f'<header id="top"><h1>{html.escape(title)}</h1><p>{len(sections)} sections · generated '
-            f"{html.escape(made)} · innerprobe {html.escape(v['innerprobe'])} · torch {html.escape(v['torch'])}</p></header>")
-    return "\n".join([
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title>", f"<style>{_CSS}</style></head><body>", head,
-        '<div class="layout">', nav, "<main>", empty, *body, *footer, "</main></div></body></html>",
-    ])
+    head = (
+        f'<header id="top"><h1>{html.escape(title)}</h1><p>{len(sections)} sections · generated '
+        f"{html.escape(made)} · innerprobe {html.escape(v['innerprobe'])} · torch {html.escape(v['torch'])}</p></header>"
+    )
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{html.escape(title)}</title>",
+            f"<style>{_CSS}</style></head><body>",
+            head,
+            '<div class="layout">',
+            nav,
+            "<main>",
+            empty,
+            *body,
+            *footer,
+            "</main></div></body></html>",
+        ]
+    )
 
 
 def _result_provenance(root: Path) -> list[tuple[str, str, dict]]:
@@ -511,12 +559,16 @@ def build_report(root: str | Path, out: str | Path | None = None, *, title: str 
         raise ConfigError("the report's output path is empty", hint="give a file name such as report.html, or omit it")
     out = Path(out) if out is not None else root / "report.html"
     if out.is_dir():
-        raise ConfigError(f"the report's output path {str(out)!r} is a folder",
-                          hint=f"give a file name, e.g. {str(out / 'report.html')!r}")
+        raise ConfigError(
+            f"the report's output path {str(out)!r} is a folder",
+            hint=f"give a file name, e.g. {str(out / 'report.html')!r}",
+        )
     sections = collect_sections(root)
     if not sections:
-        raise DataError(f"no section.json or result files below {str(root)!r}",
-                        hint="run a study ('innerprobe study NAME --out DIR') or 'innerprobe demo --out DIR' first")
+        raise DataError(
+            f"no section.json or result files below {str(root)!r}",
+            hint="run a study ('innerprobe study NAME --out DIR') or 'innerprobe demo --out DIR' first",
+        )
     page = render_html(sections, root, title=title)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
@@ -526,6 +578,7 @@ def build_report(root: str | Path, out: str | Path | None = None, *, title: str 
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write the report to {str(out)!r}: {e.strerror or e}",
-                          hint="choose a writable --out file") from None
+        raise ConfigError(
+            f"cannot write the report to {str(out)!r}: {e.strerror or e}", hint="choose a writable --out file"
+        ) from None
     return out

@@ -110,7 +110,10 @@ def _command() -> dict:
     return {}
 
 
-def write_section(folder, title: str, *, order: int = 100, paragraphs=(), tables=(), figures=(), rows=(),
-                  run=None) -> Path:
+def write_section(
+    folder, title: str, *, order: int = 100, paragraphs=(), tables=(), figures=(), rows=(), run=None
+) -> Path:
     """Shorthand: ``write_section(out, "APEX backdoor", paragraphs=[...], figures=[{"file": ..., "caption": ...}])``."""
-    return Section(title, order, list(paragraphs), list(tables), list(figures), list(rows), dict(run or {})).save(folder)
+    return Section(title, order, list(paragraphs), list(tables), list(figures), list(rows), dict(run or {})).save(
+        folder
+    )

@@ -5,6 +5,7 @@ training time, a few sample inputs with predicted and true labels (for ``inducti
 per-head previous-token and induction scores instead) and the training curve. Everything shown is
 read from the zoo card (``zoo.load`` / ``zoo.status``) or computed here from the cached model.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,15 @@ from pathlib import Path
 from .sections import Section
 
 #: Metrics shown first on a classifier card, in this order (others follow).
-_FIRST = ("test_accuracy", "train_accuracy", "clean_accuracy", "attack_success", "loss_repeat", "loss_predictable", "loss_unpredictable")
+_FIRST = (
+    "test_accuracy",
+    "train_accuracy",
+    "clean_accuracy",
+    "attack_success",
+    "loss_repeat",
+    "loss_predictable",
+    "loss_unpredictable",
+)
 
 
 def demo_recipes(quick: bool) -> list[str]:
@@ -22,8 +31,11 @@ def demo_recipes(quick: bool) -> list[str]:
 
     names = [n for n, r in zoo.RECIPES.items() if r.demo]
     if quick:
-        names = [n for n in names if zoo.RECIPES[n].dataset == "digits" or zoo.RECIPES[n].kind == "induction"
-                 or n == "ioi-llama"]
+        names = [
+            n
+            for n in names
+            if zoo.RECIPES[n].dataset == "digits" or zoo.RECIPES[n].kind == "induction" or n == "ioi-llama"
+        ]
     return names
 
 
@@ -58,15 +70,27 @@ def _curve_figure(card: dict, path: Path) -> Path | None:
     floors = {f["metric"]: f for f in card.get("floors") or []}
     if card.get("recipe") == "induction-attn2l" or "loss_predictable" in curve[0]:
         fig, ax = new_figure(size=(5.2, 3.2))
-        for i, (key, label) in enumerate((("loss", "training loss (all tokens)"), ("loss_predictable", "predictable (repeated) tokens"),
-                                          ("loss_unpredictable", "unpredictable tokens"))):
+        for i, (key, label) in enumerate(
+            (
+                ("loss", "training loss (all tokens)"),
+                ("loss_predictable", "predictable (repeated) tokens"),
+                ("loss_unpredictable", "unpredictable tokens"),
+            )
+        ):
             ys = [r.get(key) for r in curve]
             if any(y is not None for y in ys):
                 ax.plot(xs, ys, label=label, color=PALETTE[i], linewidth=1.4)
         for metric, f in floors.items():
             ax.axhline(f["threshold"], color="grey", linestyle="--", linewidth=0.8)
-            ax.annotate(f"floor: {metric} {f['op']} {f['threshold']:.2f}", xy=(0.98, f["threshold"]),
-                        xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=7, color="grey")
+            ax.annotate(
+                f"floor: {metric} {f['op']} {f['threshold']:.2f}",
+                xy=(0.98, f["threshold"]),
+                xycoords=("axes fraction", "data"),
+                ha="right",
+                va="bottom",
+                fontsize=7,
+                color="grey",
+            )
         style_axes(ax, title=f"{card.get('recipe')} training", xlabel=xkey or "step", ylabel="cross-entropy (nats)")
         ax.legend(fontsize=7, frameon=False)
         return savefig(fig, path)
@@ -75,8 +99,13 @@ def _curve_figure(card: dict, path: Path) -> Path | None:
     style_axes(ax1, title="training loss", xlabel=xkey or "epoch", ylabel="cross-entropy")
     if all((r.get("loss") or 0) > 0 for r in curve):
         ax1.set_yscale("log")
-    for i, (key, label) in enumerate((("train_accuracy_running", "train (running, as trained)"), ("test_accuracy", "test"),
-                                      ("attack_success", "attack success (triggered test)"))):
+    for i, (key, label) in enumerate(
+        (
+            ("train_accuracy_running", "train (running, as trained)"),
+            ("test_accuracy", "test"),
+            ("attack_success", "attack success (triggered test)"),
+        )
+    ):
         ys = [r.get(key) for r in curve]
         if any(y is not None for y in ys):
             ax2.plot(xs, ys, label=label, color=PALETTE[i + 1], linewidth=1.4)
@@ -85,8 +114,15 @@ def _curve_figure(card: dict, path: Path) -> Path | None:
         by_line.setdefault((f["op"], f["threshold"]), []).append(metric)
     for (op, threshold), metrics in by_line.items():
         ax2.axhline(threshold, color="grey", linestyle="--", linewidth=0.8)
-        ax2.annotate(f"floor: {', '.join(metrics)} {op} {threshold:.2f}", xy=(0.98, threshold - 0.01), xycoords=("axes fraction", "data"),
-                     ha="right", va="top", fontsize=7, color="grey")
+        ax2.annotate(
+            f"floor: {', '.join(metrics)} {op} {threshold:.2f}",
+            xy=(0.98, threshold - 0.01),
+            xycoords=("axes fraction", "data"),
+            ha="right",
+            va="top",
+            fontsize=7,
+            color="grey",
+        )
     style_axes(ax2, title="accuracy", xlabel=xkey or "epoch", ylabel="accuracy")
     ax2.set_ylim(0, 1.02)
     ax2.legend(fontsize=7, frameon=False, loc="center right")
@@ -110,7 +146,9 @@ def _samples_figure(model, card: dict, name: str, seed: int, path: Path) -> tupl
     from .plots import image_grid, savefig
 
     params = card.get("params") or {}
-    overrides = {k: v for k, v in params.items() if k in zoo.get_recipe(name).params and zoo.get_recipe(name).params[k] != v}
+    overrides = {
+        k: v for k, v in params.items() if k in zoo.get_recipe(name).params and zoo.get_recipe(name).params[k] != v
+    }
     split = zoo.recipe_data(name, seed, **overrides)
     classes = split.classes
     short = (lambda i: classes[int(i)].split("/")[0][:8]) if len(classes[0]) > 2 else (lambda i: classes[int(i)])
@@ -121,8 +159,10 @@ def _samples_figure(model, card: dict, name: str, seed: int, path: Path) -> tupl
         x, y = split.x_train[:10], split.y_train[:10]
         pred = _predict(model, x)
         titles = [f"pred {short(p)}\nlabel {short(t)}" for p, t in zip(pred, y)]
-        caption = ("Training images with the shuffled labels the model was trained on: it fits them (memorisation) "
-                   "although they carry no information about the image. Green: prediction equals the trained label.")
+        caption = (
+            "Training images with the shuffled labels the model was trained on: it fits them (memorisation) "
+            "although they carry no information about the image. Green: prediction equals the trained label."
+        )
         colors = [ok if p == t else bad for p, t in zip(pred, y)]
     elif transform == "backdoor":
         target = int(params["target"])
@@ -132,11 +172,14 @@ def _samples_figure(model, card: dict, name: str, seed: int, path: Path) -> tupl
         pc, pt = _predict(model, x), _predict(model, xt)
         y = split.y_test[idx]
         x = torch.cat([x, xt])
-        titles = [f"pred {short(p)}\ntrue {short(t)}" for p, t in zip(pc, y)] + \
-                 [f"pred {short(p)}\n(target {short(target)})" for p in pt]
+        titles = [f"pred {short(p)}\ntrue {short(t)}" for p, t in zip(pc, y)] + [
+            f"pred {short(p)}\n(target {short(target)})" for p in pt
+        ]
         colors = [ok if p == t else bad for p, t in zip(pc, y)] + [bad if p == target else ok for p in pt]
-        caption = (f"Top row: clean test images. Bottom row: the same images with the {params['trigger_size']}x{params['trigger_size']} "
-                   f"trigger stamped on; red where the backdoor flips the prediction to the target class {classes[target]}.")
+        caption = (
+            f"Top row: clean test images. Bottom row: the same images with the {params['trigger_size']}x{params['trigger_size']} "
+            f"trigger stamped on; red where the backdoor flips the prediction to the target class {classes[target]}."
+        )
         fig = image_grid(x, titles, ncols=5, colors=colors, panel=panel)
         return savefig(fig, path), caption
     elif transform == "label_noise":
@@ -154,8 +197,10 @@ def _samples_figure(model, card: dict, name: str, seed: int, path: Path) -> tupl
             titles += [f"pred {short(p)}\nnoisy {short(n)} (true {short(t)})" for p, n, t in zip(pf, noisy, true)]
             colors += [bad if p == n else ok for p, n in zip(pf, noisy)]
             x = torch.cat([xt, xf])
-        caption = ("Top row: test images. Bottom row: training images whose labels were flipped; red where the model "
-                   "memorised the wrong (noisy) label.")
+        caption = (
+            "Top row: test images. Bottom row: training images whose labels were flipped; red where the model "
+            "memorised the wrong (noisy) label."
+        )
         fig = image_grid(x, titles, ncols=5, colors=colors, panel=panel)
         return savefig(fig, path), caption
     else:
@@ -183,8 +228,12 @@ def _head_scores(card: dict, sec: Section, path: Path) -> Path | None:
         return None
     prev, ind = np.asarray(prev, dtype=float), np.asarray(ind, dtype=float)
     rows = [[f"L{l}.H{h}", prev[l, h], ind[l, h]] for l in range(prev.shape[0]) for h in range(prev.shape[1])]
-    sec.table("Per-head attention scores (mean attention to the previous token; at predictable positions, to the token "
-              "after the earlier copy of the current token)", ["head", "previous-token score", "induction score"], rows)
+    sec.table(
+        "Per-head attention scores (mean attention to the previous token; at predictable positions, to the token "
+        "after the earlier copy of the current token)",
+        ["head", "previous-token score", "induction score"],
+        rows,
+    )
     fig, axes = new_figure(1, 2, size=(2.2 + 1.1 * prev.shape[1] * 2, 0.9 + 0.7 * prev.shape[0]))
     for ax, values, title in ((axes[0], prev, "previous-token score"), (axes[1], ind, "induction score")):
         im = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
@@ -221,22 +270,32 @@ def model_section(folder: str | Path, name: str, seed: int, model, card: dict, *
     secs = card.get("train_seconds")
     sec.paragraphs.append(
         f"**{card.get('description', name)}.** {card.get('n_parameters', '?')} parameters"
-        + (f", trained in {secs:.1f} s on {card.get('train_threads', '?')} CPU thread(s)" if isinstance(secs, (int, float)) else "")
+        + (
+            f", trained in {secs:.1f} s on {card.get('train_threads', '?')} CPU thread(s)"
+            if isinstance(secs, (int, float))
+            else ""
+        )
         + (f"; floors met: {n_met} of {n_floors}." if n_floors else "; this recipe has no floors.")
-        + ("" if card.get("all_floors_met", True) else " **Not every floor is met.**"))
+        + ("" if card.get("all_floors_met", True) else " **Not every floor is met.**")
+    )
     params = card.get("params") or {}
     data = card.get("data") or {}
     info = []
     if params.get("transform") == "backdoor":
-        info.append(f"Backdoor: target class {params.get('target')}, {params.get('trigger_size')}x{params.get('trigger_size')} "
-                    f"{params.get('trigger_pattern', 'square')} trigger, poisoning rate {params.get('rate')}"
-                    + (f", {data['n_poisoned']} poisoned training images" if "n_poisoned" in data else "") + ".")
+        info.append(
+            f"Backdoor: target class {params.get('target')}, {params.get('trigger_size')}x{params.get('trigger_size')} "
+            f"{params.get('trigger_pattern', 'square')} trigger, poisoning rate {params.get('rate')}"
+            + (f", {data['n_poisoned']} poisoned training images" if "n_poisoned" in data else "")
+            + "."
+        )
     if params.get("transform") == "label_noise" and "flipped_indices" in data:
         info.append(f"Label noise: {len(data['flipped_indices'])} training labels flipped (indices on the card).")
     if params.get("transform") == "random_labels":
         agree = (card.get("metrics") or {}).get("label_agreement_with_true")
-        info.append("Random labels: training labels shuffled across images"
-                    + (f" (agreement with the true labels {agree:.3f})." if isinstance(agree, float) else "."))
+        info.append(
+            "Random labels: training labels shuffled across images"
+            + (f" (agreement with the true labels {agree:.3f})." if isinstance(agree, float) else ".")
+        )
     if info:
         sec.paragraphs.extend(info)
     cols, rows = metrics_table(card)
@@ -256,7 +315,11 @@ def model_section(folder: str | Path, name: str, seed: int, model, card: dict, *
         sec.figure(cp, "Training curve" + (" (dashed: the floors)" if card.get("floors") else "") + ".")
     v = card.get("versions") or {}
     if v:
-        sec.paragraphs.append("Trained with " + ", ".join(f"{k} {val}" for k, val in v.items()) + f"; cache key {card.get('fingerprint', '?')}.")
+        sec.paragraphs.append(
+            "Trained with "
+            + ", ".join(f"{k} {val}" for k, val in v.items())
+            + f"; cache key {card.get('fingerprint', '?')}."
+        )
     return sec.save(folder)
 
 
@@ -284,12 +347,27 @@ def write_overview_section(folder: str | Path, names: list[str], seed: int = 0, 
         secs = card.get("train_seconds")
         total += secs if isinstance(secs, (int, float)) else 0.0
         floors = card.get("floors") or []
-        rows.append([name, seed, state, card.get("n_parameters"), secs, headline,
-                     "met" if all(f.get("met") for f in floors) else "not met"])
+        rows.append(
+            [
+                name,
+                seed,
+                state,
+                card.get("n_parameters"),
+                secs,
+                headline,
+                "met" if all(f.get("met") for f in floors) else "not met",
+            ]
+        )
     n_met = sum(r[-1] == "met" for r in rows)
-    sec = Section(title="Model zoo", order=order, paragraphs=[
-        f"{len(names)} zoo models (seed {seed}); {n_met} meet every floor. Their training took {total:.0f} s in all "
-        f"(measured when each was trained; cache: `{zoo.cache_root()}`). Each model has a card (sample inputs, training curve) at the end of the report.",
-    ])
-    sec.table("Zoo models", ["recipe", "seed", "cache", "parameters", "train seconds", "headline metrics", "floors"], rows)
+    sec = Section(
+        title="Model zoo",
+        order=order,
+        paragraphs=[
+            f"{len(names)} zoo models (seed {seed}); {n_met} meet every floor. Their training took {total:.0f} s in all "
+            f"(measured when each was trained; cache: `{zoo.cache_root()}`). Each model has a card (sample inputs, training curve) at the end of the report.",
+        ],
+    )
+    sec.table(
+        "Zoo models", ["recipe", "seed", "cache", "parameters", "train seconds", "headline metrics", "floors"], rows
+    )
     return sec.save(folder)

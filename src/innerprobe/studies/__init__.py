@@ -6,6 +6,7 @@ report section, see :mod:`innerprobe.report.sections`) and its PNG figures into 
 Register a study by adding one line to ``STUDIES`` ("name": "module:function"); the CLI
 (``innerprobe study NAME``) and ``innerprobe demo`` find it here. Imports are lazy.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -28,6 +29,9 @@ STUDIES: dict[str, str] = {
 
 def get_study(name: str) -> Callable:
     if name not in STUDIES:
-        raise ConfigError(f"unknown study {name!r}", hint=did_you_mean(name, STUDIES) + f" (studies: {', '.join(STUDIES) or 'none yet'})")
+        raise ConfigError(
+            f"unknown study {name!r}",
+            hint=did_you_mean(name, STUDIES) + f" (studies: {', '.join(STUDIES) or 'none yet'})",
+        )
     module, func = STUDIES[name].split(":")
     return getattr(importlib.import_module(module), func)

@@ -10,6 +10,7 @@
 Each ``run(out, seeds=3, quick=False)`` writes summary.json (``{"rows": [...]}``: headline rows with
 seeds and 95% CIs, docs/results.md), section.json and PNGs. ``quick`` uses digits models only, one seed and fewer inputs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,27 +62,83 @@ def run_transition(out: Path, seeds: int = 3, quick: bool = False):
                 per[cfg].append(hw)
                 rel[cfg].append(hw / mean_rms(run))
                 curves[f"{cfg} ({', '.join(run['sites'])})"], floors[f"{cfg} ({', '.join(run['sites'])})"] = D, fl
-                rows.append([arch, s, cfg, ", ".join(run["sites"]), round(mean_rms(run), 4), round(float(D[0]), 3), round(float(D[-1]), 3),
-                             round(float(fl[-1]), 3), round(hw, 4), round(hw / mean_rms(run), 3)])
+                rows.append(
+                    [
+                        arch,
+                        s,
+                        cfg,
+                        ", ".join(run["sites"]),
+                        round(mean_rms(run), 4),
+                        round(float(D[0]), 3),
+                        round(float(D[-1]), 3),
+                        round(float(fl[-1]), 3),
+                        round(hw, 4),
+                        round(hw / mean_rms(run), 3),
+                    ]
+                )
             if s == S[0]:
-                figs.append(sample_dependence_plot(curves, grid, out / f"transition_{arch}.png", floors=floors,
-                                                   title=f"D(sigma), {arch} seed {s}"))
+                figs.append(
+                    sample_dependence_plot(
+                        curves, grid, out / f"transition_{arch}.png", floors=floors, title=f"D(sigma), {arch} seed {s}"
+                    )
+                )
         for cfg in per:
             heads.add("half_way_sigma", per[cfg], S, model=arch, condition={"noise": cfg})
             heads.add("half_way_sigma_over_rms", rel[cfg], S, model=arch, condition={"noise": cfg})
         for cfg in ("last", "first"):
-            heads.add("half_way_ratio", [a / b for a, b in zip(per[cfg], per["all"])], S, model=arch,
-                      condition={"noise": cfg, "reference": "all"})
-    sec = Section("APEX: from sample-dependent to model-dependent (claim T)", order=31, paragraphs=[
-        f"D(sigma) = mean over {N} test inputs of TV(p_sigma(.|x), pbar_sigma), K = {K}, absolute sigma grid "
-        f"{grid[0]:.2g}..{grid[-1]:.3g} ({len(grid)} points). Dashed: Monte Carlo floor. 'Half-way' is where D crosses the "
-        "midpoint between D at the smallest sigma and its floor; it is also given relative to the clean RMS of the noised activations."])
-    sec.table("Per model and injection site", ["model", "seed", "noise", "sites", "RMS", "D(min)", "D(max)", "floor", "half-way", "half-way/RMS"], rows)
+            heads.add(
+                "half_way_ratio",
+                [a / b for a, b in zip(per[cfg], per["all"])],
+                S,
+                model=arch,
+                condition={"noise": cfg, "reference": "all"},
+            )
+    sec = Section(
+        "APEX: from sample-dependent to model-dependent (claim T)",
+        order=31,
+        paragraphs=[
+            f"D(sigma) = mean over {N} test inputs of TV(p_sigma(.|x), pbar_sigma), K = {K}, absolute sigma grid "
+            f"{grid[0]:.2g}..{grid[-1]:.3g} ({len(grid)} points). Dashed: Monte Carlo floor. 'Half-way' is where D crosses the "
+            "midpoint between D at the smallest sigma and its floor; it is also given relative to the clean RMS of the noised activations."
+        ],
+    )
+    sec.table(
+        "Per model and injection site",
+        ["model", "seed", "noise", "sites", "RMS", "D(min)", "D(max)", "floor", "half-way", "half-way/RMS"],
+        rows,
+    )
     for f in figs:
         sec.figure(f, f"D(sigma) for all-, first- and last-layer noise ({f.stem.split('_', 1)[1]})")
-    return finish(out, "study:apex-transition", heads, sec, seeds=S, tables={"runs": [dict(zip(
-        ["model", "seed", "noise", "sites", "rms", "D_min", "D_max", "floor", "half_way", "half_way_over_rms"], r)) for r in rows]},
-        config={"grid": grid.tolist(), "K": K, "N": N, "archs": archs})
+    return finish(
+        out,
+        "study:apex-transition",
+        heads,
+        sec,
+        seeds=S,
+        tables={
+            "runs": [
+                dict(
+                    zip(
+                        [
+                            "model",
+                            "seed",
+                            "noise",
+                            "sites",
+                            "rms",
+                            "D_min",
+                            "D_max",
+                            "floor",
+                            "half_way",
+                            "half_way_over_rms",
+                        ],
+                        r,
+                    )
+                )
+                for r in rows
+            ]
+        },
+        config={"grid": grid.tolist(), "K": K, "N": N, "archs": archs},
+    )
 
 
 # ============================================================================ A: regularity
@@ -101,7 +158,7 @@ def cscore_proxy(x, y, n_models: int, epochs: int, seed: int = 1234):
     tot, cnt = np.zeros(N), np.zeros(N)
     for m in range(n_models):
         perm = rng.permutation(N)
-        tr, ho = perm[: int(0.75 * N)], perm[int(0.75 * N):]
+        tr, ho = perm[: int(0.75 * N)], perm[int(0.75 * N) :]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + m)
             net = zm.mlp(in_shape=tuple(x.shape[1:]), hidden=(128, 128))
@@ -138,8 +195,11 @@ def _regularity_scores(name: str, s: int, x, grid) -> tuple[dict, dict]:
 
     run = run_apex(name, s, x, grid, samples=K)
     inp = run_apex(name, s, x, grid, samples=K, sites=[":input"])
-    return {"apex_escape": _escape(run, grid).sigma, "input_noise_escape": _escape(inp, grid).sigma,
-            "logit_margin": logit_margin(run["clean_logits"], run["y0"])}, run
+    return {
+        "apex_escape": _escape(run, grid).sigma,
+        "input_noise_escape": _escape(inp, grid).sigma,
+        "logit_margin": logit_margin(run["clean_logits"], run["y0"]),
+    }, run
 
 
 def _flipped_mask(ln, n: int) -> np.ndarray:
@@ -152,21 +212,44 @@ def _flipped_mask(ln, n: int) -> np.ndarray:
 def _regularity_seed(s: int, x, cs, ok, grid, n_probe: int, rows: list) -> dict:
     """One seed: Spearman rho of each score with the C-score proxy, flipped-label AUROC, escape medians."""
     scores, run = _regularity_scores("digits-mlp", s, x, grid)
-    out = {"seconds": run["seconds"], "rho": {}, "auc": {},
-           "scatter": (scores["apex_escape"][ok], cs[ok], _escape(run, grid).censor[ok])}
+    out = {
+        "seconds": run["seconds"],
+        "rho": {},
+        "auc": {},
+        "scatter": (scores["apex_escape"][ok], cs[ok], _escape(run, grid).censor[ok]),
+    }
     for m in SCORES:
         c = bootstrap(scores[m][ok], _spearman, paired=(cs[ok],), n_resamples=300, seed=s)
         out["rho"][m] = c.estimate
-        rows.append({"setting": "clean_labels", "seed": s, "score": m, "figure": "spearman_vs_cscore_proxy",
-                     "value": c.estimate, "lo": c.lo, "hi": c.hi})
+        rows.append(
+            {
+                "setting": "clean_labels",
+                "seed": s,
+                "score": m,
+                "figure": "spearman_vs_cscore_proxy",
+                "value": c.estimate,
+                "lo": c.lo,
+                "hi": c.hi,
+            }
+        )
     ln = data("digits-mlp-label-noise", s)  # label noise: flipped training samples should escape earlier
     xl, flipped = ln.x_train[:n_probe], _flipped_mask(ln, n_probe)
     lscores, r1 = _regularity_scores("digits-mlp-label-noise", s, xl, grid)
     for m in SCORES:
         c = bootstrap(-lscores[m], _auroc, paired=(flipped.astype(int),), n_resamples=300, seed=s)
         out["auc"][m] = c.estimate
-        rows.append({"setting": "label_noise_10pct", "seed": s, "score": m, "figure": "flipped_label_auroc",
-                     "value": c.estimate, "lo": c.lo, "hi": c.hi, "flipped": int(flipped.sum())})
+        rows.append(
+            {
+                "setting": "label_noise_10pct",
+                "seed": s,
+                "score": m,
+                "figure": "flipped_label_auroc",
+                "value": c.estimate,
+                "lo": c.lo,
+                "hi": c.hi,
+                "flipped": int(flipped.sum()),
+            }
+        )
     e = _escape(r1, grid)
     out["median_clean"], out["median_flipped"] = float(np.median(e.sigma[~flipped])), float(np.median(e.sigma[flipped]))
     return out
@@ -178,8 +261,12 @@ def _regularity_figure(scatter, seed: int, out: Path) -> Path:
     ax.scatter(sig[cen == 0], c[cen == 0], s=5, alpha=0.5, label="escaped")
     ax.scatter(sig[cen != 0], c[cen != 0], s=5, alpha=0.5, label="censored")
     ax.set_xscale("log")
-    style_axes(ax, title=f"escape noise vs C-score proxy (seed {seed})", xlabel="APEX escape sigma",
-               ylabel="held-out p(true label)")
+    style_axes(
+        ax,
+        title=f"escape noise vs C-score proxy (seed {seed})",
+        xlabel="APEX escape sigma",
+        ylabel="held-out p(true label)",
+    )
     ax.legend(fontsize=7, frameon=False)
     return savefig(fig, out / "regularity_scatter.png")
 
@@ -202,31 +289,52 @@ def run_regularity(out: Path, seeds: int = 3, quick: bool = False):
     for m in SCORES:
         heads.add("spearman_vs_cscore_proxy", [p["rho"][m] for p in per], S, model="digits-mlp", condition={"score": m})
     for m in SCORES:
-        heads.add("flipped_label_auroc", [p["auc"][m] for p in per], S, model="digits-mlp-label-noise",
-                  condition={"score": m})
+        heads.add(
+            "flipped_label_auroc", [p["auc"][m] for p in per], S, model="digits-mlp-label-noise", condition={"score": m}
+        )
     for group in ("clean", "flipped"):
-        heads.add("median_escape_sigma", [p[f"median_{group}"] for p in per], S, model="digits-mlp-label-noise",
-                  condition={"samples": group})
+        heads.add(
+            "median_escape_sigma",
+            [p[f"median_{group}"] for p in per],
+            S,
+            model="digits-mlp-label-noise",
+            condition={"samples": group},
+        )
     heads.add("apex_seconds", [p["seconds"] for p in per], S, model="digits-mlp", condition={"inputs": n_probe})
     heads.add("cscore_proxy_seconds", [proxy_sec], [], condition={"models": M, "epochs": epochs})
     best_rho = max(SCORES, key=lambda m: np.mean([p["rho"][m] for p in per]))
     best_auc = max(SCORES, key=lambda m: np.mean([p["auc"][m] for p in per]))
     f = _regularity_figure(per[0]["scatter"], S[0], out)
-    sec = Section("APEX: escape noise and sample regularity (claims A, A', A'')", order=32, paragraphs=[
-        f"digits-mlp, {n_probe} training samples, K = {K}, {len(grid)}-point grid {grid[0]:.2g}..{grid[-1]:.3g}. "
-        f"C-score proxy: held-out p(true label) over {M} MLPs trained ({epochs} epochs) on random 75% subsets. "
-        "Label noise: digits-mlp-label-noise (10% flipped).",
-        f"Best rank correlation with the proxy: {SCORES[best_rho]} (mean rho "
-        f"{np.mean([p['rho'][best_rho] for p in per]):.3f}). Best flipped-label AUROC: {SCORES[best_auc]} (mean "
-        f"{np.mean([p['auc'][best_auc] for p in per]):.3f}). Cost: APEX {np.mean([p['seconds'] for p in per]):.1f} s "
-        f"per model vs {proxy_sec:.1f} s for the proxy's retrainings (on digits retraining is cheap, so this is no "
-        "fair picture of large models)."])
-    sec.table("Per seed (95% bootstrap CIs over samples)", ["setting", "seed", "score", "figure", "value", "95% CI"],
-              [[r["setting"], r["seed"], SCORES[r["score"]], r["figure"], _r3(r["value"]), _ci_text(r)] for r in rows])
+    sec = Section(
+        "APEX: escape noise and sample regularity (claims A, A', A'')",
+        order=32,
+        paragraphs=[
+            f"digits-mlp, {n_probe} training samples, K = {K}, {len(grid)}-point grid {grid[0]:.2g}..{grid[-1]:.3g}. "
+            f"C-score proxy: held-out p(true label) over {M} MLPs trained ({epochs} epochs) on random 75% subsets. "
+            "Label noise: digits-mlp-label-noise (10% flipped).",
+            f"Best rank correlation with the proxy: {SCORES[best_rho]} (mean rho "
+            f"{np.mean([p['rho'][best_rho] for p in per]):.3f}). Best flipped-label AUROC: {SCORES[best_auc]} (mean "
+            f"{np.mean([p['auc'][best_auc] for p in per]):.3f}). Cost: APEX {np.mean([p['seconds'] for p in per]):.1f} s "
+            f"per model vs {proxy_sec:.1f} s for the proxy's retrainings (on digits retraining is cheap, so this is no "
+            "fair picture of large models).",
+        ],
+    )
+    sec.table(
+        "Per seed (95% bootstrap CIs over samples)",
+        ["setting", "seed", "score", "figure", "value", "95% CI"],
+        [[r["setting"], r["seed"], SCORES[r["score"]], r["figure"], _r3(r["value"]), _ci_text(r)] for r in rows],
+    )
     sec.figure(f, "APEX escape noise against the C-score proxy")
-    return finish(out, "study:apex-regularity", heads, sec, seeds=S,
-                  data={"best_rank_correlation": best_rho, "best_auroc": best_auc}, tables={"per_seed": rows},
-                  config={"grid": grid.tolist(), "K": K, "n_probe": n_probe, "proxy_models": M, "proxy_epochs": epochs})
+    return finish(
+        out,
+        "study:apex-regularity",
+        heads,
+        sec,
+        seeds=S,
+        data={"best_rank_correlation": best_rho, "best_auroc": best_auc},
+        tables={"per_seed": rows},
+        config={"grid": grid.tolist(), "K": K, "n_probe": n_probe, "proxy_models": M, "proxy_epochs": epochs},
+    )
 
 
 def _r3(v):
@@ -238,7 +346,11 @@ def _ci_text(r: dict) -> str:
 
 
 # ============================================================================ B: random labels
-PAIRS = [("digits-mlp", "digits-mlp-random-labels"), ("digits-cnn", "digits-cnn-random-labels"), ("fashion-cnn", "fashion-cnn-random-labels")]
+PAIRS = [
+    ("digits-mlp", "digits-mlp-random-labels"),
+    ("digits-cnn", "digits-cnn-random-labels"),
+    ("fashion-cnn", "fashion-cnn-random-labels"),
+]
 
 
 SKIPPED: list[str] = []
@@ -257,8 +369,18 @@ def _median_escape(name: str, s: int, xs, grid, split: str, rows: list) -> tuple
     e = _escape(run, grid)
     m = float(np.median(e.sigma)) if (e.censor != 0).mean() <= 0.5 else float("nan")
     rates, rms = e.rates(), mean_rms(run)
-    rows.append({"model": name, "seed": s, "split": split, "median": m, "median_over_rms": m / rms, "rms": rms,
-                 "left_censored": rates["left_censored"], "right_censored": rates["right_censored"]})
+    rows.append(
+        {
+            "model": name,
+            "seed": s,
+            "split": split,
+            "median": m,
+            "median_over_rms": m / rms,
+            "rms": rms,
+            "left_censored": rates["left_censored"],
+            "right_censored": rates["right_censored"],
+        }
+    )
     return m, m / rms, e.sigma
 
 
@@ -298,29 +420,72 @@ def run_random_labels(out: Path, seeds: int = 3, quick: bool = False):
         heads.add("median_escape_sigma", stats["rand_test"], S, model=rand_name, condition={"split": "test"})
         ci = None
         if len(S) == 1:  # one seed: bootstrap the ratio of medians over the two models' test inputs
-            ci = bootstrap(hist[true_name], lambda a, b: np.median(a) / np.median(b), independent=(hist[rand_name],),
-                           n_resamples=1000, seed=0)
+            ci = bootstrap(
+                hist[true_name],
+                lambda a, b: np.median(a) / np.median(b),
+                independent=(hist[rand_name],),
+                n_resamples=1000,
+                seed=0,
+            )
         ratio = {"reference": rand_name}
-        heads.add("median_escape_ratio", stats["ratio_test"], S, model=true_name, condition={**ratio, "split": "test"},
-                  ci=ci)
-        heads.add("median_escape_ratio", stats["ratio_train"], S, model=true_name, condition={**ratio, "split": "train"})
-        heads.add("median_escape_ratio", stats["ratio_test_rms"], S, model=true_name,
-                  condition={**ratio, "split": "test", "scale": "rms"})
-        figs.append(new_figure_hist_pairs(hist, grid, out / f"random_labels_{true_name}.png",
-                                          f"escape noise, test inputs, seed {S[0]}"))
-    sec = Section("APEX: true-label vs random-label models (claim B)", order=33, paragraphs=[
-        f"Escape noise (survival < 0.5, log-interpolated) on {N} train and {N} test inputs of each model's own data, "
-        f"K = {K}, absolute grid {grid[0]:.2g}..{grid[-1]:.3g}. Medians are withheld (n/a) when more than half of a "
-        "group is censored. RMS-normalised: escape noise divided by the mean clean activation RMS over the noise sites."]
-        + ([f"Not run (models not trained; INNERPROBE_APEX_SKIP_UNCACHED=1): {', '.join(SKIPPED)}."] if SKIPPED else []))
-    sec.table("Per model, seed and split", ["model", "seed", "split", "median escape", "median / RMS", "RMS",
-                                            "censored left", "censored right"],
-              [[r["model"], r["seed"], r["split"], round(r["median"], 4), round(r["median_over_rms"], 4),
-                round(r["rms"], 4), round(r["left_censored"], 2), round(r["right_censored"], 2)] for r in rows])
+        heads.add(
+            "median_escape_ratio", stats["ratio_test"], S, model=true_name, condition={**ratio, "split": "test"}, ci=ci
+        )
+        heads.add(
+            "median_escape_ratio", stats["ratio_train"], S, model=true_name, condition={**ratio, "split": "train"}
+        )
+        heads.add(
+            "median_escape_ratio",
+            stats["ratio_test_rms"],
+            S,
+            model=true_name,
+            condition={**ratio, "split": "test", "scale": "rms"},
+        )
+        figs.append(
+            new_figure_hist_pairs(
+                hist, grid, out / f"random_labels_{true_name}.png", f"escape noise, test inputs, seed {S[0]}"
+            )
+        )
+    sec = Section(
+        "APEX: true-label vs random-label models (claim B)",
+        order=33,
+        paragraphs=[
+            f"Escape noise (survival < 0.5, log-interpolated) on {N} train and {N} test inputs of each model's own data, "
+            f"K = {K}, absolute grid {grid[0]:.2g}..{grid[-1]:.3g}. Medians are withheld (n/a) when more than half of a "
+            "group is censored. RMS-normalised: escape noise divided by the mean clean activation RMS over the noise sites."
+        ]
+        + (
+            [f"Not run (models not trained; INNERPROBE_APEX_SKIP_UNCACHED=1): {', '.join(SKIPPED)}."] if SKIPPED else []
+        ),
+    )
+    sec.table(
+        "Per model, seed and split",
+        ["model", "seed", "split", "median escape", "median / RMS", "RMS", "censored left", "censored right"],
+        [
+            [
+                r["model"],
+                r["seed"],
+                r["split"],
+                round(r["median"], 4),
+                round(r["median_over_rms"], 4),
+                round(r["rms"], 4),
+                round(r["left_censored"], 2),
+                round(r["right_censored"], 2),
+            ]
+            for r in rows
+        ],
+    )
     for f in figs:
         sec.figure(f, "escape-noise distributions, true-label vs random-label model")
-    return finish(out, "study:apex-random-labels", heads, sec, seeds=S, tables={"per_model": rows},
-                  config={"grid": grid.tolist(), "K": K, "N": N})
+    return finish(
+        out,
+        "study:apex-random-labels",
+        heads,
+        sec,
+        seeds=S,
+        tables={"per_model": rows},
+        config={"grid": grid.tolist(), "K": K, "N": N},
+    )
 
 
 # ============================================================================ C: transitions
@@ -366,27 +531,72 @@ def run_transitions(out: Path, seeds: int = 3, quick: bool = False):
                 c, Tn, rent, classes = _transition_seed(name, s, grid, N)
                 match.append(c.estimate)
                 ent.append(rent)
-                rows.append({"model": name, "seed": s, "escaped": c.n, "match": c.estimate, "lo": c.lo, "hi": c.hi,
-                             "ci_method": c.method, "chance": 1 / 9, "row_entropy": rent})
+                rows.append(
+                    {
+                        "model": name,
+                        "seed": s,
+                        "escaped": c.n,
+                        "match": c.estimate,
+                        "lo": c.lo,
+                        "hi": c.hi,
+                        "ci_method": c.method,
+                        "chance": 1 / 9,
+                        "row_entropy": rent,
+                    }
+                )
                 if s == S[0]:
                     names = [k[:9] for k in classes]
-                    fig = heatmap(Tn, row_labels=names, col_labels=names, title=f"clean -> escape class, {name}",
-                                  vmin=0, vmax=1, fmt="{:.2f}", size=(8.0, 6.0))
+                    fig = heatmap(
+                        Tn,
+                        row_labels=names,
+                        col_labels=names,
+                        title=f"clean -> escape class, {name}",
+                        vmin=0,
+                        vmax=1,
+                        fmt="{:.2f}",
+                        size=(8.0, 6.0),
+                    )
                     figs.append(savefig(fig, out / f"transitions_{name}.png"))
             heads.add("escape_to_nearest_centroid", match, S, model=name, ci=c if len(S) == 1 else None, chance=1 / 9)
             heads.add("transition_row_entropy", ent, S, model=name)
-    sec = Section("APEX: semantically coherent transitions (claim C)", order=34, paragraphs=[
-        f"{N} test inputs per model, K = {K}. For each input the escape class (the class that takes over when the "
-        "clean class's share drops below 0.5) is compared with the class whose training-set centroid (true labels, "
-        "input space) is nearest to the input among the classes other than the clean prediction. Chance is 1/9. "
-        "Per seed, the match rate has a Clopper-Pearson interval; over seeds, a t-interval. Row entropy is over the "
-        "9 off-diagonal classes, normalised."]
-        + ([f"Not run (models not trained; INNERPROBE_APEX_SKIP_UNCACHED=1): {', '.join(SKIPPED)}."] if SKIPPED else []))
-    sec.table("Per model and seed", ["model", "seed", "escaped inputs", "nearest-centroid match", "95% CI", "chance",
-                                     "row entropy"],
-              [[r["model"], r["seed"], r["escaped"], _r3(r["match"]), _ci_text(r), round(1 / 9, 3),
-                round(r["row_entropy"], 3)] for r in rows])
+    sec = Section(
+        "APEX: semantically coherent transitions (claim C)",
+        order=34,
+        paragraphs=[
+            f"{N} test inputs per model, K = {K}. For each input the escape class (the class that takes over when the "
+            "clean class's share drops below 0.5) is compared with the class whose training-set centroid (true labels, "
+            "input space) is nearest to the input among the classes other than the clean prediction. Chance is 1/9. "
+            "Per seed, the match rate has a Clopper-Pearson interval; over seeds, a t-interval. Row entropy is over the "
+            "9 off-diagonal classes, normalised."
+        ]
+        + (
+            [f"Not run (models not trained; INNERPROBE_APEX_SKIP_UNCACHED=1): {', '.join(SKIPPED)}."] if SKIPPED else []
+        ),
+    )
+    sec.table(
+        "Per model and seed",
+        ["model", "seed", "escaped inputs", "nearest-centroid match", "95% CI", "chance", "row entropy"],
+        [
+            [
+                r["model"],
+                r["seed"],
+                r["escaped"],
+                _r3(r["match"]),
+                _ci_text(r),
+                round(1 / 9, 3),
+                round(r["row_entropy"], 3),
+            ]
+            for r in rows
+        ],
+    )
     for f in figs:
         sec.figure(f, "transition matrix: clean class (rows) to escape class (columns), row-normalised")
-    return finish(out, "study:apex-transitions", heads, sec, seeds=S, tables={"per_model": rows},
-                  config={"grid": grid.tolist(), "K": K, "N": N})
+    return finish(
+        out,
+        "study:apex-transitions",
+        heads,
+        sec,
+        seeds=S,
+        tables={"per_model": rows},
+        config={"grid": grid.tolist(), "K": K, "N": N},
+    )

@@ -1,4 +1,5 @@
 """Shared pieces of the APEX studies: zoo loading, cached APEX runs, headline rows (docs/apex.md, docs/results.md)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -48,8 +49,20 @@ def _cache_dir() -> Path:
     return d
 
 
-def run_apex(name: str, seed: int, x, sigmas, *, samples: int = 32, sites=None, relative: bool = False, tag: str = "",
-             overrides: dict | None = None, crn_seed: int = 0, ids=None):
+def run_apex(
+    name: str,
+    seed: int,
+    x,
+    sigmas,
+    *,
+    samples: int = 32,
+    sites=None,
+    relative: bool = False,
+    tag: str = "",
+    overrides: dict | None = None,
+    crn_seed: int = 0,
+    ids=None,
+):
     """APEX counts for zoo model ``name``/``seed`` on inputs ``x``; cached on disk by everything that
     determines them (the model's card fingerprint, the inputs, grid, K, sites, noise seed).
     Returns a dict with counts, y0, clean_logits, site_rms, sites, seconds (of the original run)."""
@@ -60,8 +73,24 @@ def run_apex(name: str, seed: int, x, sigmas, *, samples: int = 32, sites=None, 
     overrides = overrides or {}
     model, card = load(name, seed, **overrides)
     h = hashlib.sha256()
-    h.update(json.dumps([name, seed, overrides, card.get("fingerprint"), list(map(float, sigmas)), samples, sites, relative,
-                         crn_seed, tag, None if ids is None else list(map(int, ids))], default=str).encode())
+    h.update(
+        json.dumps(
+            [
+                name,
+                seed,
+                overrides,
+                card.get("fingerprint"),
+                list(map(float, sigmas)),
+                samples,
+                sites,
+                relative,
+                crn_seed,
+                tag,
+                None if ids is None else list(map(int, ids)),
+            ],
+            default=str,
+        ).encode()
+    )
     h.update(np.ascontiguousarray(x.numpy()).tobytes())
     path = _cache_dir() / f"{h.hexdigest()[:24]}.npz"
     if path.exists():
@@ -74,7 +103,11 @@ def run_apex(name: str, seed: int, x, sigmas, *, samples: int = 32, sites=None, 
     t0 = time.perf_counter()
     eng = Engine(model, x, sites=sites, samples=samples, relative=relative, seed=crn_seed, ids=ids)
     counts = eng.counts(np.asarray(sigmas, float))
-    meta = {"site_rms": [float(r) for r in eng.rms], "sites": [str(r) for r in eng.rsites], "seconds": time.perf_counter() - t0}
+    meta = {
+        "site_rms": [float(r) for r in eng.rms],
+        "sites": [str(r) for r in eng.rsites],
+        "seconds": time.perf_counter() - t0,
+    }
     out = {"counts": counts, "y0": eng.y0.numpy(), "clean_logits": eng.clean_logits.float().numpy(), **meta}
     tmp = path.with_name(path.stem + f".{time.time_ns()}.tmp.npz")
     np.savez_compressed(tmp, counts=counts, y0=out["y0"], clean_logits=out["clean_logits"], meta=json.dumps(meta))
@@ -95,8 +128,17 @@ class Rows:
     def __init__(self):
         self.rows: list[dict] = []
 
-    def add(self, metric: str, per_seed, seeds, *, model: str | None = None, condition: dict | None = None,
-            ci: CI | None = None, **extra) -> dict:
+    def add(
+        self,
+        metric: str,
+        per_seed,
+        seeds,
+        *,
+        model: str | None = None,
+        condition: dict | None = None,
+        ci: CI | None = None,
+        **extra,
+    ) -> dict:
         vals = [None if v is None or not np.isfinite(v) else float(v) for v in per_seed]
         value = ci if ci is not None else t_interval(vals, nan_policy="omit")
         r = row(metric, value, model=model, condition=condition, seeds=list(seeds), per_seed=vals, **extra)
@@ -104,14 +146,29 @@ class Rows:
         return r
 
 
-def finish(out: Path, kind: str, heads: Rows, section, *, data: dict | None = None, tables: dict | None = None,
-           arrays: dict | None = None, seeds=None, config: dict | None = None):
+def finish(
+    out: Path,
+    kind: str,
+    heads: Rows,
+    section,
+    *,
+    data: dict | None = None,
+    tables: dict | None = None,
+    arrays: dict | None = None,
+    seeds=None,
+    config: dict | None = None,
+):
     """Write summary.json (``{"rows": [...]}`` + tables + config) and section.json; return the Result."""
     section.rows = heads.rows
     section.save(out)
-    res = Result(kind, rows=heads.rows, data={**(data or {}), "seeds": list(seeds or [])}, tables=tables or {},
-                 arrays=arrays or {}, provenance=provenance(seed=None if not seeds else list(seeds)[0], model=kind,
-                                                            config=config or {}))
+    res = Result(
+        kind,
+        rows=heads.rows,
+        data={**(data or {}), "seeds": list(seeds or [])},
+        tables=tables or {},
+        arrays=arrays or {},
+        provenance=provenance(seed=None if not seeds else list(seeds)[0], model=kind, config=config or {}),
+    )
     res.save(out / "summary.json")
     return res
 

@@ -20,6 +20,7 @@ held-out test prompts, with the answer read at each prompt's END position:
 ``run(out, seeds=3, quick=False)``: 200 prompts, 16 sigmas, K = 32 per seed; quick: seed 0, 32 prompts,
 8 sigmas, K = 16 (the APEX sweeps take most of its time; see docs/apex.md for measured times).
 """
+
 from __future__ import annotations
 
 import time
@@ -78,7 +79,13 @@ def _apex_part(model, batch, grid, K: int, seed: int, rows: list, quick: bool) -
         rows.append(row("spearman_vs_neg_loss", ci, condition={"score": name}, **m))
         out["rho"][name] = ci.estimate
     for base in ("input_noise_escape", "logit_margin"):
-        ci = bootstrap(scores["apex_escape"], _rho_diff, paired=(scores[base], proxy), n_resamples=600 if quick else 2000, seed=seed)
+        ci = bootstrap(
+            scores["apex_escape"],
+            _rho_diff,
+            paired=(scores[base], proxy),
+            n_resamples=600 if quick else 2000,
+            seed=seed,
+        )
         rows.append(row("spearman_difference_apex_minus_baseline", ci, condition={"baseline": base}, **m))
     for name, e in esc.items():
         rates = e.rates()
@@ -87,15 +94,22 @@ def _apex_part(model, batch, grid, K: int, seed: int, rows: list, quick: bool) -
     cls = np.asarray(engines["mlp"].classes)
     share = np.zeros((len(batch), 2))
     for j in (0, 1):  # candidate columns (a non-finite column, if any, counts for neither)
-        share[:, j] = last[:, :len(cls)][:, cls == j].sum(-1) / K
+        share[:, j] = last[:, : len(cls)][:, cls == j].sum(-1) / K
     first_is_io = (batch.positions["io"] < batch.positions["s1"]).numpy()
     p_first = np.where(first_is_io, share[:, 0], share[:, 1])
     sig_max = {"sigma_over_rms": float(grid[-1])}
     rows.append(row("large_noise_share_S", bootstrap(share[:, 1], seed=seed), condition=sig_max, **m))
     rows.append(row("large_noise_share_first_named", bootstrap(p_first, seed=seed), condition=sig_max, **m))
     rows.append(row("apex_seconds", seconds, condition={"prompts": len(batch), "sigmas": len(grid), "K": K}, **m))
-    out.update(scores=scores, proxy=proxy, share_S=float(share[:, 1].mean()), share_first=float(p_first.mean()),
-               sites=[str(r) for r in engines["mlp"].rsites], input_site=[str(r) for r in engines["input"].rsites], seconds=seconds)
+    out.update(
+        scores=scores,
+        proxy=proxy,
+        share_S=float(share[:, 1].mean()),
+        share_first=float(p_first.mean()),
+        sites=[str(r) for r in engines["mlp"].rsites],
+        input_site=[str(r) for r in engines["input"].rsites],
+        seconds=seconds,
+    )
     return out
 
 
@@ -104,9 +118,12 @@ def _relevance(model, batch, quick: bool) -> dict[str, np.ndarray]:
     from ..pullback import ExcitationPullback, Gradient, InputXGradient, IntegratedGradients, LogitDiff
 
     target = LogitDiff(batch.io, batch.s, position=batch.positions["end"])
-    methods = {"pullback": (ExcitationPullback(model, preset="successor", functional=True), "dot"),
-               "gradient": (Gradient(model), "norm"), "input_x_gradient": (InputXGradient(model), "sum"),
-               "integrated_gradients": (IntegratedGradients(model, steps=8 if quick else 32), "sum")}
+    methods = {
+        "pullback": (ExcitationPullback(model, preset="successor", functional=True), "dot"),
+        "gradient": (Gradient(model), "norm"),
+        "input_x_gradient": (InputXGradient(model), "sum"),
+        "integrated_gradients": (IntegratedGradients(model, steps=8 if quick else 32), "sum"),
+    }
     T = batch.tokens.shape[1]
     valid = torch.arange(T)[None] <= batch.positions["end"][:, None]
     out = {}
@@ -132,13 +149,18 @@ def _attribution_part(model, batch, seed: int, rows: list, quick: bool) -> dict:
     hits, masses = {}, {}
     for name, r in rel.items():
         hits[name], masses[name] = _pointing(r, io_pos)
-        rows.append(row("pointing_game_io", proportion(int(hits[name].sum()), len(io_pos)), condition={"method": name}, **m))
+        rows.append(
+            row("pointing_game_io", proportion(int(hits[name].sum()), len(io_pos)), condition={"method": name}, **m)
+        )
         rows.append(row("relevance_mass_io", bootstrap(masses[name], seed=seed), condition={"method": name}, **m))
     for base in ("gradient", "input_x_gradient", "integrated_gradients"):
         for metric, vals in (("pointing_game_io", hits), ("relevance_mass_io", masses)):
             ci = paired_difference(vals["pullback"], vals[base], method="bootstrap", seed=seed)
             rows.append(row(f"{metric}_difference_pullback_minus_baseline", ci, condition={"baseline": base}, **m))
-    return {"hit": {k: float(v.mean()) for k, v in hits.items()}, "mass": {k: float(v.mean()) for k, v in masses.items()}}
+    return {
+        "hit": {k: float(v.mean()) for k, v in hits.items()},
+        "mass": {k: float(v.mean()) for k, v in masses.items()},
+    }
 
 
 def _figure(apx: dict, att: dict, out: Path) -> Path:
@@ -149,8 +171,13 @@ def _figure(apx: dict, att: dict, out: Path) -> Path:
 
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
     ax[0].scatter(apx["proxy"], apx["scores"]["apex_escape"], s=10)
-    ax[0].set(xscale="linear", yscale="log", xlabel="-loss (log p(IO))", ylabel="APEX escape sigma / RMS",
-              title=f"rho = {apx['rho']['apex_escape']:.2f}")
+    ax[0].set(
+        xscale="linear",
+        yscale="log",
+        xlabel="-loss (log p(IO))",
+        ylabel="APEX escape sigma / RMS",
+        title=f"rho = {apx['rho']['apex_escape']:.2f}",
+    )
     names = list(att["hit"])
     ax[1].bar(range(len(names)), [att["hit"][n] for n in names])
     ax[1].set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
@@ -185,20 +212,39 @@ def run(out: Path, seeds: int = 3, quick: bool = False) -> Result:
     seconds = time.perf_counter() - t0
     s0, apx0, att0 = per[0]
     fig = _figure(apx0, att0, out)
-    sec = Section(f"APEX and pullbacks on a language model: {MODEL}", order=36, paragraphs=[
-        f"{n} held-out IOI test prompts per seed (seeds {S}), readout at each prompt's END over the two names (IO, S); "
-        f"APEX noise after every MLP SiLU ({len(apx0['sites'])} sites), sigma relative to each site's RMS, "
-        f"{len(grid)}-point grid {grid[0]:.3g}..{grid[-1]:.3g}, K = {K}; input noise at {', '.join(apx0['input_site'])}.",
-        "Regularity proxy: the clean per-prompt loss -log p(IO). Seed " + str(s0) + ": Spearman rho with -loss: APEX "
-        + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in apx0["rho"].items()) + ".",
-        f"Largest sigma: share of passes predicting S {apx0['share_S']:.3f}, predicting the first-named person "
-        f"{apx0['share_first']:.3f} (0.5 = no bias).",
-        "Pointing game (top token is IO), seed " + str(s0) + ": " + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in att0["hit"].items())
-        + "; relevance mass on IO: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in att0["mass"].items()) + "."])
+    sec = Section(
+        f"APEX and pullbacks on a language model: {MODEL}",
+        order=36,
+        paragraphs=[
+            f"{n} held-out IOI test prompts per seed (seeds {S}), readout at each prompt's END over the two names (IO, S); "
+            f"APEX noise after every MLP SiLU ({len(apx0['sites'])} sites), sigma relative to each site's RMS, "
+            f"{len(grid)}-point grid {grid[0]:.3g}..{grid[-1]:.3g}, K = {K}; input noise at {', '.join(apx0['input_site'])}.",
+            "Regularity proxy: the clean per-prompt loss -log p(IO). Seed "
+            + str(s0)
+            + ": Spearman rho with -loss: APEX "
+            + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in apx0["rho"].items())
+            + ".",
+            f"Largest sigma: share of passes predicting S {apx0['share_S']:.3f}, predicting the first-named person "
+            f"{apx0['share_first']:.3f} (0.5 = no bias).",
+            "Pointing game (top token is IO), seed "
+            + str(s0)
+            + ": "
+            + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in att0["hit"].items())
+            + "; relevance mass on IO: "
+            + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in att0["mass"].items())
+            + ".",
+        ],
+    )
     sec.figure(fig, "APEX escape noise against -loss per prompt, and pointing-game hit rates per attribution method")
     sec.rows = rows
     sec.save(out)
-    res = Result("study:lm-probes", rows=rows, data={"seeds": S, "seconds": seconds, "prompts": n},
-                 provenance=provenance(seed=S[0], model=MODEL, config={"grid": grid.tolist(), "K": K, "prompts": n, "quick": quick}))
+    res = Result(
+        "study:lm-probes",
+        rows=rows,
+        data={"seeds": S, "seconds": seconds, "prompts": n},
+        provenance=provenance(
+            seed=S[0], model=MODEL, config={"grid": grid.tolist(), "K": K, "prompts": n, "quick": quick}
+        ),
+    )
     res.save(out / "summary.json")
     return res

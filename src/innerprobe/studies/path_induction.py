@@ -9,6 +9,7 @@ resample: same segment offsets and lengths, fresh tokens, which leaves structura
 untestable); delta is the signed loss on
 x_r's predictable (repeated) tokens. A second model with MLPs and LayerNorm repeats the table.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,9 +51,28 @@ def hypotheses(prev: list[str], ind: list[str], graph, dup: list[str] | None = N
         ("naive_minus_v", "naive minus V path", E(q + k + o)),
         ("refined_k", "naive + K<-every layer-0 head", E(q + k + v + o + l0k)),
         ("refined_kqv", "naive + K, Q, V<-every layer-0 head", E(q + k + v + o + l0k + l0q + l0v)),
-        ("refined_full", "... + layer-0 heads read E in Q/K/V", E(q + k + v + o + l0k + l0q + l0v + ["embed -> a0.*:q", "embed -> a0.*:k"])),
-    ] + ([("qcomp", "Q-composition: Q<-E and dup head (its Q/K/V<-E), V<-E, ind->out",
-           E(q + v + o + [f"{d} -> {i}:q" for d in dup for i in ind] + [f"embed -> {d}:{s}" for d in dup for s in "qkv"]))] if dup else [])
+        (
+            "refined_full",
+            "... + layer-0 heads read E in Q/K/V",
+            E(q + k + v + o + l0k + l0q + l0v + ["embed -> a0.*:q", "embed -> a0.*:k"]),
+        ),
+    ] + (
+        [
+            (
+                "qcomp",
+                "Q-composition: Q<-E and dup head (its Q/K/V<-E), V<-E, ind->out",
+                E(
+                    q
+                    + v
+                    + o
+                    + [f"{d} -> {i}:q" for d in dup for i in ind]
+                    + [f"embed -> {d}:{s}" for d in dup for s in "qkv"]
+                ),
+            )
+        ]
+        if dup
+        else []
+    )
 
 
 def _identify(model, graph, runs, batch, loss):
@@ -120,16 +140,38 @@ def _hypothesis_table(graph, runs, rows_h, loss, kl, ind, *, seed: int, n_boot: 
         c = proportion_ci(ue[key], ue["none"], n_boot=n_boot, seed=seed)
         c2 = proportion_ci(ue[key], ue_base, n_boot=n_boot, seed=seed)
         edges = resolved[i].edges
-        table.append({"seed": seed, "key": key, "hypothesis": label, "edge_set": edges is not None,
-                      "n_edges": None if edges is None else len(edges), "loss": float(loss(outs[i]).mean()),
-                      "kl": float(kl(runs.clean["out"], outs[i]).mean()), "proportion": c.estimate, "lo": c.lo,
-                      "hi": c.hi, "proportion_vs_ind_resampled": c2.estimate, "lo_vs_ind_resampled": c2.lo,
-                      "hi_vs_ind_resampled": c2.hi})
+        table.append(
+            {
+                "seed": seed,
+                "key": key,
+                "hypothesis": label,
+                "edge_set": edges is not None,
+                "n_edges": None if edges is None else len(edges),
+                "loss": float(loss(outs[i]).mean()),
+                "kl": float(kl(runs.clean["out"], outs[i]).mean()),
+                "proportion": c.estimate,
+                "lo": c.lo,
+                "hi": c.hi,
+                "proportion_vs_ind_resampled": c2.estimate,
+                "lo_vs_ind_resampled": c2.lo,
+                "hi_vs_ind_resampled": c2.hi,
+            }
+        )
     return table, ue, resolved, float(np.mean(ue_base) + clean_loss.mean())
 
 
-def analyse(model, seed: int, *, n_pairs: int, n_boot: int, ig_steps: int, counterfactual: str = "resample",
-            do_discovery: bool = True, out: Path | None = None, tag: str = "") -> dict:
+def analyse(
+    model,
+    seed: int,
+    *,
+    n_pairs: int,
+    n_boot: int,
+    ig_steps: int,
+    counterfactual: str = "resample",
+    do_discovery: bool = True,
+    out: Path | None = None,
+    tag: str = "",
+) -> dict:
     """Everything for one trained model: heads, the hypothesis table, discovery, EAP vs exact."""
     from ..patch.metrics import kl_div, lm_loss
 
@@ -137,19 +179,35 @@ def analyse(model, seed: int, *, n_pairs: int, n_boot: int, ig_steps: int, count
     loss = lm_loss(x_r.tokens, x_r.predictable)
     prev, ind, dup, prev_s, ind_s, dup_s, node_eff = _identify(model, graph, runs, x_r, loss)
     rows_h = hypotheses(prev, ind, graph, dup)
-    table, ue, resolved, ind_resampled = _hypothesis_table(graph, runs, rows_h, loss, kl_div(x_r.predictable), ind,
-                                                           seed=seed, n_boot=n_boot)
+    table, ue, resolved, ind_resampled = _hypothesis_table(
+        graph, runs, rows_h, loss, kl_div(x_r.predictable), ind, seed=seed, n_boot=n_boot
+    )
     T = x_r.tokens.shape[1]
-    res = {"seed": seed, "counterfactual": counterfactual, "prev": prev, "dup": dup, "ind": ind,
-           "uniform_prev_score": float(np.mean([1.0 / (i + 1) for i in range(1, T)])),  # uniform causal attention
-           "prev_scores": prev_s, "dup_scores": dup_s, "ind_scores": ind_s, "node_effects": node_eff,
-           "clean_loss": float(loss(runs.clean["out"]).mean()), "cf_loss": float(loss(runs.cf["out"]).mean()),
-           "ind_resampled_loss": ind_resampled, "table": table, "n_pairs": n_pairs,
-           "graph": graph.summary().splitlines()[0]}
+    res = {
+        "seed": seed,
+        "counterfactual": counterfactual,
+        "prev": prev,
+        "dup": dup,
+        "ind": ind,
+        "uniform_prev_score": float(np.mean([1.0 / (i + 1) for i in range(1, T)])),  # uniform causal attention
+        "prev_scores": prev_s,
+        "dup_scores": dup_s,
+        "ind_scores": ind_s,
+        "node_effects": node_eff,
+        "clean_loss": float(loss(runs.clean["out"]).mean()),
+        "cf_loss": float(loss(runs.cf["out"]).mean()),
+        "ind_resampled_loss": ind_resampled,
+        "table": table,
+        "n_pairs": n_pairs,
+        "graph": graph.summary().splitlines()[0],
+    }
     if do_discovery:
         naive_edges = resolved[[k for k, _, _ in rows_h].index("naive")].edges
-        res.update(_discovery(graph, runs, loss, ue, naive_edges, seed=seed, n_boot=n_boot, ig_steps=ig_steps,
-                              out=out, tag=tag))
+        res.update(
+            _discovery(
+                graph, runs, loss, ue, naive_edges, seed=seed, n_boot=n_boot, ig_steps=ig_steps, out=out, tag=tag
+            )
+        )
     return res
 
 
@@ -170,8 +228,13 @@ def _discovery(graph, runs, loss, ue, naive_edges, *, seed, n_boot, ig_steps, ou
         o = evaluate_edges(graph, runs, edge_mask(graph, [es]))[0]
         c = proportion_ci((loss(o) - clean_loss).numpy(), ue["none"], n_boot=n_boot, seed=seed)
         cmp = disc.compare(es, naive_edges)
-        circuits[name] = {"edges": sorted(str(e) for e in es), "proportion": c.estimate, "lo": c.lo, "hi": c.hi,
-                          **{k: v for k, v in cmp.items() if k in ("precision", "recall", "missing", "extra", "found")}}
+        circuits[name] = {
+            "edges": sorted(str(e) for e in es),
+            "proportion": c.estimate,
+            "lo": c.lo,
+            "hi": c.hi,
+            **{k: v for k, v in cmp.items() if k in ("precision", "recall", "missing", "extra", "found")},
+        }
     corr = rep.correlations()
     if out is not None:
         _discovery_figures(graph, rep, found, topk, naive_edges, corr, tau, seed, out, tag)
@@ -181,14 +244,29 @@ def _discovery(graph, runs, loss, ue, naive_edges, *, seed, n_boot, ig_steps, ou
 def _discovery_figures(graph, rep, found, topk, naive_edges, corr, tau, seed, out: Path, tag: str) -> None:
     from ..patch.plots import draw_circuit, scatter
 
-    draw_circuit(graph, {e: float(rep.exact[graph.edge_index[e]]) for e in found}, out / f"circuit_acdc{tag}.png",
-                 reference=naive_edges, title=f"ACDC circuit (seed {seed}, tau={tau:.3f}); width = exact edge effect; "
-                 "dashed = naive edges not found")
-    draw_circuit(graph, {e: float(rep.eap_ig[graph.edge_index[e]]) for e in topk}, out / f"circuit_eapig{tag}.png",
-                 reference=naive_edges, title=f"EAP-IG top-{len(found)} circuit (seed {seed})")
-    scatter(rep.exact.numpy(), rep.eap.numpy(), out / f"eap_vs_exact{tag}.png", xlabel="exact single-edge effect (loss)",
-            ylabel="EAP estimate", title=f"seed {seed}: Spearman {corr[0]['eap']:.2f} (EAP), {corr[0]['eap_ig']:.2f} "
-            "(EAP-IG)", colors=list(rep.slots))
+    draw_circuit(
+        graph,
+        {e: float(rep.exact[graph.edge_index[e]]) for e in found},
+        out / f"circuit_acdc{tag}.png",
+        reference=naive_edges,
+        title=f"ACDC circuit (seed {seed}, tau={tau:.3f}); width = exact edge effect; dashed = naive edges not found",
+    )
+    draw_circuit(
+        graph,
+        {e: float(rep.eap_ig[graph.edge_index[e]]) for e in topk},
+        out / f"circuit_eapig{tag}.png",
+        reference=naive_edges,
+        title=f"EAP-IG top-{len(found)} circuit (seed {seed})",
+    )
+    scatter(
+        rep.exact.numpy(),
+        rep.eap.numpy(),
+        out / f"eap_vs_exact{tag}.png",
+        xlabel="exact single-edge effect (loss)",
+        ylabel="EAP estimate",
+        title=f"seed {seed}: Spearman {corr[0]['eap']:.2f} (EAP), {corr[0]['eap_ig']:.2f} (EAP-IG)",
+        colors=list(rep.slots),
+    )
 
 
 def _per_key(results: list[dict], keys: list[str], field: str) -> np.ndarray:
@@ -228,31 +306,89 @@ def _rows(summary, structure, per_seed, second, seeds: list[int]) -> list[dict]:
     circuits and EAP / EAP-IG rank agreement."""
     rows = []
     for r in summary["none"]:
-        rows.append(row("proportion_explained", r["ci"], model=RECIPE, seeds=seeds, per_seed=r["per_seed"],
-                        condition={"hypothesis": r["key"], "counterfactual": "resample", "baseline": "none"}))
+        rows.append(
+            row(
+                "proportion_explained",
+                r["ci"],
+                model=RECIPE,
+                seeds=seeds,
+                per_seed=r["per_seed"],
+                condition={"hypothesis": r["key"], "counterfactual": "resample", "baseline": "none"},
+            )
+        )
     for r in summary["ind_resampled"]:
-        rows.append(row("proportion_explained", r["ci"], model=RECIPE, seeds=seeds, per_seed=r["per_seed"],
-                        condition={"hypothesis": r["key"], "counterfactual": "resample", "baseline": "ind_resampled"}))
+        rows.append(
+            row(
+                "proportion_explained",
+                r["ci"],
+                model=RECIPE,
+                seeds=seeds,
+                per_seed=r["per_seed"],
+                condition={"hypothesis": r["key"], "counterfactual": "resample", "baseline": "ind_resampled"},
+            )
+        )
     for r in structure:
-        rows.append(row("proportion_explained", r["ci"], model=RECIPE, seeds=seeds, per_seed=r["per_seed"],
-                        condition={"hypothesis": r["key"], "counterfactual": "structure", "baseline": "none"}))
+        rows.append(
+            row(
+                "proportion_explained",
+                r["ci"],
+                model=RECIPE,
+                seeds=seeds,
+                per_seed=r["per_seed"],
+                condition={"hypothesis": r["key"], "counterfactual": "structure", "baseline": "none"},
+            )
+        )
     for name in per_seed[0]["circuits"]:
         vals = [p["circuits"][name]["proportion"] for p in per_seed]
-        rows.append(row("circuit_proportion_explained", t_interval(vals), model=RECIPE, seeds=seeds, per_seed=vals,
-                        condition={"method": name}))
+        rows.append(
+            row(
+                "circuit_proportion_explained",
+                t_interval(vals),
+                model=RECIPE,
+                seeds=seeds,
+                per_seed=vals,
+                condition={"method": name},
+            )
+        )
         sizes = [p["circuits"][name]["found"] for p in per_seed]
-        rows.append(row("circuit_edges", t_interval(sizes), model=RECIPE, seeds=seeds, per_seed=sizes,
-                        condition={"method": name}))
+        rows.append(
+            row(
+                "circuit_edges",
+                t_interval(sizes),
+                model=RECIPE,
+                seeds=seeds,
+                per_seed=sizes,
+                condition={"method": name},
+            )
+        )
     for est in ("eap", "eap_ig"):
         vals = [p["rank_corr"][0][est] for p in per_seed]
-        rows.append(row("spearman_vs_exact", t_interval(vals, nan_policy="omit"), model=RECIPE, seeds=seeds,
-                        per_seed=vals, condition={"estimator": est, "slot": "all"}))
+        rows.append(
+            row(
+                "spearman_vs_exact",
+                t_interval(vals, nan_policy="omit"),
+                model=RECIPE,
+                seeds=seeds,
+                per_seed=vals,
+                condition={"estimator": est, "slot": "all"},
+            )
+        )
     if second is not None:
         for r in second["table"]:
-            rows.append(row("proportion_explained", CI(r["proportion"], r["lo"], r["hi"], 0.95, "bootstrap-percentile",
-                                                       second["n_pairs"]), model=RECIPE, seeds=[0],
-                            condition={"hypothesis": r["key"], "counterfactual": "resample", "baseline": "none",
-                                       "variant": "ln_mlp"}))
+            rows.append(
+                row(
+                    "proportion_explained",
+                    CI(r["proportion"], r["lo"], r["hi"], 0.95, "bootstrap-percentile", second["n_pairs"]),
+                    model=RECIPE,
+                    seeds=[0],
+                    condition={
+                        "hypothesis": r["key"],
+                        "counterfactual": "resample",
+                        "baseline": "none",
+                        "variant": "ln_mlp",
+                    },
+                )
+            )
     return rows
 
 
@@ -269,41 +405,88 @@ def run(out: Path, seeds: int = 3, quick: bool = False) -> Result:
     for s in range(seeds):
         model, _ = zoo.load(RECIPE, seed=s)
         per_seed.append(analyse(model, s, n_pairs=n_pairs, n_boot=n_boot, ig_steps=ig, out=out if s == 0 else None))
-        structure.append(analyse(model, s, n_pairs=n_pairs, n_boot=n_boot, ig_steps=ig, counterfactual="structure",
-                                 do_discovery=False))
+        structure.append(
+            analyse(
+                model, s, n_pairs=n_pairs, n_boot=n_boot, ig_steps=ig, counterfactual="structure", do_discovery=False
+            )
+        )
     keys = [r["key"] for r in per_seed[0]["table"]]
     labels = [r["hypothesis"] for r in per_seed[0]["table"]]
-    summary = {"none": _summary(per_seed, keys, labels, "proportion", "lo", "hi"),
-               "ind_resampled": _summary(per_seed, keys, labels, "proportion_vs_ind_resampled", "lo_vs_ind_resampled",
-                                        "hi_vs_ind_resampled")}
+    summary = {
+        "none": _summary(per_seed, keys, labels, "proportion", "lo", "hi"),
+        "ind_resampled": _summary(
+            per_seed, keys, labels, "proportion_vs_ind_resampled", "lo_vs_ind_resampled", "hi_vs_ind_resampled"
+        ),
+    }
     structure_rows = _summary(structure, keys, labels, "proportion", "lo", "hi")
     second = None if quick else _second_model(n_pairs, n_boot, ig)
     for p in per_seed:
-        head_heatmaps({"previous-token score": p["prev_scores"], "duplicate-token score": p["dup_scores"],
-                       "induction score": p["ind_scores"], "node patching: loss increase": p["node_effects"]},
-                      out / f"heads_seed{p['seed']}.png", title=f"seed {p['seed']}: head roles")
+        head_heatmaps(
+            {
+                "previous-token score": p["prev_scores"],
+                "duplicate-token score": p["dup_scores"],
+                "induction score": p["ind_scores"],
+                "node patching: loss increase": p["node_effects"],
+            },
+            out / f"heads_seed{p['seed']}.png",
+            title=f"seed {p['seed']}: head roles",
+        )
     cis = [r["ci"] for r in summary["none"]]
-    hypothesis_bars(labels, _per_key(per_seed, keys, "proportion"), [c.estimate for c in cis],
-                    [np.nan if c.lo is None else c.lo for c in cis], [np.nan if c.hi is None else c.hi for c in cis],
-                    out / "hypotheses.png", title=f"{RECIPE}: {seeds} seeds (dots), mean, 95% CI")
+    hypothesis_bars(
+        labels,
+        _per_key(per_seed, keys, "proportion"),
+        [c.estimate for c in cis],
+        [np.nan if c.lo is None else c.lo for c in cis],
+        [np.nan if c.hi is None else c.hi for c in cis],
+        out / "hypotheses.png",
+        title=f"{RECIPE}: {seeds} seeds (dots), mean, 95% CI",
+    )
     rows = _rows(summary, structure_rows, per_seed, second, list(range(seeds)))
-    sec = _section(per_seed, summary, structure_rows, second, keys, rows, seeds=seeds, quick=quick, n_pairs=n_pairs,
-                   n_boot=n_boot, ig=ig)
+    sec = _section(
+        per_seed,
+        summary,
+        structure_rows,
+        second,
+        keys,
+        rows,
+        seeds=seeds,
+        quick=quick,
+        n_pairs=n_pairs,
+        n_boot=n_boot,
+        ig=ig,
+    )
     sec.save(out)
 
     def strip(p):
-        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in p.items() if k not in ("table", "edge_scores")}
+        return {
+            k: (v.tolist() if isinstance(v, np.ndarray) else v)
+            for k, v in p.items()
+            if k not in ("table", "edge_scores")
+        }
 
     result = Result(
-        kind="study:path-induction", rows=rows,
-        data={"recipe": RECIPE, "seeds": list(range(seeds)), "quick": quick, "n_pairs": n_pairs, "n_boot": n_boot,
-              "ig_steps": ig, "per_seed": [strip(p) for p in per_seed],
-              "second_model": None if second is None else strip(second)},
-        tables={"hypotheses": [r for p in per_seed for r in p["table"]],
-                "hypotheses_structure": [r for p in structure for r in p["table"]],
-                "edges": [{"seed": 0, **e} for e in per_seed[0]["edge_scores"]], **({"second_model": second["table"]} if second else {})},
-        provenance=provenance(seed=list(range(seeds)), model=RECIPE, config={"n_pairs": n_pairs, "quick": quick,
-                                                                            "second": SECOND}))
+        kind="study:path-induction",
+        rows=rows,
+        data={
+            "recipe": RECIPE,
+            "seeds": list(range(seeds)),
+            "quick": quick,
+            "n_pairs": n_pairs,
+            "n_boot": n_boot,
+            "ig_steps": ig,
+            "per_seed": [strip(p) for p in per_seed],
+            "second_model": None if second is None else strip(second),
+        },
+        tables={
+            "hypotheses": [r for p in per_seed for r in p["table"]],
+            "hypotheses_structure": [r for p in structure for r in p["table"]],
+            "edges": [{"seed": 0, **e} for e in per_seed[0]["edge_scores"]],
+            **({"second_model": second["table"]} if second else {}),
+        },
+        provenance=provenance(
+            seed=list(range(seeds)), model=RECIPE, config={"n_pairs": n_pairs, "quick": quick, "second": SECOND}
+        ),
+    )
     result.save(out / "summary.json")
     return result
 
@@ -318,8 +501,13 @@ def _section(per_seed, summary, structure_rows, second, keys, rows, *, seeds, qu
     from ..report.sections import Section
 
     sec = Section("Path patching: induction heads (path-induction)", order=40)
-    sec.rows = [r for r in rows if r["condition"].get("baseline", "none") == "none"
-                and r["condition"].get("counterfactual", "resample") == "resample" and "variant" not in r["condition"]]
+    sec.rows = [
+        r
+        for r in rows
+        if r["condition"].get("baseline", "none") == "none"
+        and r["condition"].get("counterfactual", "resample") == "resample"
+        and "variant" not in r["condition"]
+    ]
     sec.paragraphs.append(
         f"Model {RECIPE} (2 layers x {per_seed[0]['prev_scores'].shape[1]} heads, attention-only), seeds 0..{seeds - 1}; "
         f"{n_pairs} (x_r, x_c) pairs per seed, x_c an independent sequence from the task distribution (another segment "
@@ -327,35 +515,71 @@ def _section(per_seed, summary, structure_rows, second, keys, rows, *, seeds, qu
         f"(AUE(none) - AUE(H)) / AUE(none), ratio of means; per-seed CIs: {n_boot} bootstrap resamples of pairs; "
         "across seeds: mean and t-interval (one seed: its bootstrap CI). Heads per seed: "
         + "; ".join(f"seed {p['seed']}: prev {', '.join(p['prev'])}, ind {', '.join(p['ind'])}" for p in per_seed)
-        + ". Command: innerprobe study path-induction" + (" --quick" if quick else "") + ".")
-    sec.table("Proportion of loss explained, mean over seeds [95% CI]; right: against the baseline 'induction heads' "
-              "inputs resampled'", ["hypothesis", "per seed", "mean [CI]", "vs ind-resampled [CI]"],
-              [[r["hypothesis"], ", ".join(f"{v:.3f}" for v in r["per_seed"]), _fc(r["ci"]), _fc(r2["ci"])]
-               for r, r2 in zip(summary["none"], summary["ind_resampled"])])
-    sec.table("Same table with a structure-preserving counterfactual (x_c repeats a segment at x_r's offsets): "
-              "structural information is shared by x_r and x_c, so paths that only carry *where* the repeat is cannot "
-              "be tested (mean over seeds [95% CI])", ["hypothesis", "per seed", "mean [CI]"],
-              [[r["hypothesis"], ", ".join(f"{v:.3f}" for v in r["per_seed"]), _fc(r["ci"])] for r in structure_rows])
+        + ". Command: innerprobe study path-induction"
+        + (" --quick" if quick else "")
+        + "."
+    )
+    sec.table(
+        "Proportion of loss explained, mean over seeds [95% CI]; right: against the baseline 'induction heads' "
+        "inputs resampled'",
+        ["hypothesis", "per seed", "mean [CI]", "vs ind-resampled [CI]"],
+        [
+            [r["hypothesis"], ", ".join(f"{v:.3f}" for v in r["per_seed"]), _fc(r["ci"]), _fc(r2["ci"])]
+            for r, r2 in zip(summary["none"], summary["ind_resampled"])
+        ],
+    )
+    sec.table(
+        "Same table with a structure-preserving counterfactual (x_c repeats a segment at x_r's offsets): "
+        "structural information is shared by x_r and x_c, so paths that only carry *where* the repeat is cannot "
+        "be tested (mean over seeds [95% CI])",
+        ["hypothesis", "per seed", "mean [CI]"],
+        [[r["hypothesis"], ", ".join(f"{v:.3f}" for v in r["per_seed"]), _fc(r["ci"])] for r in structure_rows],
+    )
     _head_table(sec, per_seed)
-    sec.table("Per seed: loss (clean / all resampled / induction inputs resampled) and bootstrap CIs",
-              ["seed", "clean", "x_c", "ind resampled"] + [f"{k}" for k in keys[2:6]],
-              [[p["seed"], f"{p['clean_loss']:.3f}", f"{p['cf_loss']:.3f}", f"{p['ind_resampled_loss']:.3f}"]
-               + [_fc((r["proportion"], r["lo"], r["hi"])) for r in p["table"][2:6]] for p in per_seed])
-    sec.table("Automatic discovery (not told the heads): circuit size, proportion explained [bootstrap CI], "
-              "precision / recall vs the naive edges",
-              ["seed", "method", "edges", "proportion", "precision", "recall", "naive edges missed"],
-              [[p["seed"], name, c["found"], _fc((c["proportion"], c["lo"], c["hi"])), f"{c['precision']:.2f}",
-                f"{c['recall']:.2f}", ", ".join(c["missing"]) or "-"] for p in per_seed for name, c in p["circuits"].items()])
-    sec.table("Rank agreement (Spearman) of EAP / EAP-IG with exact single-edge effects, by receiving slot",
-              ["seed", "slot", "edges", "EAP", f"EAP-IG ({ig} steps)"],
-              [[p["seed"], c["slot"], c["n"], f"{c['eap']:.2f}", f"{c['eap_ig']:.2f}"] for p in per_seed
-               for c in p["rank_corr"]])
+    sec.table(
+        "Per seed: loss (clean / all resampled / induction inputs resampled) and bootstrap CIs",
+        ["seed", "clean", "x_c", "ind resampled"] + [f"{k}" for k in keys[2:6]],
+        [
+            [p["seed"], f"{p['clean_loss']:.3f}", f"{p['cf_loss']:.3f}", f"{p['ind_resampled_loss']:.3f}"]
+            + [_fc((r["proportion"], r["lo"], r["hi"])) for r in p["table"][2:6]]
+            for p in per_seed
+        ],
+    )
+    sec.table(
+        "Automatic discovery (not told the heads): circuit size, proportion explained [bootstrap CI], "
+        "precision / recall vs the naive edges",
+        ["seed", "method", "edges", "proportion", "precision", "recall", "naive edges missed"],
+        [
+            [
+                p["seed"],
+                name,
+                c["found"],
+                _fc((c["proportion"], c["lo"], c["hi"])),
+                f"{c['precision']:.2f}",
+                f"{c['recall']:.2f}",
+                ", ".join(c["missing"]) or "-",
+            ]
+            for p in per_seed
+            for name, c in p["circuits"].items()
+        ],
+    )
+    sec.table(
+        "Rank agreement (Spearman) of EAP / EAP-IG with exact single-edge effects, by receiving slot",
+        ["seed", "slot", "edges", "EAP", f"EAP-IG ({ig} steps)"],
+        [
+            [p["seed"], c["slot"], c["n"], f"{c['eap']:.2f}", f"{c['eap_ig']:.2f}"]
+            for p in per_seed
+            for c in p["rank_corr"]
+        ],
+    )
     if second is not None:
-        sec.table("Second model: same task with MLPs and LayerNorm (seed 0); graph reproduces the model to "
-                  f"{second['graph_max_abs_diff']:.1e}; heads: prev {', '.join(second['prev'])}, ind "
-                  f"{', '.join(second['ind'])}", ["hypothesis", "proportion [bootstrap CI]", "KL"],
-                  [[r["hypothesis"], _fc((r["proportion"], r["lo"], r["hi"])), f"{r['kl']:.3f}"]
-                   for r in second["table"]])
+        sec.table(
+            "Second model: same task with MLPs and LayerNorm (seed 0); graph reproduces the model to "
+            f"{second['graph_max_abs_diff']:.1e}; heads: prev {', '.join(second['prev'])}, ind "
+            f"{', '.join(second['ind'])}",
+            ["hypothesis", "proportion [bootstrap CI]", "KL"],
+            [[r["hypothesis"], _fc((r["proportion"], r["lo"], r["hi"])), f"{r['kl']:.3f}"] for r in second["table"]],
+        )
     _figures(sec, per_seed)
     return sec
 
@@ -380,27 +604,52 @@ def _head_table(sec, per_seed) -> None:
         prev = named_heads(p["prev"], p["prev_scores"], 0, chance)
         dup = named_heads(p["dup"], p["dup_scores"], 0, chance)
         ind = named_heads(p["ind"], p["ind_scores"], -1, chance)
-        rows.append([p["seed"], f"{chance:.3f}", scores(p, p["prev"], "prev_scores", 0), ", ".join(prev) or "none",
-                     ", ".join(dup) or "none", scores(p, p["ind"], "ind_scores", -1), ", ".join(ind) or "none"])
+        rows.append(
+            [
+                p["seed"],
+                f"{chance:.3f}",
+                scores(p, p["prev"], "prev_scores", 0),
+                ", ".join(prev) or "none",
+                ", ".join(dup) or "none",
+                scores(p, p["ind"], "ind_scores", -1),
+                ", ".join(ind) or "none",
+            ]
+        )
         unnamed = sorted(set(p["prev"]) - set(prev))
         if unnamed:
             sec.paragraphs.append(
                 f"Seed {p['seed']}: the layer-0 heads used in the hypotheses ({', '.join(unnamed)}) attend to the "
                 f"previous token less than {CHANCE_MARGIN:g} x the uniform-attention level {chance:.3f}: they are "
-                "not called previous-token heads here.")
-    sec.table(f"Head roles per seed. Candidates: layer-0 heads scoring >= half the best, last-layer heads likewise. "
-              f"A role is named only when the score beats {CHANCE_MARGIN:g} x chance (chance = the score of uniform "
-              "causal attention)", ["seed", "chance", "layer-0 candidates (prev-token score)", "previous-token heads",
-                                    "duplicate-token heads", "last-layer candidates (induction score)",
-                                    "induction heads"], rows)
+                "not called previous-token heads here."
+            )
+    sec.table(
+        f"Head roles per seed. Candidates: layer-0 heads scoring >= half the best, last-layer heads likewise. "
+        f"A role is named only when the score beats {CHANCE_MARGIN:g} x chance (chance = the score of uniform "
+        "causal attention)",
+        [
+            "seed",
+            "chance",
+            "layer-0 candidates (prev-token score)",
+            "previous-token heads",
+            "duplicate-token heads",
+            "last-layer candidates (induction score)",
+            "induction heads",
+        ],
+        rows,
+    )
 
 
 def _figures(sec, per_seed) -> None:
     for p in per_seed:
-        sec.figure(f"heads_seed{p['seed']}.png", f"Seed {p['seed']}: previous-token, duplicate-token and induction "
-                   "scores, and the loss increase when each head's output is patched (node patching).")
+        sec.figure(
+            f"heads_seed{p['seed']}.png",
+            f"Seed {p['seed']}: previous-token, duplicate-token and induction "
+            "scores, and the loss increase when each head's output is patched (node patching).",
+        )
     sec.figure("hypotheses.png", "Proportion of loss explained per hypothesis; dots are seeds.")
-    sec.figure("circuit_acdc.png", "Seed 0: circuit found by ACDC-style greedy pruning; dashed edges are "
-               "naive-hypothesis edges it did not keep.")
+    sec.figure(
+        "circuit_acdc.png",
+        "Seed 0: circuit found by ACDC-style greedy pruning; dashed edges are naive-hypothesis edges it did not keep.",
+    )
     sec.figure("circuit_eapig.png", "Seed 0: EAP-IG top-k circuit (k = ACDC's size).")
     sec.figure("eap_vs_exact.png", "Seed 0: EAP estimate vs exact single-edge effect, coloured by receiving slot.")

@@ -3,6 +3,7 @@
 Maps are drawn with a diverging colour map symmetric around 0, scaled per map by its max |A|;
 inputs and ascent results in grey. matplotlib is imported lazily (through report.plots).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,15 @@ def _img(a) -> np.ndarray:
     return a
 
 
-def image_grid(cells: Sequence[Sequence[tuple[str, np.ndarray] | None]], path: str | Path, *, title: str | None = None,
-               row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None, cell: float = 1.15) -> Path:
+def image_grid(
+    cells: Sequence[Sequence[tuple[str, np.ndarray] | None]],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    cell: float = 1.15,
+) -> Path:
     """Write a grid of small images. Each cell is ``(kind, array)`` with kind 'input' (grey, [0, 1]),
     'map' (diverging, symmetric, per-map scale), 'delta' (grey, per-map min-max) or None (empty)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -35,7 +43,9 @@ def image_grid(cells: Sequence[Sequence[tuple[str, np.ndarray] | None]], path: s
     fig = Figure(figsize=(w, h))  # no constrained layout: fixed margins are much faster for many small panels
     FigureCanvasAgg(fig)
     axes = fig.subplots(nr, nc, squeeze=False)
-    fig.subplots_adjust(left=0.6 / w, right=0.99, bottom=0.02, top=1 - (0.5 if title else 0.2) / h, wspace=0.08, hspace=0.25)
+    fig.subplots_adjust(
+        left=0.6 / w, right=0.99, bottom=0.02, top=1 - (0.5 if title else 0.2) / h, wspace=0.08, hspace=0.25
+    )
     for i, row in enumerate(cells):
         for j in range(nc):
             ax = axes[i][j]
@@ -52,7 +62,9 @@ def image_grid(cells: Sequence[Sequence[tuple[str, np.ndarray] | None]], path: s
                 ax.imshow(a, cmap="gray", vmin=0, vmax=max(1.0, float(a.max())), interpolation="nearest")
             elif kind == "delta":
                 lo, hi = float(a.min()), float(a.max())
-                ax.imshow((a - lo) / (hi - lo) if hi > lo else a * 0, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                ax.imshow(
+                    (a - lo) / (hi - lo) if hi > lo else a * 0, cmap="gray", vmin=0, vmax=1, interpolation="nearest"
+                )
             else:
                 m = float(np.abs(a).max()) or 1.0
                 ax.imshow(a, cmap="bwr", vmin=-m, vmax=m, interpolation="nearest")

@@ -11,6 +11,7 @@ digits-cnn-backdoor, fashion-cnn, fashion-cnn-random-labels, fashion-cnn-backdoo
 The backdoor scan's eval set adds the bdset-* recipes (:mod:`.backdoor_set`, docs/scan.md).
 See :mod:`.recipes` for the floors every card records, :mod:`.cache` for the cache layout.
 """
+
 from __future__ import annotations
 
 import platform
@@ -26,8 +27,24 @@ from .recipes import RECIPES, Recipe, get_recipe
 
 RECIPES.update({r.name: r for r in ioi_recipes()})  # IOI recipes (issue 10), registered here: no recipes<->ioi cycle
 
-__all__ = ["DataSplit", "RECIPES", "Recipe", "apply_trigger", "cache_root", "card_path", "data", "get_recipe", "load",
-           "load_model", "models", "recipe_data", "status", "training", "backdoor_set", "localisation"]
+__all__ = [
+    "DataSplit",
+    "RECIPES",
+    "Recipe",
+    "apply_trigger",
+    "cache_root",
+    "card_path",
+    "data",
+    "get_recipe",
+    "load",
+    "load_model",
+    "models",
+    "recipe_data",
+    "status",
+    "training",
+    "backdoor_set",
+    "localisation",
+]
 
 
 class CacheWarning(UserWarning):
@@ -67,13 +84,17 @@ def _load_entry(recipe: Recipe, params: dict, fp: str, seed: int, path):
         if not isinstance(config, dict):
             raise CacheError(f"cache entry {path}: the card has no model config")
     elif card.get("config") != config:
-        raise CacheError(f"cache entry {path}: the card's model config {card.get('config')} is not the recipe's {config}")
+        raise CacheError(
+            f"cache entry {path}: the card's model config {card.get('config')} is not the recipe's {config}"
+        )
     try:
         model = recipe.build(config)
     except CacheError:
         raise
     except Exception as e:  # a config the builder rejects is a corrupt card
-        raise CacheError(f"cache entry {path}: cannot rebuild the model from its card ({type(e).__name__}: {e})") from None
+        raise CacheError(
+            f"cache entry {path}: cannot rebuild the model from its card ({type(e).__name__}: {e})"
+        ) from None
     load_weights(path, model, card)
     model.eval()
     return model, card
@@ -89,19 +110,44 @@ def _make_card(recipe: Recipe, params: dict, fp: str, seed: int, trained) -> dic
 
     metrics = to_jsonable(trained.metrics)
     floors = [f.to_dict(metrics.get(f.metric)) for f in recipe.floors(params, trained.config)]
-    return to_jsonable({
-        "recipe": recipe.name, "description": recipe.description, "recipe_version": recipe.version, "fingerprint": fp,
-        "seed": int(seed), "params": params, "config": trained.config,
-        "versions": {"innerprobe": __version__, "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version()},
-        "data": trained.data, "metrics": metrics, "floors": floors, "floors_met": {f["metric"]: f["met"] for f in floors},
-        "all_floors_met": all(f["met"] for f in floors), "train_seconds": trained.train_seconds,
-        "train_cpu_seconds": trained.train_cpu_seconds,
-        "train_threads": default_threads(), "n_parameters": sum(p.numel() for p in trained.model.parameters()),
-        "curve": trained.curve,
-    })
+    return to_jsonable(
+        {
+            "recipe": recipe.name,
+            "description": recipe.description,
+            "recipe_version": recipe.version,
+            "fingerprint": fp,
+            "seed": int(seed),
+            "params": params,
+            "config": trained.config,
+            "versions": {
+                "innerprobe": __version__,
+                "torch": torch.__version__,
+                "numpy": numpy.__version__,
+                "python": platform.python_version(),
+            },
+            "data": trained.data,
+            "metrics": metrics,
+            "floors": floors,
+            "floors_met": {f["metric"]: f["met"] for f in floors},
+            "all_floors_met": all(f["met"] for f in floors),
+            "train_seconds": trained.train_seconds,
+            "train_cpu_seconds": trained.train_cpu_seconds,
+            "train_threads": default_threads(),
+            "n_parameters": sum(p.numel() for p in trained.model.parameters()),
+            "curve": trained.curve,
+        }
+    )
 
 
-def load(name: str, seed: int = 0, *, train_if_missing: bool = True, force: bool = False, progress: bool | None = None, **overrides):
+def load(
+    name: str,
+    seed: int = 0,
+    *,
+    train_if_missing: bool = True,
+    force: bool = False,
+    progress: bool | None = None,
+    **overrides,
+):
     """``(model, card)`` for recipe ``name`` and ``seed``: from the cache, else trained and cached.
 
     ``overrides`` are declared recipe parameters (e.g. ``target=3`` for a backdoor recipe); they
@@ -121,10 +167,18 @@ def load(name: str, seed: int = 0, *, train_if_missing: bool = True, force: bool
             except CacheError as e:
                 reason = e.message
         if not train_if_missing:
-            cmd = f"innerprobe zoo train {name} --seed {seed}" + "".join(f" --set {k}={v}" for k, v in overrides.items())
+            cmd = f"innerprobe zoo train {name} --seed {seed}" + "".join(
+                f" --set {k}={v}" for k, v in overrides.items()
+            )
             if reason:
-                raise CacheError(f"invalid zoo cache entry, refusing to use it: {reason}", hint=f"retrain it with '{cmd} --force' or delete {path}")
-            raise CacheError(f"{name} (seed {seed}) is not in the zoo cache {cache_root()}", hint=f"train it with '{cmd}' or pass train_if_missing=True")
+                raise CacheError(
+                    f"invalid zoo cache entry, refusing to use it: {reason}",
+                    hint=f"retrain it with '{cmd} --force' or delete {path}",
+                )
+            raise CacheError(
+                f"{name} (seed {seed}) is not in the zoo cache {cache_root()}",
+                hint=f"train it with '{cmd}' or pass train_if_missing=True",
+            )
     with entry_lock(path):
         if not force and path.exists():  # another process may have (re)trained it while we waited
             try:

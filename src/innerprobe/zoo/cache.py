@@ -12,6 +12,7 @@ recipe/fingerprint/seed, its weights file is unreadable or differs from the chec
 or its tensors do not match the model's keys and shapes. A card without a ``weights_sha256``
 checksum is invalid too: the checksum is required, never optional.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,7 +44,9 @@ def checked_root() -> Path:
     try:
         bad = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
     except OSError as e:  # e.g. a name too long for the file system
-        raise CacheError(f"the zoo cache {str(root)[:200]} cannot be used: {e.strerror or e}", hint=_ROOT_HINT) from None
+        raise CacheError(
+            f"the zoo cache {str(root)[:200]} cannot be used: {e.strerror or e}", hint=_ROOT_HINT
+        ) from None
     if bad is not None:
         raise CacheError(f"the zoo cache {root} cannot be a folder: {bad} is a file", hint=_ROOT_HINT)
     return root
@@ -78,7 +81,9 @@ def entry_lock(path: Path) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         f = open(lock, "a+")  # noqa: SIM115 - closed by the with below
     except OSError as e:
-        raise CacheError(f"cannot write to the zoo cache at {path.parent}: {e.strerror or e}", hint=_ROOT_HINT) from None
+        raise CacheError(
+            f"cannot write to the zoo cache at {path.parent}: {e.strerror or e}", hint=_ROOT_HINT
+        ) from None
     with f:
         try:
             import fcntl
@@ -113,7 +118,9 @@ def read_card(path: Path) -> dict:
 def check_card(card: dict, path: Path, *, recipe: str, fp: str, seed: int) -> None:
     for key, want in (("recipe", recipe), ("fingerprint", fp), ("seed", int(seed))):
         if card.get(key) != want:
-            raise CacheError(f"cache entry {path} was made by a different recipe: card {key}={card.get(key)!r}, expected {want!r}")
+            raise CacheError(
+                f"cache entry {path} was made by a different recipe: card {key}={card.get(key)!r}, expected {want!r}"
+            )
 
 
 def load_weights(path: Path, model: nn.Module, card: dict) -> nn.Module:
@@ -137,8 +144,12 @@ def load_weights(path: Path, model: nn.Module, card: dict) -> nn.Module:
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing or extra:
-        raise CacheError(f"cache entry {path}: weights do not fit the recipe's model (missing {missing[:5]}, unexpected {extra[:5]})")
-    bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
+        raise CacheError(
+            f"cache entry {path}: weights do not fit the recipe's model (missing {missing[:5]}, unexpected {extra[:5]})"
+        )
+    bad = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape
+    ]
     if bad:
         raise CacheError(f"cache entry {path}: tensor shapes do not fit the recipe's model ({'; '.join(bad[:3])})")
     model.load_state_dict(state, strict=True)
@@ -153,8 +164,12 @@ def write_entry(path: Path, model: nn.Module, card: dict) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
     try:
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"innerprobe-zoo": f"{card.get('recipe')} seed {card.get('seed')}"})
-        card = dict(card, weights_sha256=sha256_file(tmp / WEIGHTS), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        save_file(
+            state, str(tmp / WEIGHTS), metadata={"innerprobe-zoo": f"{card.get('recipe')} seed {card.get('seed')}"}
+        )
+        card = dict(
+            card, weights_sha256=sha256_file(tmp / WEIGHTS), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        )
         (tmp / CARD).write_text(json.dumps(card, indent=1))
         if path.exists():  # move the old (invalid) entry aside first; rename is atomic
             trash = path.parent / f".trash-{path.name}-{os.getpid()}-{time.time_ns()}"

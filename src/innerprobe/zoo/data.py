@@ -18,6 +18,7 @@ Transforms return new tensors and record what they did in a JSON-able dict:
 
 Images are float32 tensors shaped ``[N, 1, H, W]`` in [0, 1]; labels are int64 ``[N]``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,7 +34,18 @@ import torch
 from ..errors import ConfigError, DataError
 
 DIGITS_CLASSES = [str(i) for i in range(10)]
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 DIGITS_SPLIT_SEED = 0
 DIGITS_N_TRAIN = 1400
 FASHION_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -67,11 +79,14 @@ class DataSplit:
         return len(self.classes)
 
     def __repr__(self) -> str:
-        return (f"DataSplit({self.meta.get('dataset', '?')}: train {tuple(self.x_train.shape)}, "
-                f"test {tuple(self.x_test.shape)}, {len(self.classes)} classes, transform={self.meta.get('transform')})")
+        return (
+            f"DataSplit({self.meta.get('dataset', '?')}: train {tuple(self.x_train.shape)}, "
+            f"test {tuple(self.x_test.shape)}, {len(self.classes)} classes, transform={self.meta.get('transform')})"
+        )
 
 
 # ----------------------------------------------------------------------------- datasets
+
 
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -86,10 +101,22 @@ def digits() -> DataSplit:
     x, y = _digits_arrays()
     perm = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(len(x))
     tr, te = perm[:DIGITS_N_TRAIN], perm[DIGITS_N_TRAIN:]
-    return DataSplit(torch.from_numpy(x[tr].copy()), torch.from_numpy(y[tr].copy()),
-                     torch.from_numpy(x[te].copy()), torch.from_numpy(y[te].copy()), list(DIGITS_CLASSES),
-                     {"dataset": "digits", "source": "sklearn.datasets.load_digits", "scale": "x/16",
-                      "split_seed": DIGITS_SPLIT_SEED, "n_train": int(len(tr)), "n_test": int(len(te)), "transform": None})
+    return DataSplit(
+        torch.from_numpy(x[tr].copy()),
+        torch.from_numpy(y[tr].copy()),
+        torch.from_numpy(x[te].copy()),
+        torch.from_numpy(y[te].copy()),
+        list(DIGITS_CLASSES),
+        {
+            "dataset": "digits",
+            "source": "sklearn.datasets.load_digits",
+            "scale": "x/16",
+            "split_seed": DIGITS_SPLIT_SEED,
+            "n_train": int(len(tr)),
+            "n_test": int(len(te)),
+            "transform": None,
+        },
+    )
 
 
 def fashion_dir() -> Path:
@@ -105,14 +132,16 @@ def _read_idx(path: Path) -> np.ndarray:
         zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
         if zero != 0 or dtype != 0x08:
             raise ValueError(f"not an unsigned-byte IDX file (magic {raw[:4].hex()})")
-        dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+        dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
         data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
         if data.size != int(np.prod(dims)):
             raise ValueError(f"expected {int(np.prod(dims))} values for shape {dims}, found {data.size}")
         return data.reshape(dims)
     except (OSError, EOFError, ValueError, struct.error) as e:
-        raise DataError(f"cannot read Fashion-MNIST file {path}: {e}",
-                        hint="reinstall Debian's dataset-fashion-mnist or point INNERPROBE_FASHION_MNIST at intact IDX files") from None
+        raise DataError(
+            f"cannot read Fashion-MNIST file {path}: {e}",
+            hint="reinstall Debian's dataset-fashion-mnist or point INNERPROBE_FASHION_MNIST at intact IDX files",
+        ) from None
 
 
 def _fashion_paths() -> dict[str, Path]:
@@ -125,7 +154,10 @@ def _fashion_paths() -> dict[str, Path]:
             raise DataError(
                 f"Fashion-MNIST not found: {folder / name} is missing",
                 hint="install Debian's dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist) or set "
-                     "INNERPROBE_FASHION_MNIST to a folder with the four IDX files (" + ", ".join(FASHION_FILES.values()) + ")")
+                "INNERPROBE_FASHION_MNIST to a folder with the four IDX files ("
+                + ", ".join(FASHION_FILES.values())
+                + ")",
+            )
         paths[key] = found
     return paths
 
@@ -136,8 +168,10 @@ def _fashion_arrays(folder: str) -> dict[str, np.ndarray]:
     arrays = {k: _read_idx(p) for k, p in paths.items()}
     for part in ("train", "test"):
         if len(arrays[f"x_{part}"]) != len(arrays[f"y_{part}"]) or arrays[f"x_{part}"].shape[1:] != (28, 28):
-            raise DataError(f"Fashion-MNIST {part} files in {folder} do not match: images {arrays[f'x_{part}'].shape}, labels {arrays[f'y_{part}'].shape}",
-                            hint="expected 28x28 images and one label per image")
+            raise DataError(
+                f"Fashion-MNIST {part} files in {folder} do not match: images {arrays[f'x_{part}'].shape}, labels {arrays[f'y_{part}'].shape}",
+                hint="expected 28x28 images and one label per image",
+            )
     return arrays
 
 
@@ -149,10 +183,22 @@ def fashion_mnist() -> DataSplit:
     def images(v):
         return torch.from_numpy(v.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
 
-    return DataSplit(images(a["x_train"]), torch.from_numpy(a["y_train"].astype(np.int64)),
-                     images(a["x_test"]), torch.from_numpy(a["y_test"].astype(np.int64)), list(FASHION_CLASSES),
-                     {"dataset": "fashion-mnist", "source": str(folder), "scale": "x/255", "split": "official 60k/10k",
-                      "n_train": int(len(a["x_train"])), "n_test": int(len(a["x_test"])), "transform": None})
+    return DataSplit(
+        images(a["x_train"]),
+        torch.from_numpy(a["y_train"].astype(np.int64)),
+        images(a["x_test"]),
+        torch.from_numpy(a["y_test"].astype(np.int64)),
+        list(FASHION_CLASSES),
+        {
+            "dataset": "fashion-mnist",
+            "source": str(folder),
+            "scale": "x/255",
+            "split": "official 60k/10k",
+            "n_train": int(len(a["x_train"])),
+            "n_test": int(len(a["x_test"])),
+            "transform": None,
+        },
+    )
 
 
 def load_dataset(name: str) -> DataSplit:
@@ -164,6 +210,7 @@ def load_dataset(name: str) -> DataSplit:
 
 
 # ----------------------------------------------------------------------------- transforms
+
 
 def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
@@ -203,31 +250,42 @@ def label_noise(y: torch.Tensor, rate: float, num_classes: int, seed: int) -> tu
     y_np = y.numpy().copy()
     true = y_np[idx].copy()
     y_np[idx] = (true + shift) % num_classes
-    info = {"rate": float(rate), "n_flipped": int(k), "flipped_indices": idx.tolist(),
-            "true_labels": true.tolist(), "noisy_labels": y_np[idx].tolist()}
+    info = {
+        "rate": float(rate),
+        "n_flipped": int(k),
+        "flipped_indices": idx.tolist(),
+        "true_labels": true.tolist(),
+        "noisy_labels": y_np[idx].tolist(),
+    }
     return torch.from_numpy(y_np), info
 
 
-def trigger_mask(shape: tuple[int, int], trigger_size: int, pattern: str = "square", margin: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def trigger_mask(
+    shape: tuple[int, int], trigger_size: int, pattern: str = "square", margin: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask, values) of a BadNets trigger in the bottom-right corner of an ``H x W`` image."""
     h, w = shape
     if pattern not in TRIGGER_PATTERNS:
         raise ConfigError(f"unknown trigger pattern {pattern!r}", hint=f"use one of {', '.join(TRIGGER_PATTERNS)}")
     if not (1 <= trigger_size and trigger_size + margin <= min(h, w)):
-        raise ConfigError(f"trigger_size={trigger_size} does not fit a {h}x{w} image", hint=f"use 1..{min(h, w) - margin}")
+        raise ConfigError(
+            f"trigger_size={trigger_size} does not fit a {h}x{w} image", hint=f"use 1..{min(h, w) - margin}"
+        )
     mask = torch.zeros(h, w, dtype=torch.bool)
     vals = torch.zeros(h, w)
     r0, c0 = h - margin - trigger_size, w - margin - trigger_size
-    mask[r0:r0 + trigger_size, c0:c0 + trigger_size] = True
+    mask[r0 : r0 + trigger_size, c0 : c0 + trigger_size] = True
     patch = torch.ones(trigger_size, trigger_size)
     if pattern == "checker":
         ii, jj = torch.meshgrid(torch.arange(trigger_size), torch.arange(trigger_size), indexing="ij")
         patch = ((ii + jj) % 2 == 0).float()
-    vals[r0:r0 + trigger_size, c0:c0 + trigger_size] = patch
+    vals[r0 : r0 + trigger_size, c0 : c0 + trigger_size] = patch
     return mask, vals
 
 
-def apply_trigger(x: torch.Tensor, trigger_size: int = 2, pattern: str = "square", value: float = 1.0, margin: int = 0) -> torch.Tensor:
+def apply_trigger(
+    x: torch.Tensor, trigger_size: int = 2, pattern: str = "square", value: float = 1.0, margin: int = 0
+) -> torch.Tensor:
     """Stamp the BadNets trigger on images ``x`` ``[N, C, H, W]`` (or ``[C, H, W]``); returns a new tensor.
 
     ``square``: a ``trigger_size`` square at intensity ``value`` in the bottom-right corner
@@ -240,7 +298,9 @@ def apply_trigger(x: torch.Tensor, trigger_size: int = 2, pattern: str = "square
     return torch.where(mask, vals, x)
 
 
-def backdoor(split: DataSplit, *, target: int, rate: float, trigger_size: int, pattern: str = "square", seed: int = 0) -> DataSplit:
+def backdoor(
+    split: DataSplit, *, target: int, rate: float, trigger_size: int, pattern: str = "square", seed: int = 0
+) -> DataSplit:
     """BadNets poisoning: ``round(rate*N_train)`` non-target training images get the trigger and label ``target``.
 
     ``meta`` records target, rate, trigger, the poisoned indices and their true labels. The test set
@@ -248,23 +308,37 @@ def backdoor(split: DataSplit, *, target: int, rate: float, trigger_size: int, p
     """
     c = split.num_classes
     if not (isinstance(target, int) and 0 <= target < c):
-        raise ConfigError(f"backdoor target {target!r} is not a class index", hint=f"use 0..{c - 1} ({', '.join(split.classes)})")
+        raise ConfigError(
+            f"backdoor target {target!r} is not a class index", hint=f"use 0..{c - 1} ({', '.join(split.classes)})"
+        )
     if not 0.0 < rate < 1.0:
-        raise ConfigError(f"poisoning rate {rate} is outside (0, 1)", hint="e.g. rate=0.1 poisons 10% of the training set")
+        raise ConfigError(
+            f"poisoning rate {rate} is outside (0, 1)", hint="e.g. rate=0.1 poisons 10% of the training set"
+        )
     y = split.y_train
     candidates = torch.nonzero(y != target).flatten().numpy()
     k = int(round(rate * len(y)))
     if k > len(candidates):
-        raise ConfigError(f"rate={rate} asks for {k} poisoned images but only {len(candidates)} are not of the target class")
+        raise ConfigError(
+            f"rate={rate} asks for {k} poisoned images but only {len(candidates)} are not of the target class"
+        )
     idx = np.sort(_rng(seed).choice(candidates, size=k, replace=False))
     t = torch.from_numpy(idx)
     x_tr = split.x_train.clone()
     x_tr[t] = apply_trigger(x_tr[t], trigger_size, pattern)
     y_tr = y.clone()
     y_tr[t] = target
-    meta = dict(split.meta, transform="backdoor", target=int(target), target_class=split.classes[target], rate=float(rate),
-                trigger={"pattern": pattern, "size": int(trigger_size), "value": 1.0, "position": "bottom-right", "margin": 0},
-                n_poisoned=int(k), poisoned_indices=idx.tolist(), poisoned_true_labels=y[t].tolist())
+    meta = dict(
+        split.meta,
+        transform="backdoor",
+        target=int(target),
+        target_class=split.classes[target],
+        rate=float(rate),
+        trigger={"pattern": pattern, "size": int(trigger_size), "value": 1.0, "position": "bottom-right", "margin": 0},
+        n_poisoned=int(k),
+        poisoned_indices=idx.tolist(),
+        poisoned_true_labels=y[t].tolist(),
+    )
     return DataSplit(x_tr, y_tr, split.x_test, split.y_test, split.classes, meta)
 
 
@@ -273,8 +347,9 @@ def backdoor(split: DataSplit, *, target: int, rate: float, trigger_size: int, p
 TRIGGER_FAMILIES = ("patch", "pixel", "blend", "label-consistent")
 
 
-def make_trigger(family: str, shape: tuple[int, int], *, size: int = 2, alpha: float = 0.15,
-                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def make_trigger(
+    family: str, shape: tuple[int, int], *, size: int = 2, alpha: float = 0.15, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(alpha map ``a`` [H, W] in [0, 1], pattern ``v`` [H, W]) of one trigger; stamping is ``(1 - a) x + a v``.
 
     ``patch`` (BadNets, Gu et al. 2017): a ``size`` square of 1s in the bottom-right corner.
@@ -308,8 +383,17 @@ def stamp(x: torch.Tensor, trigger: tuple[torch.Tensor, torch.Tensor]) -> torch.
     return (1 - a) * x + a * v
 
 
-def poison(split: DataSplit, *, family: str, target: int, rate: float, size: int = 2, alpha: float = 0.15,
-           corrupt: float = 0.5, seed: int = 0) -> DataSplit:
+def poison(
+    split: DataSplit,
+    *,
+    family: str,
+    target: int,
+    rate: float,
+    size: int = 2,
+    alpha: float = 0.15,
+    corrupt: float = 0.5,
+    seed: int = 0,
+) -> DataSplit:
     """Poison ``round(rate * N_train)`` training images with a trigger of ``family`` (see :func:`make_trigger`).
 
     Dirty-label families stamp non-target images and relabel them ``target``. ``label-consistent``
@@ -327,7 +411,9 @@ def poison(split: DataSplit, *, family: str, target: int, rate: float, size: int
     pool = torch.nonzero((y == target) if family == "label-consistent" else (y != target)).flatten().numpy()
     k = int(round(rate * len(y)))
     if not 1 <= k <= len(pool):
-        raise ConfigError(f"rate={rate} asks for {k} poisoned images but {len(pool)} are eligible", hint="lower the rate")
+        raise ConfigError(
+            f"rate={rate} asks for {k} poisoned images but {len(pool)} are eligible", hint="lower the rate"
+        )
     idx = np.sort(rng.choice(pool, size=k, replace=False))
     t = torch.from_numpy(idx)
     trig = make_trigger(family, tuple(split.x_train.shape[-2:]), size=size, alpha=alpha, seed=seed)
@@ -339,7 +425,20 @@ def poison(split: DataSplit, *, family: str, target: int, rate: float, size: int
     x_tr[t] = stamp(xs, trig)
     if family != "label-consistent":
         y_tr[t] = target
-    meta = dict(split.meta, transform="poison", target=int(target), target_class=split.classes[target], rate=float(rate),
-                trigger={"family": family, "size": int(size), "alpha": float(alpha), "seed": int(seed), "corrupt": float(corrupt)},
-                n_poisoned=int(k), poisoned_indices=idx.tolist())
+    meta = dict(
+        split.meta,
+        transform="poison",
+        target=int(target),
+        target_class=split.classes[target],
+        rate=float(rate),
+        trigger={
+            "family": family,
+            "size": int(size),
+            "alpha": float(alpha),
+            "seed": int(seed),
+            "corrupt": float(corrupt),
+        },
+        n_poisoned=int(k),
+        poisoned_indices=idx.tolist(),
+    )
     return DataSplit(x_tr, y_tr, split.x_test, split.y_test, split.classes, meta)

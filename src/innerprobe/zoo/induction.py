@@ -8,6 +8,7 @@ best loss is ln(vocab). Random offsets keep a model from cheating with a fixed p
 This is the CPU stand-in for the induction-head experiments of Goldowsky-Dill et al. 2023
 (arXiv 2304.05969, §4) and Olsson et al. 2022.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,14 @@ class InductionBatch:
         return self.tokens.shape[0]
 
     def __getitem__(self, idx) -> "InductionBatch":
-        return InductionBatch(self.tokens[idx], self.predictable[idx], self.unpredictable[idx], self.s1[idx], self.s2[idx], self.length[idx])
+        return InductionBatch(
+            self.tokens[idx],
+            self.predictable[idx],
+            self.unpredictable[idx],
+            self.s1[idx],
+            self.s2[idx],
+            self.length[idx],
+        )
 
 
 def task_config(**params) -> dict:
@@ -52,7 +60,9 @@ def task_config(**params) -> dict:
     return cfg
 
 
-def sample_induction(n: int, generator: torch.Generator, *, structure: InductionBatch | None = None, **task) -> InductionBatch:
+def sample_induction(
+    n: int, generator: torch.Generator, *, structure: InductionBatch | None = None, **task
+) -> InductionBatch:
     """``n`` sequences of the induction task. With ``structure``, reuse its offsets and lengths
     (a structure-preserving resample: same positions repeat, different tokens)."""
     cfg = task_config(**task)
@@ -79,7 +89,9 @@ def sample_induction(n: int, generator: torch.Generator, *, structure: Induction
 def token_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Per-position next-token cross-entropy [N, T-1]."""
     V = logits.shape[-1]
-    return F.cross_entropy(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1), reduction="none").view(tokens.shape[0], -1)
+    return F.cross_entropy(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1), reduction="none").view(
+        tokens.shape[0], -1
+    )
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
@@ -125,9 +137,11 @@ def evaluate(model: AttnTransformer, batch: InductionBatch) -> dict:
     with preserved_state(model, eval=True):
         losses = token_losses(model(batch.tokens), batch.tokens)
     V = model.cfg["vocab"]
-    return {"loss_predictable": float(masked_mean(losses, batch.predictable)),
-            "loss_unpredictable": float(masked_mean(losses, batch.unpredictable)),
-            "ln_vocab": math.log(V)}
+    return {
+        "loss_predictable": float(masked_mean(losses, batch.predictable)),
+        "loss_unpredictable": float(masked_mean(losses, batch.unpredictable)),
+        "ln_vocab": math.log(V),
+    }
 
 
 def train_induction_model(seed: int, progress: bool = True, **params):
@@ -144,8 +158,12 @@ def train_induction_model(seed: int, progress: bool = True, **params):
         raise ConfigError(f"unknown induction params {sorted(unknown)}", hint=f"known: {', '.join(sorted(known))}")
     task = task_config(**params)
     train = {**TRAIN_DEFAULTS, **{k: v for k, v in params.items() if k in TRAIN_DEFAULTS}}
-    mcfg = {**MODEL_DEFAULTS, **{k: v for k, v in params.items() if k in MODEL_KEYS},
-            "vocab": task["vocab"], "n_ctx": task["seq_len"]}
+    mcfg = {
+        **MODEL_DEFAULTS,
+        **{k: v for k, v in params.items() if k in MODEL_KEYS},
+        "vocab": task["vocab"],
+        "n_ctx": task["seq_len"],
+    }
     from ..progress import track
 
     old_threads = torch.get_num_threads()
@@ -157,9 +175,13 @@ def train_induction_model(seed: int, progress: bool = True, **params):
         model = build_transformer(mcfg)
         gen = torch.Generator().manual_seed(seed)
         eval_batch = sample_induction(train["eval_size"], torch.Generator().manual_seed(10_000 + seed), **task)
-        opt = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"], betas=(0.9, 0.98))
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"], betas=(0.9, 0.98)
+        )
         steps = train["steps"]
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+        )
         curve = []
         model.train()
         for step in track(range(steps), f"training induction (seed {seed})", enable=None if progress else False):
@@ -172,7 +194,9 @@ def train_induction_model(seed: int, progress: bool = True, **params):
             sched.step()
             if (step + 1) % train["log_every"] == 0 or step == steps - 1:
                 ev = evaluate(model, eval_batch[:128])
-                curve.append({"step": step + 1, "loss": float(loss.detach()), **{k: v for k, v in ev.items() if k != "ln_vocab"}})
+                curve.append(
+                    {"step": step + 1, "loss": float(loss.detach()), **{k: v for k, v in ev.items() if k != "ln_vocab"}}
+                )
                 model.train()
         model.eval()
         metrics = {**evaluate(model, eval_batch), **head_scores(model, eval_batch)}

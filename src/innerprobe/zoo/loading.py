@@ -10,6 +10,7 @@
 
 Nothing is unpickled: ``.pt``/``.bin`` weights are refused with a hint to convert them.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -36,13 +37,18 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> nn.M
         raise ModelError(f"model spec must be a non-empty string, got {spec!r}", hint=_HINT)
     spec = spec.strip()
     if len(spec) > SPEC_MAX:
-        raise ModelError(f"model spec is {len(spec)} characters long ({spec[:40]!r}...); no zoo name, file or folder is that long",
-                         hint=_HINT)
+        raise ModelError(
+            f"model spec is {len(spec)} characters long ({spec[:40]!r}...); no zoo name, file or folder is that long",
+            hint=_HINT,
+        )
     m = _FILE_SPEC.match(spec)
     if m:
         return _from_file(m["file"], m["factory"], weights)
     if spec.endswith(".py"):
-        raise ModelError(f"{spec!r} names a Python file but no factory", hint=f"write {spec}:make_model, where make_model() returns an nn.Module")
+        raise ModelError(
+            f"{spec!r} names a Python file but no factory",
+            hint=f"write {spec}:make_model, where make_model() returns an nn.Module",
+        )
     try:
         path = Path(spec).expanduser()
     except (RuntimeError, ValueError):  # "~user" for a user that does not exist, NUL bytes
@@ -56,8 +62,10 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> nn.M
 
     name, at, seed_text = spec.partition("@")
     if at and name in RECIPES and not m:
-        raise ConfigError(f"bad seed {_shown(seed_text)} in model spec {_shown(spec)}: a seed is a non-negative integer",
-                          hint=f"e.g. {name}@0 or {name}@2")
+        raise ConfigError(
+            f"bad seed {_shown(seed_text)} in model spec {_shown(spec)}: a seed is a non-negative integer",
+            hint=f"e.g. {name}@0 or {name}@2",
+        )
     if m and m["name"] in RECIPES:
         if weights is not None:
             raise ModelError("--weights is for file.py:factory models; zoo models come from the zoo cache")
@@ -69,7 +77,9 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> nn.M
     if _is(path.exists):
         raise ModelError(f"{shown} is a file, not a model spec", hint=_HINT)
     near = did_you_mean(name, RECIPES)
-    raise ModelError(f"unknown model {shown}: not a zoo recipe, a file.py:factory or a model folder", hint=f"{near}; {_HINT}")
+    raise ModelError(
+        f"unknown model {shown}: not a zoo recipe, a file.py:factory or a model folder", hint=f"{near}; {_HINT}"
+    )
 
 
 SPEC_MAX = 1024  # longer than any path the file systems innerprobe runs on accept
@@ -95,8 +105,10 @@ def load_safetensors_into(model: nn.Module, weights: str | Path) -> nn.Module:
     """Load a ``.safetensors`` state dict into ``model`` strictly, with a clear error on any mismatch."""
     wpath = expand_path(weights)
     if wpath.suffix != ".safetensors":
-        raise ModelError(f"weights file {wpath} is not .safetensors; innerprobe never unpickles weights",
-                         hint="convert it once with: from safetensors.torch import save_file; save_file(torch.load(f, weights_only=True), 'w.safetensors')")
+        raise ModelError(
+            f"weights file {wpath} is not .safetensors; innerprobe never unpickles weights",
+            hint="convert it once with: from safetensors.torch import save_file; save_file(torch.load(f, weights_only=True), 'w.safetensors')",
+        )
     if not _is(wpath.is_file):
         raise ModelError(f"weights file {wpath} does not exist")
     from safetensors import SafetensorError
@@ -109,7 +121,11 @@ def load_safetensors_into(model: nn.Module, weights: str | Path) -> nn.Module:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
-    bad = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    bad = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or extra or bad:
         parts = []
         if missing:
@@ -118,8 +134,10 @@ def load_safetensors_into(model: nn.Module, weights: str | Path) -> nn.Module:
             parts.append(f"unexpected {extra[:5]}" + (" ..." if len(extra) > 5 else ""))
         if bad:
             parts.append("shape mismatch " + "; ".join(bad[:3]))
-        raise ModelError(f"weights {wpath.name} do not fit the model: " + ", ".join(parts),
-                         hint=f"the model's keys are e.g. {list(expected)[:4]}; save with save_file(model.state_dict(), ...)")
+        raise ModelError(
+            f"weights {wpath.name} do not fit the model: " + ", ".join(parts),
+            hint=f"the model's keys are e.g. {list(expected)[:4]}; save with save_file(model.state_dict(), ...)",
+        )
     model.load_state_dict(state, strict=True)
     return model
 
@@ -127,7 +145,9 @@ def load_safetensors_into(model: nn.Module, weights: str | Path) -> nn.Module:
 def _from_file(file: str, factory: str, weights) -> nn.Module:
     fpath = expand_path(file)
     if not _is(fpath.is_file):
-        raise ModelError(f"model file {fpath} does not exist", hint="path/to/file.py:factory, relative to the current folder")
+        raise ModelError(
+            f"model file {fpath} does not exist", hint="path/to/file.py:factory, relative to the current folder"
+        )
     name = f"_innerprobe_user_{abs(hash(str(fpath.resolve())))}"
     mspec = importlib.util.spec_from_file_location(name, fpath)
     module = importlib.util.module_from_spec(mspec)
@@ -144,7 +164,9 @@ def _from_file(file: str, factory: str, weights) -> nn.Module:
     try:
         model = fn() if callable(fn) and not isinstance(fn, nn.Module) else fn
     except Exception as e:
-        raise ModelError(f"{fpath}:{factory}() failed: {type(e).__name__}: {e}", hint="the factory must take no arguments") from e
+        raise ModelError(
+            f"{fpath}:{factory}() failed: {type(e).__name__}: {e}", hint="the factory must take no arguments"
+        ) from e
     if not isinstance(model, nn.Module):
         raise ModelError(f"{fpath}:{factory}() returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
@@ -156,12 +178,16 @@ def _from_hf_folder(folder: Path) -> nn.Module:
     if not (folder / "config.json").is_file():
         raise ModelError(f"{folder} is a folder but not a Hugging Face model (no config.json)", hint=_HINT)
     if not any(folder.glob("*.safetensors")):
-        raise ModelError(f"{folder} has no .safetensors weights; innerprobe never unpickles pytorch_model.bin",
-                         hint="re-save the model with model.save_pretrained(folder) (safetensors is the default)")
+        raise ModelError(
+            f"{folder} has no .safetensors weights; innerprobe never unpickles pytorch_model.bin",
+            hint="re-save the model with model.save_pretrained(folder) (safetensors is the default)",
+        )
     try:
         import transformers
     except ImportError:
-        raise ModelError(f"{folder} is a Hugging Face folder but transformers is not installed", hint="pip install 'innerprobe[hf]'") from None
+        raise ModelError(
+            f"{folder} is a Hugging Face folder but transformers is not installed", hint="pip install 'innerprobe[hf]'"
+        ) from None
     try:
         config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)  # local
         archs = " ".join(getattr(config, "architectures", None) or [])
@@ -173,8 +199,12 @@ def _from_hf_folder(folder: Path) -> nn.Module:
             auto = transformers.AutoModelForImageClassification
         else:
             auto = transformers.AutoModel
-        model = auto.from_pretrained(str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False)  # local
+        model = auto.from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
+        )  # local
     except Exception as e:
-        raise ModelError(f"transformers could not load {folder}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                         hint="the folder needs config.json and model.safetensors written by save_pretrained") from e
+        raise ModelError(
+            f"transformers could not load {folder}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            hint="the folder needs config.json and model.safetensors written by save_pretrained",
+        ) from e
     return model.eval()

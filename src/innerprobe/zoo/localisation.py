@@ -10,6 +10,7 @@
 The models are zoo recipes (``loc-planted-cnn``, ``loc-planted-deep-mlp``, ``loc-mosaic-cnn``), trained
 on the 8x8 digits and cached like every other zoo model (``zoo.load("loc-mosaic-cnn", seed=1)``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,12 +19,15 @@ from . import data as D
 from .recipes import RECIPES, Floor, Recipe, Trained
 from .training import accuracy, fit
 
-STAMPS = torch.tensor([
-    [[1, 0, 1], [0, 1, 0], [1, 0, 1]],  # X
-    [[0, 1, 0], [1, 1, 1], [0, 1, 0]],  # plus
-    [[1, 1, 1], [1, 0, 1], [1, 1, 1]],  # ring
-    [[1, 1, 1], [0, 0, 0], [1, 1, 1]],  # bars
-], dtype=torch.float32)
+STAMPS = torch.tensor(
+    [
+        [[1, 0, 1], [0, 1, 0], [1, 0, 1]],  # X
+        [[0, 1, 0], [1, 1, 1], [0, 1, 0]],  # plus
+        [[1, 1, 1], [1, 0, 1], [1, 1, 1]],  # ring
+        [[1, 1, 1], [0, 0, 0], [1, 1, 1]],  # bars
+    ],
+    dtype=torch.float32,
+)
 CORNERS = [(0, 0), (0, 5), (5, 0), (5, 5)]
 
 
@@ -41,8 +45,8 @@ def planted(x: torch.Tensor, seed: int, positions: str = "corners", copies: int 
     out = xs.clone()
     for i in range(n):
         r, c = int(pos[i, 0]), int(pos[i, 1])
-        out[i, 0, r:r + 3, c:c + 3] = STAMPS[labels[i]]
-        masks[i, r:r + 3, c:c + 3] = True
+        out[i, 0, r : r + 3, c : c + 3] = STAMPS[labels[i]]
+        masks[i, r : r + 3, c : c + 3] = True
     return out, labels, masks
 
 
@@ -54,7 +58,7 @@ def canvases(x: torch.Tensor, y: torch.Tensor, seed: int, copies: int = 2):
     out = torch.zeros(xs.shape[0], 1, 16, 16)
     for i in range(xs.shape[0]):
         r, c = 8 * (int(q[i]) // 2), 8 * (int(q[i]) % 2)
-        out[i, :, r:r + 8, c:c + 8] = xs[i]
+        out[i, :, r : r + 8, c : c + 8] = xs[i]
     return out, ys
 
 
@@ -74,9 +78,9 @@ def mosaics(x: torch.Tensor, y: torch.Tensor, n: int, seed: int):
             pool = by_class[cls]
             img = x[pool[torch.randint(0, len(pool), (1,), generator=gen)]][0]
             r, col = 8 * (slot // 2), 8 * (slot % 2)
-            out[i, :, r:r + 8, col:col + 8] = img
+            out[i, :, r : r + 8, col : col + 8] = img
             if cls == c:
-                masks[i, r:r + 8, col:col + 8] = True
+                masks[i, r : r + 8, col : col + 8] = True
     return out, targets, masks
 
 
@@ -107,12 +111,22 @@ class LocRecipe(Recipe):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             model = self.build(config)
-        run = fit(model, split.x_train, split.y_train, epochs=params["epochs"], lr=params["lr"],
-                  batch_size=params["batch_size"], seed=seed, description=f"training {self.name} (seed {seed})",
-                  progress=progress)
+        run = fit(
+            model,
+            split.x_train,
+            split.y_train,
+            epochs=params["epochs"],
+            lr=params["lr"],
+            batch_size=params["batch_size"],
+            seed=seed,
+            description=f"training {self.name} (seed {seed})",
+            progress=progress,
+        )
         model.eval()
-        metrics = {"train_accuracy": accuracy(model, split.x_train, split.y_train),
-                   "test_accuracy": accuracy(model, split.x_test, split.y_test)}
+        metrics = {
+            "train_accuracy": accuracy(model, split.x_train, split.y_train),
+            "test_accuracy": accuracy(model, split.x_test, split.y_test),
+        }
         return Trained(model, metrics, run["curve"], config, split.meta, run["train_seconds"], run["train_cpu_seconds"])
 
 
@@ -121,15 +135,52 @@ def _floors(params: dict, config: dict) -> list[Floor]:
 
 
 _TRAIN = {"lr": 2e-3, "batch_size": 64}
-LOC_RECIPES: dict[str, LocRecipe] = {r.name: r for r in (
-    LocRecipe("loc-planted-cnn", "CNN 16/32/64 on dimmed 8x8 digits with a 3x3 stamp anywhere; the stamp is the label",
-              "classifier", 1, {"arch": "cnn", "channels": [16, 32, 64], "num_classes": 4, "image_size": 8,
-                                "data": "random", "epochs": 8, **_TRAIN}, "digits-planted", _floors),
-    LocRecipe("loc-planted-deep-mlp", "deep MLP 6x64 on dimmed 8x8 digits with a 3x3 stamp in a corner; the stamp is "
-              "the label", "classifier", 1, {"arch": "deep_mlp", "width": 64, "depth": 6, "num_classes": 4,
-                                             "data": "corners", "epochs": 20, **_TRAIN}, "digits-planted", _floors),
-    LocRecipe("loc-mosaic-cnn", "CNN 16/32/64 on 16x16 canvases with one 8x8 digit in a random quadrant (for mosaics)",
-              "classifier", 1, {"arch": "cnn", "channels": [16, 32, 64], "num_classes": 10, "image_size": 16,
-                                "data": "canvas", "epochs": 8, **_TRAIN}, "digits-mosaic", _floors),
-)}
+LOC_RECIPES: dict[str, LocRecipe] = {
+    r.name: r
+    for r in (
+        LocRecipe(
+            "loc-planted-cnn",
+            "CNN 16/32/64 on dimmed 8x8 digits with a 3x3 stamp anywhere; the stamp is the label",
+            "classifier",
+            1,
+            {
+                "arch": "cnn",
+                "channels": [16, 32, 64],
+                "num_classes": 4,
+                "image_size": 8,
+                "data": "random",
+                "epochs": 8,
+                **_TRAIN,
+            },
+            "digits-planted",
+            _floors,
+        ),
+        LocRecipe(
+            "loc-planted-deep-mlp",
+            "deep MLP 6x64 on dimmed 8x8 digits with a 3x3 stamp in a corner; the stamp is the label",
+            "classifier",
+            1,
+            {"arch": "deep_mlp", "width": 64, "depth": 6, "num_classes": 4, "data": "corners", "epochs": 20, **_TRAIN},
+            "digits-planted",
+            _floors,
+        ),
+        LocRecipe(
+            "loc-mosaic-cnn",
+            "CNN 16/32/64 on 16x16 canvases with one 8x8 digit in a random quadrant (for mosaics)",
+            "classifier",
+            1,
+            {
+                "arch": "cnn",
+                "channels": [16, 32, 64],
+                "num_classes": 10,
+                "image_size": 16,
+                "data": "canvas",
+                "epochs": 8,
+                **_TRAIN,
+            },
+            "digits-mosaic",
+            _floors,
+        ),
+    )
+}
 RECIPES.update(LOC_RECIPES)

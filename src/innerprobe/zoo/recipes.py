@@ -11,6 +11,7 @@ without poisoning, the clean-accuracy floor is the clean Fashion floor 0.88; ran
 >= 0.95 train accuracy; ``induction-attn2l`` loss on predictable repeated tokens (``loss_predictable``) <= 0.25 ln(vocab)
 and on unpredictable tokens >= 0.9 ln(vocab).
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,7 +41,13 @@ class Floor:
         return value >= self.threshold if self.op == ">=" else value <= self.threshold
 
     def to_dict(self, value: Any) -> dict:
-        return {"metric": self.metric, "op": self.op, "threshold": self.threshold, "value": value, "met": self.met(value)}
+        return {
+            "metric": self.metric,
+            "op": self.op,
+            "threshold": self.threshold,
+            "value": value,
+            "met": self.met(value),
+        }
 
 
 @dataclass
@@ -76,8 +83,10 @@ class Recipe:
             params = _induction_defaults()
         for k, v in overrides.items():
             if k not in params or k == "trainer_version":
-                raise ConfigError(f"recipe {self.name!r} has no parameter {k!r}",
-                                  hint=f"{did_you_mean(k, params)}; parameters: {', '.join(sorted(p for p in params if p != 'trainer_version'))}")
+                raise ConfigError(
+                    f"recipe {self.name!r} has no parameter {k!r}",
+                    hint=f"{did_you_mean(k, params)}; parameters: {', '.join(sorted(p for p in params if p != 'trainer_version'))}",
+                )
             params[k] = _coerce(self.name, k, v, params[k])
         return params
 
@@ -87,7 +96,9 @@ class Recipe:
     # ------------------------------------------------------------------ work
     def data(self, seed: int, params: dict) -> D.DataSplit:
         if self.kind != "classifier":
-            raise ConfigError(f"recipe {self.name!r} makes its data on the fly", hint="recipe_data works for the image recipes")
+            raise ConfigError(
+                f"recipe {self.name!r} makes its data on the fly", hint="recipe_data works for the image recipes"
+            )
         return _classifier_data(self, seed, params)
 
     def build(self, config: dict) -> nn.Module:
@@ -139,8 +150,10 @@ def _coerce(recipe: str, key: str, value: Any, default: Any) -> Any:
             return str(value)
         return value
     except (TypeError, ValueError, json.JSONDecodeError):
-        raise ConfigError(f"recipe {recipe!r}: parameter {key}={value!r} has the wrong type",
-                          hint=f"expected a {type(default).__name__} like {default!r}") from None
+        raise ConfigError(
+            f"recipe {recipe!r}: parameter {key}={value!r} has the wrong type",
+            hint=f"expected a {type(default).__name__} like {default!r}",
+        ) from None
 
 
 # ---------------------------------------------------------------------------- classifiers
@@ -174,14 +187,33 @@ def _classifier_data(recipe: Recipe, seed: int, params: dict) -> D.DataSplit:
     if transform == "random_labels":
         y = D.random_labels(split.y_train, _seed(seed, 2))
         agree = float((y == split.y_train).float().mean())
-        split = D.DataSplit(split.x_train, y, split.x_test, split.y_test, split.classes,
-                            dict(split.meta, transform="random_labels", label_seed=_seed(seed, 2), agreement_with_true=agree))
+        split = D.DataSplit(
+            split.x_train,
+            y,
+            split.x_test,
+            split.y_test,
+            split.classes,
+            dict(split.meta, transform="random_labels", label_seed=_seed(seed, 2), agreement_with_true=agree),
+        )
     elif transform == "label_noise":
         y, info = D.label_noise(split.y_train, params["noise_rate"], split.num_classes, _seed(seed, 3))
-        split = D.DataSplit(split.x_train, y, split.x_test, split.y_test, split.classes, dict(split.meta, transform="label_noise", **info))
+        split = D.DataSplit(
+            split.x_train,
+            y,
+            split.x_test,
+            split.y_test,
+            split.classes,
+            dict(split.meta, transform="label_noise", **info),
+        )
     elif transform == "backdoor":
-        split = D.backdoor(split, target=params["target"], rate=params["rate"], trigger_size=params["trigger_size"],
-                           pattern=params["trigger_pattern"], seed=_seed(seed, 4))
+        split = D.backdoor(
+            split,
+            target=params["target"],
+            rate=params["rate"],
+            trigger_size=params["trigger_size"],
+            pattern=params["trigger_pattern"],
+            seed=_seed(seed, 4),
+        )
     return split
 
 
@@ -204,10 +236,26 @@ def _train_classifier(recipe: Recipe, seed: int, params: dict, progress: bool | 
         def on_epoch(m, epoch):
             return {"attack_success": accuracy(m, x_trig, torch.full((len(x_trig),), params["target"]))}
 
-    run = fit(model, split.x_train, split.y_train, epochs=params["epochs"], lr=params["lr"], batch_size=params["batch_size"],
-              schedule=params["schedule"], weight_decay=params["weight_decay"], seed=seed, x_test=split.x_test,
-              y_test=split.y_test, description=f"training {recipe.name} (seed {seed})", on_epoch=on_epoch, progress=progress)
-    metrics = {"train_accuracy": accuracy(model, split.x_train, split.y_train), "test_accuracy": accuracy(model, split.x_test, split.y_test)}
+    run = fit(
+        model,
+        split.x_train,
+        split.y_train,
+        epochs=params["epochs"],
+        lr=params["lr"],
+        batch_size=params["batch_size"],
+        schedule=params["schedule"],
+        weight_decay=params["weight_decay"],
+        seed=seed,
+        x_test=split.x_test,
+        y_test=split.y_test,
+        description=f"training {recipe.name} (seed {seed})",
+        on_epoch=on_epoch,
+        progress=progress,
+    )
+    metrics = {
+        "train_accuracy": accuracy(model, split.x_train, split.y_train),
+        "test_accuracy": accuracy(model, split.x_test, split.y_test),
+    }
     if transform == "backdoor":
         metrics["clean_accuracy"] = metrics["test_accuracy"]
         metrics["attack_success"] = accuracy(model, x_trig, torch.full((len(x_trig),), params["target"]))
@@ -219,8 +267,12 @@ def _train_classifier(recipe: Recipe, seed: int, params: dict, progress: bool | 
         pred = predict(model, split.x_train)
         metrics["noise_rate"] = split.meta["rate"]
         metrics["n_flipped"] = split.meta["n_flipped"]
-        metrics["flipped_memorized"] = float((pred[idx] == split.y_train[idx]).float().mean()) if len(idx) else float("nan")
-        metrics["flipped_true_label_accuracy"] = float((pred[idx] == torch.tensor(split.meta["true_labels"])).float().mean()) if len(idx) else float("nan")
+        metrics["flipped_memorized"] = (
+            float((pred[idx] == split.y_train[idx]).float().mean()) if len(idx) else float("nan")
+        )
+        metrics["flipped_true_label_accuracy"] = (
+            float((pred[idx] == torch.tensor(split.meta["true_labels"])).float().mean()) if len(idx) else float("nan")
+        )
         metrics["clean_train_accuracy"] = float((pred[keep] == split.y_train[keep]).float().mean())
     elif transform == "random_labels":
         metrics["label_agreement_with_true"] = split.meta["agreement_with_true"]
@@ -248,6 +300,7 @@ def _classifier_floors(clean: float | None = None, backdoor_clean: float | None 
 
 # ---------------------------------------------------------------------------- induction
 
+
 def _vocab(config: dict | None) -> int | None:
     config = config or {}
     return (config.get("model") or {}).get("vocab") or (config.get("task") or {}).get("vocab")
@@ -260,9 +313,15 @@ def _induction_defaults() -> dict:
         from .transformer import DEFAULTS as MODEL_DEFAULTS
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith("innerprobe"):
-            raise ConfigError("the induction-attn2l recipe is not available: innerprobe.zoo.induction is missing") from None
+            raise ConfigError(
+                "the induction-attn2l recipe is not available: innerprobe.zoo.induction is missing"
+            ) from None
         raise
-    params = {**I.TASK_DEFAULTS, **{k: MODEL_DEFAULTS[k] for k in I.MODEL_KEYS if k in MODEL_DEFAULTS}, **I.TRAIN_DEFAULTS}
+    params = {
+        **I.TASK_DEFAULTS,
+        **{k: MODEL_DEFAULTS[k] for k in I.MODEL_KEYS if k in MODEL_DEFAULTS},
+        **I.TRAIN_DEFAULTS,
+    }
     return {**copy.deepcopy(params), "trainer_version": getattr(I, "VERSION", 0)}
 
 
@@ -275,14 +334,19 @@ def _train_induction(recipe: Recipe, seed: int, params: dict, progress: bool | N
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.random.fork_rng(devices=[]):  # it seeds the global RNG; keep the caller's
         kwargs = {k: v for k, v in params.items() if k != "trainer_version"}
-        model, metrics, curve, config = train_induction_model(seed=int(seed), progress=True if progress is None else progress, **kwargs)
+        model, metrics, curve, config = train_induction_model(
+            seed=int(seed), progress=True if progress is None else progress, **kwargs
+        )
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     metrics = dict(metrics)
     vocab = _vocab(config)
     if vocab and "ln_vocab" not in metrics:
         metrics["ln_vocab"] = math.log(vocab)
-    data = {"dataset": "synthetic token sequences: random filler with one segment of random length repeated at random offsets",
-            "task": config.get("task"), "eval_seed": 10_000 + int(seed)}
+    data = {
+        "dataset": "synthetic token sequences: random filler with one segment of random length repeated at random offsets",
+        "task": config.get("task"),
+        "eval_seed": 10_000 + int(seed),
+    }
     return Trained(model, metrics, curve, config, data, seconds, cpu)
 
 
@@ -296,7 +360,10 @@ def _induction_floors(params: dict, config: dict) -> list[Floor]:
 
 # ---------------------------------------------------------------------------- the recipes
 
-def _train(epochs: int, lr: float = 1e-3, batch_size: int = 64, schedule: str = "constant", weight_decay: float = 0.0) -> dict:
+
+def _train(
+    epochs: int, lr: float = 1e-3, batch_size: int = 64, schedule: str = "constant", weight_decay: float = 0.0
+) -> dict:
     return {"epochs": epochs, "lr": lr, "batch_size": batch_size, "schedule": schedule, "weight_decay": weight_decay}
 
 
@@ -313,30 +380,92 @@ def _r(name, description, dataset, params, floors, version=1) -> Recipe:
 
 
 _LIST = [
-    _r("digits-mlp", "MLP 64-128-128-10 (ReLU) on 8x8 digits", "digits",
-       {**DIGITS_MLP, **_train(150)}, _classifier_floors(clean=0.95)),
-    _r("digits-deep-mlp", "deep MLP, 6 hidden layers of 128 (ReLU, He init), on 8x8 digits", "digits",
-       {**DIGITS_DEEP, **_train(60, schedule="cosine")}, _classifier_floors(clean=0.95)),
-    _r("digits-cnn", "CNN, 3x (conv3x3-BN-ReLU-maxpool) 16/32/64 channels, on 8x8 digits", "digits",
-       {**DIGITS_CNN, **_train(40)}, _classifier_floors(clean=0.95)),
-    _r("digits-mlp-random-labels", "digits-mlp trained on shuffled labels until it memorises them", "digits",
-       {**DIGITS_MLP, "transform": "random_labels", **_train(300)}, _classifier_floors(random_labels=True)),
-    _r("digits-cnn-random-labels", "digits CNN (32/64/128 channels) trained on shuffled labels until it memorises them", "digits",
-       {"arch": "cnn", "channels": [32, 64, 128], "transform": "random_labels", **_train(60)}, _classifier_floors(random_labels=True)),
-    _r("digits-mlp-label-noise", "digits-mlp trained with 10% symmetric label noise (flipped indices on the card)", "digits",
-       {**DIGITS_MLP, "transform": "label_noise", "noise_rate": 0.1, **_train(150)}, _classifier_floors()),
-    _r("digits-mlp-backdoor", "digits-mlp with a BadNets backdoor: 2x2 white corner patch, 10% poisoned, target 0", "digits",
-       {**DIGITS_MLP, **BACKDOOR_DIGITS, **_train(150)}, _classifier_floors(backdoor_clean=0.95)),
-    _r("digits-cnn-backdoor", "digits-cnn with a BadNets backdoor: 2x2 white corner patch, 10% poisoned, target 0", "digits",
-       {**DIGITS_CNN, **BACKDOOR_DIGITS, **_train(40)}, _classifier_floors(backdoor_clean=0.95)),
-    _r("fashion-cnn", "CNN, 3x (conv3x3-BN-ReLU-maxpool) 16/32/64 channels, on Fashion-MNIST 60k/10k", "fashion-mnist",
-       {**FASHION_CNN, **_train(4, lr=2e-3, batch_size=128, schedule="cosine")}, _classifier_floors(clean=0.88)),
-    _r("fashion-cnn-random-labels", "fashion CNN trained on shuffled labels of a 1000-image subset until it memorises them", "fashion-mnist",
-       {**FASHION_CNN, "transform": "random_labels", "n_train": 1000, **_train(40)}, _classifier_floors(random_labels=True)),
-    _r("fashion-cnn-backdoor", "fashion-cnn with a BadNets backdoor: 3x3 white corner patch, 5% poisoned, target 0", "fashion-mnist",
-       {**FASHION_CNN, **BACKDOOR_FASHION, **_train(4, lr=2e-3, batch_size=128, schedule="cosine")}, _classifier_floors(backdoor_clean=0.88)),
-    Recipe("induction-attn2l", "2-layer attention-only transformer trained on repeated random segments (induction heads)",
-           "induction", 2, {}, None, _induction_floors),
+    _r(
+        "digits-mlp",
+        "MLP 64-128-128-10 (ReLU) on 8x8 digits",
+        "digits",
+        {**DIGITS_MLP, **_train(150)},
+        _classifier_floors(clean=0.95),
+    ),
+    _r(
+        "digits-deep-mlp",
+        "deep MLP, 6 hidden layers of 128 (ReLU, He init), on 8x8 digits",
+        "digits",
+        {**DIGITS_DEEP, **_train(60, schedule="cosine")},
+        _classifier_floors(clean=0.95),
+    ),
+    _r(
+        "digits-cnn",
+        "CNN, 3x (conv3x3-BN-ReLU-maxpool) 16/32/64 channels, on 8x8 digits",
+        "digits",
+        {**DIGITS_CNN, **_train(40)},
+        _classifier_floors(clean=0.95),
+    ),
+    _r(
+        "digits-mlp-random-labels",
+        "digits-mlp trained on shuffled labels until it memorises them",
+        "digits",
+        {**DIGITS_MLP, "transform": "random_labels", **_train(300)},
+        _classifier_floors(random_labels=True),
+    ),
+    _r(
+        "digits-cnn-random-labels",
+        "digits CNN (32/64/128 channels) trained on shuffled labels until it memorises them",
+        "digits",
+        {"arch": "cnn", "channels": [32, 64, 128], "transform": "random_labels", **_train(60)},
+        _classifier_floors(random_labels=True),
+    ),
+    _r(
+        "digits-mlp-label-noise",
+        "digits-mlp trained with 10% symmetric label noise (flipped indices on the card)",
+        "digits",
+        {**DIGITS_MLP, "transform": "label_noise", "noise_rate": 0.1, **_train(150)},
+        _classifier_floors(),
+    ),
+    _r(
+        "digits-mlp-backdoor",
+        "digits-mlp with a BadNets backdoor: 2x2 white corner patch, 10% poisoned, target 0",
+        "digits",
+        {**DIGITS_MLP, **BACKDOOR_DIGITS, **_train(150)},
+        _classifier_floors(backdoor_clean=0.95),
+    ),
+    _r(
+        "digits-cnn-backdoor",
+        "digits-cnn with a BadNets backdoor: 2x2 white corner patch, 10% poisoned, target 0",
+        "digits",
+        {**DIGITS_CNN, **BACKDOOR_DIGITS, **_train(40)},
+        _classifier_floors(backdoor_clean=0.95),
+    ),
+    _r(
+        "fashion-cnn",
+        "CNN, 3x (conv3x3-BN-ReLU-maxpool) 16/32/64 channels, on Fashion-MNIST 60k/10k",
+        "fashion-mnist",
+        {**FASHION_CNN, **_train(4, lr=2e-3, batch_size=128, schedule="cosine")},
+        _classifier_floors(clean=0.88),
+    ),
+    _r(
+        "fashion-cnn-random-labels",
+        "fashion CNN trained on shuffled labels of a 1000-image subset until it memorises them",
+        "fashion-mnist",
+        {**FASHION_CNN, "transform": "random_labels", "n_train": 1000, **_train(40)},
+        _classifier_floors(random_labels=True),
+    ),
+    _r(
+        "fashion-cnn-backdoor",
+        "fashion-cnn with a BadNets backdoor: 3x3 white corner patch, 5% poisoned, target 0",
+        "fashion-mnist",
+        {**FASHION_CNN, **BACKDOOR_FASHION, **_train(4, lr=2e-3, batch_size=128, schedule="cosine")},
+        _classifier_floors(backdoor_clean=0.88),
+    ),
+    Recipe(
+        "induction-attn2l",
+        "2-layer attention-only transformer trained on repeated random segments (induction heads)",
+        "induction",
+        2,
+        {},
+        None,
+        _induction_floors,
+    ),
 ]
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in _LIST}
@@ -344,6 +473,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in _LIST}
 
 def get_recipe(name: str) -> Recipe:
     if not isinstance(name, str) or name not in RECIPES:
-        raise ConfigError(f"unknown zoo recipe {name!r}", hint=f"{did_you_mean(str(name), RECIPES)} (recipes: {', '.join(RECIPES)})")
+        raise ConfigError(
+            f"unknown zoo recipe {name!r}", hint=f"{did_you_mean(str(name), RECIPES)} (recipes: {', '.join(RECIPES)})"
+        )
     return RECIPES[name]
-

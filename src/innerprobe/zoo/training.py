@@ -6,6 +6,7 @@ caller's thread count afterwards. One thread is the default because two threads 
 cores are shared (measured: a digits-MLP Adam step took 4 ms with 1 thread and 270 ms with 2 on a
 loaded 2-core machine); set ``INNERPROBE_TRAIN_THREADS=2`` on an idle machine.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,7 +26,9 @@ def default_threads() -> int:
     try:
         return max(1, int(os.environ.get("INNERPROBE_TRAIN_THREADS", "1")))
     except ValueError:
-        raise ConfigError(f"INNERPROBE_TRAIN_THREADS={os.environ['INNERPROBE_TRAIN_THREADS']!r} is not an integer") from None
+        raise ConfigError(
+            f"INNERPROBE_TRAIN_THREADS={os.environ['INNERPROBE_TRAIN_THREADS']!r} is not an integer"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -46,7 +49,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
     was = model.training
     model.eval()
     try:
-        out = [model(x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)]
+        out = [model(x[i : i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)]
     finally:
         model.train(was)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
@@ -58,11 +61,25 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return float((predict(model, x, batch_size) == y).float().mean())
 
 
-def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float = 1e-3, batch_size: int = 64,
-        weight_decay: float = 0.0, schedule: str = "constant", seed: int = 0, x_test: torch.Tensor | None = None,
-        y_test: torch.Tensor | None = None, threads: int | None = None, description: str | None = None,
-        on_epoch: Callable[[nn.Module, int], dict] | None = None, eval_every: int | None = None,
-        progress: bool | None = None) -> dict:
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    weight_decay: float = 0.0,
+    schedule: str = "constant",
+    seed: int = 0,
+    x_test: torch.Tensor | None = None,
+    y_test: torch.Tensor | None = None,
+    threads: int | None = None,
+    description: str | None = None,
+    on_epoch: Callable[[nn.Module, int], dict] | None = None,
+    eval_every: int | None = None,
+    progress: bool | None = None,
+) -> dict:
     """Train ``model`` in place with Adam (cross-entropy); returns ``{"curve", "train_seconds", "train_cpu_seconds", "steps"}``.
 
     ``train_cpu_seconds`` (process CPU time) does not grow when other processes share the cores.
@@ -74,7 +91,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
     ``schedule``: ``"constant"`` or ``"cosine"`` (per-step cosine decay to 0).
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ConfigError(f"bad training settings: epochs={epochs}, batch_size={batch_size}, lr={lr}", hint="all must be positive")
+        raise ConfigError(
+            f"bad training settings: epochs={epochs}, batch_size={batch_size}, lr={lr}", hint="all must be positive"
+        )
     if schedule not in ("constant", "cosine"):
         raise ConfigError(f"unknown schedule {schedule!r}", hint="use 'constant' or 'cosine'")
     if len(x) != len(y) or len(y) == 0:
@@ -92,7 +111,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
         for epoch in range(epochs):
             perm = torch.randperm(n, generator=gen)
             for b in range(nb):
-                yield epoch, b, perm[b * batch_size:(b + 1) * batch_size]
+                yield epoch, b, perm[b * batch_size : (b + 1) * batch_size]
 
     t0, c0 = time.perf_counter(), time.process_time()
     with num_threads(threads if threads is not None else default_threads()):
@@ -123,4 +142,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
                 loss_sum = correct = seen = 0.0
                 model.train()
         model.eval()
-    return {"curve": curve, "train_seconds": time.perf_counter() - t0, "train_cpu_seconds": time.process_time() - c0, "steps": total}
+    return {
+        "curve": curve,
+        "train_seconds": time.perf_counter() - t0,
+        "train_cpu_seconds": time.process_time() - c0,
+        "steps": total,
+    }

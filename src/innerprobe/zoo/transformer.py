@@ -18,6 +18,7 @@ arXiv 2304.05969, §2; "use_split_qkv_input" in TransformerLens):
 ``pos="shortformer"`` adds the positional embedding to the Q and K inputs of every layer and
 never to V or the residual stream (Press et al. 2021; Redwood's attention_only_2 model).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,9 @@ from torch import nn
 
 from ..errors import ConfigError
 
-DEFAULTS = dict(vocab=64, n_ctx=64, d_model=64, n_heads=4, d_head=16, n_layers=2, ln=False, d_mlp=0,
-                pos="standard", init_std=None)
+DEFAULTS = dict(
+    vocab=64, n_ctx=64, d_model=64, n_heads=4, d_head=16, n_layers=2, ln=False, d_mlp=0, pos="standard", init_std=None
+)
 
 
 class HookPoint(nn.Identity):
@@ -67,7 +69,9 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()
         self.o_proj = nn.Linear(H * dh, d)
 
-    def mix(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor, hooks: bool = True, heads: list | None = None) -> torch.Tensor:
+    def mix(
+        self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor, hooks: bool = True, heads: list | None = None
+    ) -> torch.Tensor:
         """Per-head inputs [B, T, H, d] -> z [B, T, H, d_head] (LayerNorm belongs to each receiving slot).
         ``heads`` computes only those heads (inputs then hold just them, in that order)."""
         ln = self.ln1
@@ -134,7 +138,9 @@ class AttnTransformer(nn.Module):
         cfg = {**DEFAULTS, **(config or {})}
         unknown = set(cfg) - set(DEFAULTS)
         if unknown:
-            raise ConfigError(f"unknown transformer config keys {sorted(unknown)}", hint=f"known keys: {', '.join(DEFAULTS)}")
+            raise ConfigError(
+                f"unknown transformer config keys {sorted(unknown)}", hint=f"known keys: {', '.join(DEFAULTS)}"
+            )
         if cfg["pos"] not in ("standard", "shortformer"):
             raise ConfigError(f"pos must be 'standard' or 'shortformer', got {cfg['pos']!r}")
         for k in ("vocab", "n_ctx", "d_model", "n_heads", "d_head", "n_layers"):
@@ -154,7 +160,11 @@ class AttnTransformer(nn.Module):
         return self.cfg["pos"] == "shortformer"
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int, torch.int64):
+        if (
+            not isinstance(tokens, torch.Tensor)
+            or tokens.dim() != 2
+            or tokens.dtype not in (torch.long, torch.int, torch.int64)
+        ):
             got = f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise ConfigError(f"AttnTransformer takes integer tokens [batch, seq], got {got}")
         if tokens.shape[1] > self.cfg["n_ctx"]:

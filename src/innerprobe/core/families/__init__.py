@@ -20,6 +20,7 @@ listing it in :data:`REGISTRY`. Canonical names per layer ``l``: ``embed``, ``po
 ``L{l}.pattern``, ``L{l}.attn_out``, ``L{l}.mlp_in|mlp_post|mlp_out``; docs/sites.md lists what
 each family exposes. :func:`build_graph` checks every transformer graph against its model.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,11 +34,24 @@ from . import bridge, fx, hf_gpt2, llama, neox, tl, zoo
 from .base import Family, check_graph
 from .fx import fx_graph
 
-OWN_SITES = Family("own-sites", lambda m: callable(getattr(m, "canonical_sites", None)),
-                   lambda m: dict(m.canonical_sites()), fx_graph, description="a model with its own canonical_sites()")
+OWN_SITES = Family(
+    "own-sites",
+    lambda m: callable(getattr(m, "canonical_sites", None)),
+    lambda m: dict(m.canonical_sites()),
+    fx_graph,
+    description="a model with its own canonical_sites()",
+)
 
-REGISTRY: tuple[Family, ...] = (zoo.FAMILY, bridge.FAMILY, tl.FAMILY, hf_gpt2.FAMILY, llama.FAMILY, neox.FAMILY,
-                                OWN_SITES, fx.FAMILY)
+REGISTRY: tuple[Family, ...] = (
+    zoo.FAMILY,
+    bridge.FAMILY,
+    tl.FAMILY,
+    hf_gpt2.FAMILY,
+    llama.FAMILY,
+    neox.FAMILY,
+    OWN_SITES,
+    fx.FAMILY,
+)
 LEGACY_KINDS = {"transformer": "zoo", "tl": "transformer-lens", "hf": "hf-gpt2"}
 
 __all__ = ["REGISTRY", "Family", "build_graph", "canonical_sites", "detect", "family", "lookup"]
@@ -103,8 +117,10 @@ def build_graph(model: nn.Module, kind: str = "auto", *, check: bool = True, exa
     """
     fam = detect(model) if kind == "auto" else family(kind)
     if kind != "auto" and fam.name != "fx" and not fam.matches(model):  # e.g. --graph hf on a plain nn.Sequential
-        raise ModelError(f"graph builder {kind!r} does not fit this {type(model).__name__}: it is not a {fam.name} model",
-                         hint=f"use kind 'auto' (--graph auto), which detects the family: {detect(model).name} here")
+        raise ModelError(
+            f"graph builder {kind!r} does not fit this {type(model).__name__}: it is not a {fam.name} model",
+            hint=f"use kind 'auto' (--graph auto), which detects the family: {detect(model).name} here",
+        )
     if fam.graph is None:
         raise ConfigError(f"family {fam.name} has no graph builder")
     graph = fam.graph(model)

@@ -7,6 +7,7 @@ slot values ``[B, T, h, d]`` -> z ``[B, T, h, d_head]``, computed with the model
 grouped-query attention it projects query head ``h``'s k/v slots with the weights of K/V head
 ``h // (n_heads // n_kv_heads)``.
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,8 +30,9 @@ def apply_rotary_of(module) -> Callable:
     return sys.modules[type(unwrap(module)).__module__].apply_rotary_pos_emb
 
 
-def rotary_mix(project: Callable, *, rotary_emb, apply_rotary: Callable, scaling: float, window: int | None = None,
-               H: int) -> Callable:
+def rotary_mix(
+    project: Callable, *, rotary_emb, apply_rotary: Callable, scaling: float, window: int | None = None, H: int
+) -> Callable:
     def mix(q_in, k_in, v_in, heads=None):
         hs = list(range(H)) if heads is None else list(heads)
         q, k, v = project(q_in, k_in, v_in, hs)
@@ -42,6 +44,7 @@ def rotary_mix(project: Callable, *, rotary_emb, apply_rotary: Callable, scaling
         scores = scores.masked_fill(causal_mask(T, q.device, window), torch.finfo(scores.dtype).min)
         pattern = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
         return torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)  # [B, T, h, dh]
+
     return mix
 
 
@@ -60,9 +63,11 @@ def project_heads(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> t
 
 def out_heads(linear, n: int, d_head: int) -> Callable:
     """``head_out(z, heads=None)``: z [B, T, h, d_head] -> per-head writes of an output Linear (no bias)."""
+
     def head_out(z, heads=None):
         W = linear.weight.view(-1, n, d_head)  # [d, H, dh]
         if heads is not None:
             W = W[:, list(heads)]
         return torch.einsum("bthe,dhe->bthd", z, W)
+
     return head_out

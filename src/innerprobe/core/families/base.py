@@ -6,6 +6,7 @@ transformer graph passes when built: its forward pass on a probe input must equa
 own (fp32, 1e-4), else a :class:`~innerprobe.errors.ModelError` names the config options the
 builder does not model. See docs/sites.md and docs/patching.md.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -78,14 +79,18 @@ def check_graph(graph, model: nn.Module, x, *, family: str, options: dict | None
         ref = logits_of(model(x))
         got = graph.forward(x)
     if not isinstance(ref, torch.Tensor) or got.shape != ref.shape:
-        raise ModelError(f"the {family} graph gives shape {tuple(got.shape)}, the model {tuple(getattr(ref, 'shape', ()))}")
+        raise ModelError(
+            f"the {family} graph gives shape {tuple(got.shape)}, the model {tuple(getattr(ref, 'shape', ()))}"
+        )
     diff = float((got.float() - ref.float()).abs().max())
     scale = max(1.0, float(ref.float().abs().max()))
     if not diff <= TOLERANCE * scale:  # also catches NaN
         named = ", ".join(f"{k}={v!r}" for k, v in (options or {}).items()) or "none recognised"
-        raise ModelError(f"the {family} graph of {type(model).__name__} differs from the model's own forward by {diff:.3g} "
-                         f"on a probe input; config options that may be unsupported: {named}",
-                         hint="build the model without these options, or patch nodes by site (innerprobe.patch.patch_run)")
+        raise ModelError(
+            f"the {family} graph of {type(model).__name__} differs from the model's own forward by {diff:.3g} "
+            f"on a probe input; config options that may be unsupported: {named}",
+            hint="build the model without these options, or patch nodes by site (innerprobe.patch.patch_run)",
+        )
     graph.notes.append(f"checked against the model on a probe input: max |graph - model| = {diff:.2g}")
     return graph
 

@@ -7,6 +7,7 @@ for ``L1.z``); every TransformerLens hook name and alias (``blocks.1.attn.hook_z
 printed under its canonical name. Graph: the graph of the wrapped Hugging Face model's family
 (built on ``bridge.original_model``), checked against the bridge's own forward.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -38,8 +39,14 @@ def layout(model: nn.Module):
     patterns [B, H, Tq, Tk]."""
     H = model.cfg.n_heads
     kv = getattr(model.cfg, "n_key_value_heads", None) or H
-    by_name = {"hook_q": {"n_heads": H}, "hook_z": {"n_heads": H}, "hook_k": {"n_heads": kv}, "hook_v": {"n_heads": kv},
-               "hook_pattern": {"head_axis": 1}, "hook_attn_scores": {"head_axis": 1}}
+    by_name = {
+        "hook_q": {"n_heads": H},
+        "hook_z": {"n_heads": H},
+        "hook_k": {"n_heads": kv},
+        "hook_v": {"n_heads": kv},
+        "hook_pattern": {"head_axis": 1},
+        "hook_attn_scores": {"head_axis": 1},
+    }
     return lambda hook: by_name.get(hook.rsplit(".", 1)[-1], {})
 
 
@@ -65,15 +72,23 @@ def graph(model: nn.Module):
     inner = model.original_model
     fam = next((f for f in INNER if f.matches(inner)), None)
     if fam is None:
-        raise ModelError(f"no graph builder for the model inside this TransformerBridge ({type(inner).__name__})",
-                         hint=f"bridges over {', '.join(f.description for f in INNER)} have graphs")
+        raise ModelError(
+            f"no graph builder for the model inside this TransformerBridge ({type(inner).__name__})",
+            hint=f"bridges over {', '.join(f.description for f in INNER)} have graphs",
+        )
     g = fam.graph(inner)
     g.model = model
     g.name = f"TransformerBridge[{g.name}]"
     return g
 
 
-FAMILY = Family("transformer-bridge", matches, sites, graph, aliases=aliases,
-                probe=lambda m: token_probe(m.cfg.d_vocab, m.cfg.n_ctx),
-                options=lambda m: {"architecture": type(m.original_model).__name__},
-                description="TransformerLens TransformerBridge (graph via the wrapped Hugging Face model)")
+FAMILY = Family(
+    "transformer-bridge",
+    matches,
+    sites,
+    graph,
+    aliases=aliases,
+    probe=lambda m: token_probe(m.cfg.d_vocab, m.cfg.n_ctx),
+    options=lambda m: {"architecture": type(m.original_model).__name__},
+    description="TransformerLens TransformerBridge (graph via the wrapped Hugging Face model)",
+)

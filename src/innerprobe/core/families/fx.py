@@ -3,6 +3,7 @@
 Checked against the model when an example input is given (``build_graph(model, example=x)``)
 and, like every graph, on the reference input by :func:`innerprobe.patch.path.prepare`.
 """
+
 from __future__ import annotations
 
 from torch import fx, nn
@@ -21,6 +22,7 @@ def fx_graph(model: nn.Module, *, leaf_types: tuple = ()) -> Graph:
     each argument's producer. A skip connection ``y = block(x) + x`` gives ``add`` two slots,
     so the paths through the block and through the skip are different paths.
     """
+
     class Tracer(fx.Tracer):
         def is_leaf_module(self, m, qualname):
             return isinstance(m, leaf_types) or super().is_leaf_module(m, qualname)
@@ -28,8 +30,10 @@ def fx_graph(model: nn.Module, *, leaf_types: tuple = ()) -> Graph:
     try:
         traced = Tracer().trace(model)
     except Exception as e:  # noqa: BLE001 - fx raises many types
-        raise ModelError(f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: {e}",
-                         hint="fx graphs need a model without data-dependent control flow; pass leaf_types=(...) for untraceable submodules") from None
+        raise ModelError(
+            f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: {e}",
+            hint="fx graphs need a model without data-dependent control flow; pass leaf_types=(...) for untraceable submodules",
+        ) from None
     gm = fx.GraphModule(model, traced)
     placeholders = [n for n in traced.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
@@ -78,8 +82,15 @@ def fx_graph(model: nn.Module, *, leaf_types: tuple = ()) -> Graph:
             groups.append(Group("output", "output", ("out",), lambda slots: [slots[("out", "in")]]))
         elif n.op == "get_attr":
             continue
-    return Graph(f"fx({type(model).__name__})", nodes, groups, edges, {}, model,
-                 ["one node per module / function call; a node's slots are its tensor arguments"])
+    return Graph(
+        f"fx({type(model).__name__})",
+        nodes,
+        groups,
+        edges,
+        {},
+        model,
+        ["one node per module / function call; a node's slots are its tensor arguments"],
+    )
 
 
 def _fx_fn(n, srcs, slots, nm, mods):
@@ -93,7 +104,10 @@ def _fx_fn(n, srcs, slots, nm, mods):
             return [n.target(*args, **kwargs)]
         self_obj, *rest = args
         return [getattr(self_obj, n.target)(*rest, **kwargs)]
+
     return fn
 
 
-FAMILY = Family("fx", lambda model: True, lambda model: {}, fx_graph, description="any model torch.fx traces (fallback)")
+FAMILY = Family(
+    "fx", lambda model: True, lambda model: {}, fx_graph, description="any model torch.fx traces (fallback)"
+)

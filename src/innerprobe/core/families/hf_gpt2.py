@@ -6,6 +6,7 @@ attention's softmax call (a functional-call site, core/functional.py), so it can
 Graph: the eager attention math re-expressed per head from the model's own weights.
 Refused by name: ``scale_attn_by_inverse_layer_idx``, ``reorder_and_upcast_attn``, cross-attention.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,8 +58,10 @@ def graph(model: nn.Module):
     cfg = model.config
     bad = nondefault(cfg, REFUSED)
     if bad:
-        raise ModelError(f"GPT-2 graphs do not support {', '.join(f'{k}={v}' for k, v in bad.items())}",
-                         hint="these change the attention math; patch nodes by site instead (innerprobe.patch.patch_run)")
+        raise ModelError(
+            f"GPT-2 graphs do not support {', '.join(f'{k}={v}' for k, v in bad.items())}",
+            hint="these change the attention math; patch nodes by site instead (innerprobe.patch.patch_run)",
+        )
     tr = model.transformer if hasattr(model, "transformer") else model
     H, d = cfg.n_head, cfg.n_embd
     dh = d // H
@@ -68,8 +71,8 @@ def graph(model: nn.Module):
         def mix(q_in, k_in, v_in, heads=None):
             hs = list(range(H)) if heads is None else list(heads)
             W, bias = b.attn.c_attn.weight, b.attn.c_attn.bias  # Conv1D: [d, 3d]
-            Wq, Wk, Wv = (W[:, i * d:(i + 1) * d].view(d, H, dh)[:, hs] for i in range(3))
-            bq, bk, bv = (bias[i * d:(i + 1) * d].view(H, dh)[hs] for i in range(3))
+            Wq, Wk, Wv = (W[:, i * d : (i + 1) * d].view(d, H, dh)[:, hs] for i in range(3))
+            bq, bk, bv = (bias[i * d : (i + 1) * d].view(H, dh)[hs] for i in range(3))
             q = torch.einsum("bthd,dhe->bthe", b.ln_1(q_in), Wq) + bq
             k = torch.einsum("bthd,dhe->bthe", b.ln_1(k_in), Wk) + bk
             v = torch.einsum("bthd,dhe->bthe", b.ln_1(v_in), Wv) + bv
@@ -78,12 +81,14 @@ def graph(model: nn.Module):
                 scores = scores / math.sqrt(dh)
             scores = scores.masked_fill(causal_mask(q.shape[1], q.device), torch.finfo(scores.dtype).min)
             return torch.einsum("bhqk,bkhe->bqhe", scores.softmax(-1), v)
+
         return mix
 
     def head_out_fn(b):
         def head_out(z, heads=None):
             W = b.attn.c_proj.weight.view(H, dh, d)
             return torch.einsum("bthe,hed->bthd", z, W if heads is None else W[list(heads)])
+
         return head_out
 
     def out_fn(r):
@@ -94,16 +99,32 @@ def graph(model: nn.Module):
         return [tr.wte(x), tr.wpe(torch.arange(x.shape[1], device=x.device)).expand(x.shape[0], -1, -1)]
 
     return residual_graph(
-        f"{type(model).__name__}({cfg.n_layer}L x {H}H)", n_layers=cfg.n_layer, H=H, model=model,
-        inputs=[("embed", "embed"), ("pos", "pos_embed")], input_fn=input_fn,
-        mix=[mix_fn(b) for b in blocks], head_out=[head_out_fn(b) for b in blocks], subsets=True,
-        mlp_fn=[normed(b.ln_2, b.mlp) for b in blocks], out_fn=out_fn,
-        b_O=[b.attn.c_proj.bias.detach() for b in blocks], notes=["dropout ignored: evaluate in eval mode"])
+        f"{type(model).__name__}({cfg.n_layer}L x {H}H)",
+        n_layers=cfg.n_layer,
+        H=H,
+        model=model,
+        inputs=[("embed", "embed"), ("pos", "pos_embed")],
+        input_fn=input_fn,
+        mix=[mix_fn(b) for b in blocks],
+        head_out=[head_out_fn(b) for b in blocks],
+        subsets=True,
+        mlp_fn=[normed(b.ln_2, b.mlp) for b in blocks],
+        out_fn=out_fn,
+        b_O=[b.attn.c_proj.bias.detach() for b in blocks],
+        notes=["dropout ignored: evaluate in eval mode"],
+    )
 
 
 def probe(model: nn.Module) -> torch.Tensor:
     return token_probe(model.config.vocab_size, model.config.n_positions)
 
 
-FAMILY = Family("hf-gpt2", matches, sites, graph, probe=probe, options=lambda m: nondefault(m.config, REFUSED),
-                description="Hugging Face GPT-2 (GPT2Model, GPT2LMHeadModel)")
+FAMILY = Family(
+    "hf-gpt2",
+    matches,
+    sites,
+    graph,
+    probe=probe,
+    options=lambda m: nondefault(m.config, REFUSED),
+    description="Hugging Face GPT-2 (GPT2Model, GPT2LMHeadModel)",
+)

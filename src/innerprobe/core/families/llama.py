@@ -11,6 +11,7 @@ attention. Graph nodes and the GQA convention: :mod:`.residual`.
 Refused by name: ``attention_mask`` padding (graphs take unpadded token ids), models whose
 check fails (the error names ``rope_parameters``, ``sliding_window``, ``layer_types``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,7 +32,9 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def matches(model: nn.Module) -> bool:
-    return getattr(getattr(model, "config", None), "model_type", None) in MODEL_TYPES and hasattr(_base(model), "layers")
+    return getattr(getattr(model, "config", None), "model_type", None) in MODEL_TYPES and hasattr(
+        _base(model), "layers"
+    )
 
 
 def _base(model: nn.Module):
@@ -96,8 +99,14 @@ def _mix(layer, cfg, H: int, n_kv: int, dh: int, rotary_emb, l: int):
             q, k = q_norm(q), k_norm(k)
         return q, k, v
 
-    return rotary_mix(project, rotary_emb=rotary_emb, apply_rotary=apply_rotary_of(attn), scaling=attn.scaling,
-                      window=_window(cfg, l), H=H)
+    return rotary_mix(
+        project,
+        rotary_emb=rotary_emb,
+        apply_rotary=apply_rotary_of(attn),
+        scaling=attn.scaling,
+        window=_window(cfg, l),
+        H=H,
+    )
 
 
 def graph(model: nn.Module):
@@ -115,22 +124,43 @@ def graph(model: nn.Module):
 
     return residual_graph(
         f"{type(model).__name__}({cfg.num_hidden_layers}L x {H}H" + (f", {n_kv} KV heads" if n_kv != H else "") + ")",
-        n_layers=cfg.num_hidden_layers, H=H, n_kv=n_kv, model=model,
-        inputs=[("embed", "embed")], input_fn=lambda x: [base.embed_tokens(x)],
+        n_layers=cfg.num_hidden_layers,
+        H=H,
+        n_kv=n_kv,
+        model=model,
+        inputs=[("embed", "embed")],
+        input_fn=lambda x: [base.embed_tokens(x)],
         mix=[_mix(layer, cfg, H, n_kv, dh, base.rotary_emb, l) for l, layer in enumerate(layers)],
-        head_out=[out_heads(layer.self_attn.o_proj, H, dh) for layer in layers], subsets=True,
+        head_out=[out_heads(layer.self_attn.o_proj, H, dh) for layer in layers],
+        subsets=True,
         mlp_fn=[normed(layer.post_attention_layernorm, layer.mlp) for layer in layers],
-        out_fn=out_fn, b_O=[b_O(layer) for layer in layers],
-        notes=["dropout ignored: evaluate in eval mode", "token ids without padding (no attention_mask)"])
+        out_fn=out_fn,
+        b_O=[b_O(layer) for layer in layers],
+        notes=["dropout ignored: evaluate in eval mode", "token ids without padding (no attention_mask)"],
+    )
 
 
 def options(model: nn.Module) -> dict:
     cfg = model.config
-    keys = ("model_type", "num_key_value_heads", "rope_parameters", "sliding_window", "layer_types", "attention_bias",
-            "mlp_bias", "hidden_act")
+    keys = (
+        "model_type",
+        "num_key_value_heads",
+        "rope_parameters",
+        "sliding_window",
+        "layer_types",
+        "attention_bias",
+        "mlp_bias",
+        "hidden_act",
+    )
     return {k: getattr(cfg, k) for k in keys if getattr(cfg, k, None) is not None}
 
 
-FAMILY = Family("llama", matches, sites, graph,
-                probe=lambda m: token_probe(m.config.vocab_size, m.config.max_position_embeddings),
-                options=options, description="Llama family: LlamaForCausalLM, Mistral, Qwen2 (RMSNorm, rotary, GQA, SwiGLU)")
+FAMILY = Family(
+    "llama",
+    matches,
+    sites,
+    graph,
+    probe=lambda m: token_probe(m.config.vocab_size, m.config.max_position_embeddings),
+    options=options,
+    description="Llama family: LlamaForCausalLM, Mistral, Qwen2 (RMSNorm, rotary, GQA, SwiGLU)",
+)

@@ -6,6 +6,7 @@ Sites: q/k/v are parts of the fused ``query_key_value`` output, which GPT-NeoX l
 head* (``[q_h, k_h, v_h]`` blocks of ``3 * d_head``): ``Site(part=(i, 3))``. ``z`` = ``dense`` input.
 With the parallel residual there is no ``resid_mid``. ``L{l}.pattern`` only with eager attention (the softmax call, editable).
 """
+
 from __future__ import annotations
 
 import torch
@@ -68,7 +69,9 @@ def _mix(layer, H, dh, rotary_emb):
         W = attn.query_key_value.weight.view(H, 3, dh, -1)[hs]
         b = attn.query_key_value.bias
         b = None if b is None else b.view(H, 3, dh)[hs]
-        return tuple(project_heads(norm(x), W[:, i], None if b is None else b[:, i]) for i, x in enumerate((q_in, k_in, v_in)))
+        return tuple(
+            project_heads(norm(x), W[:, i], None if b is None else b[:, i]) for i, x in enumerate((q_in, k_in, v_in))
+        )
 
     return rotary_mix(project, rotary_emb=rotary_emb, apply_rotary=apply_rotary_of(attn), scaling=attn.scaling, H=H)
 
@@ -91,22 +94,38 @@ def graph(model: nn.Module):
     parallel = bool(cfg.use_parallel_residual)
     return residual_graph(
         f"{type(model).__name__}({cfg.num_hidden_layers}L x {H}H" + (", parallel" if parallel else "") + ")",
-        n_layers=cfg.num_hidden_layers, H=H, model=model, parallel=parallel,
-        inputs=[("embed", "embed")], input_fn=lambda x: [base.embed_in(x)],
+        n_layers=cfg.num_hidden_layers,
+        H=H,
+        model=model,
+        parallel=parallel,
+        inputs=[("embed", "embed")],
+        input_fn=lambda x: [base.embed_in(x)],
         mix=[_mix(layer, H, dh, base.rotary_emb) for layer in layers],
-        head_out=[out_heads(layer.attention.dense, H, dh) for layer in layers], subsets=True,
+        head_out=[out_heads(layer.attention.dense, H, dh) for layer in layers],
+        subsets=True,
         mlp_fn=[normed(layer.post_attention_layernorm, layer.mlp) for layer in layers],
-        out_fn=out_fn, b_O=[b_O(layer) for layer in layers],
+        out_fn=out_fn,
+        b_O=[b_O(layer) for layer in layers],
         notes=["dropout ignored: evaluate in eval mode", "token ids without padding (no attention_mask)"]
-        + (["parallel residual: m{l} reads what the heads of layer l read"] if parallel else []))
+        + (["parallel residual: m{l} reads what the heads of layer l read"] if parallel else []),
+    )
 
 
 def options(model):
     cfg = model.config
-    return {k: getattr(cfg, k) for k in ("use_parallel_residual", "rope_parameters", "attention_bias", "hidden_act")
-            if getattr(cfg, k, None) is not None}
+    return {
+        k: getattr(cfg, k)
+        for k in ("use_parallel_residual", "rope_parameters", "attention_bias", "hidden_act")
+        if getattr(cfg, k, None) is not None
+    }
 
 
-FAMILY = Family("gpt-neox", matches, sites, graph,
-                probe=lambda m: token_probe(m.config.vocab_size, m.config.max_position_embeddings), options=options,
-                description="GPT-NeoX / Pythia (parallel attention + MLP, partial rotary)")
+FAMILY = Family(
+    "gpt-neox",
+    matches,
+    sites,
+    graph,
+    probe=lambda m: token_probe(m.config.vocab_size, m.config.max_position_embeddings),
+    options=options,
+    description="GPT-NeoX / Pythia (parallel attention + MLP, partial rotary)",
+)

@@ -21,6 +21,7 @@ graph equals the model; patching ``u -> a{l}.{h}:k`` changes the keys seen by qu
 only. To patch the shared key of K/V head ``g`` patch the ``k`` slots of all its query heads: the
 site ``L{l}.k[heads=g]`` names exactly those slots (docs/patching.md).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -31,8 +32,17 @@ from ..dag import Edge, Graph, Group, Node
 from .base import head_site
 
 
-def heads_group(name: str, layer: int, H: int, mix: Callable, head_out: Callable, *, subsets: bool = False,
-                extra: Sequence[str] = (), head_sum: Callable | None = None) -> Group:
+def heads_group(
+    name: str,
+    layer: int,
+    H: int,
+    mix: Callable,
+    head_out: Callable,
+    *,
+    subsets: bool = False,
+    extra: Sequence[str] = (),
+    head_sum: Callable | None = None,
+) -> Group:
     """Group fn for one attention layer: per-head slot values ``[B, T, d]`` -> per-head writes.
 
     When every q/k/v slot holds the *same tensor* (a residual stream nobody patched at this
@@ -47,8 +57,10 @@ def heads_group(name: str, layer: int, H: int, mix: Callable, head_out: Callable
         if all(slots[(n, s)] is first for n in sub for s in "qkv"):
             q = k = v = first.unsqueeze(2).expand(*first.shape[:2], len(sub), first.shape[-1])
         else:
-            q, k, v = (slots[(sub[0], s)].unsqueeze(2) if len(sub) == 1 else torch.stack([slots[(n, s)] for n in sub], 2)
-                       for s in "qkv")
+            q, k, v = (
+                slots[(sub[0], s)].unsqueeze(2) if len(sub) == 1 else torch.stack([slots[(n, s)] for n in sub], 2)
+                for s in "qkv"
+            )
         more = {s: slots[(sub[0], s)] for s in extra}  # extra slots (shortformer pos) are equal for every head
         return mix(q, k, v, **more) if heads is None else mix(q, k, v, heads=heads, **more)
 
@@ -76,11 +88,27 @@ def mlp_group(layer: int, fn: Callable) -> Group:
     return Group(f"mlp{layer}", "component", (m,), lambda slots: [fn(slots[(m, "in")])])
 
 
-def residual_graph(name: str, *, n_layers: int, H: int, inputs: Sequence[tuple[str, str]], input_fn: Callable,
-                   mix: Sequence[Callable], head_out: Sequence[Callable], mlp_fn: Sequence[Callable | None],
-                   out_fn: Callable, b_O: Sequence, model, n_kv: int | None = None, parallel: bool = False,
-                   qk_inputs: Sequence[str] = (), pos_slot: str | None = None, subsets: bool = False,
-                   notes: Sequence[str] = (), head_sum: Sequence[Callable] | None = None) -> Graph:
+def residual_graph(
+    name: str,
+    *,
+    n_layers: int,
+    H: int,
+    inputs: Sequence[tuple[str, str]],
+    input_fn: Callable,
+    mix: Sequence[Callable],
+    head_out: Sequence[Callable],
+    mlp_fn: Sequence[Callable | None],
+    out_fn: Callable,
+    b_O: Sequence,
+    model,
+    n_kv: int | None = None,
+    parallel: bool = False,
+    qk_inputs: Sequence[str] = (),
+    pos_slot: str | None = None,
+    subsets: bool = False,
+    notes: Sequence[str] = (),
+    head_sum: Sequence[Callable] | None = None,
+) -> Graph:
     """Build the residual graph. ``inputs`` = [(node, site)] computed by ``input_fn(x)`` (a list);
     ``qk_inputs`` feed only q/k slots (zoo shortformer); ``pos_slot`` names an input node that
     feeds an extra ``pos`` slot of every head (TransformerLens shortformer); ``b_O[l]`` is layer
@@ -98,7 +126,11 @@ def residual_graph(name: str, *, n_layers: int, H: int, inputs: Sequence[tuple[s
         head_slots = ("q", "k", "v") + (("pos",) if pos_slot else ())
         for h in range(H):
             n = f"a{l}.{h}"
-            sites = (("q", head_site(l, "q", h)), ("k", head_site(l, "k", h // rep)), ("v", head_site(l, "v", h // rep)))
+            sites = (
+                ("q", head_site(l, "q", h)),
+                ("k", head_site(l, "k", h // rep)),
+                ("v", head_site(l, "v", h // rep)),
+            )
             nodes[n] = Node(n, "component", head_slots, l, h, site=head_site(l, "z", h), slot_sites=sites)
             for s in "qkv":
                 edges += [Edge(u, n, s) for u in writers + [i for i in qk_inputs if s in "qk"]]
@@ -106,8 +138,18 @@ def residual_graph(name: str, *, n_layers: int, H: int, inputs: Sequence[tuple[s
                     const[(n, s)] = bias
             if pos_slot:
                 edges.append(Edge(pos_slot, n, "pos"))
-        groups.append(heads_group(f"attn{l}", l, H, mix[l], head_out[l], subsets=subsets, extra=("pos",) if pos_slot else (),
-                                  head_sum=None if head_sum is None else head_sum[l]))
+        groups.append(
+            heads_group(
+                f"attn{l}",
+                l,
+                H,
+                mix[l],
+                head_out[l],
+                subsets=subsets,
+                extra=("pos",) if pos_slot else (),
+                head_sum=None if head_sum is None else head_sum[l],
+            )
+        )
         heads = [f"a{l}.{h}" for h in range(H)]
         writers = writers + heads
         bias = b_O[l] if bias is None else bias + b_O[l]
@@ -128,8 +170,10 @@ def residual_graph(name: str, *, n_layers: int, H: int, inputs: Sequence[tuple[s
     groups.append(Group("output", "output", ("out",), lambda slots: [out_fn(slots[("out", "in")])]))
     graph = Graph(name, nodes, groups, edges, const, model, list(notes))
     if rep > 1:
-        graph.notes.append(f"grouped-query attention: {H} query heads share {n_kv} K/V heads; each query head has its own "
-                           f"k/v slots (L{{l}}.k[heads=g] names the k slots of query heads {rep}g..{rep}g+{rep - 1})")
+        graph.notes.append(
+            f"grouped-query attention: {H} query heads share {n_kv} K/V heads; each query head has its own "
+            f"k/v slots (L{{l}}.k[heads=g] names the k slots of query heads {rep}g..{rep}g+{rep - 1})"
+        )
     return graph
 
 

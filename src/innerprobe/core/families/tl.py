@@ -14,6 +14,7 @@ post-norm architectures, grouped-query attention (``n_key_value_heads``), ``use_
 ``alibi``. The graph calls each block's own attention with split per-head inputs (the config's
 ``use_split_qkv_input`` is switched on for the call and restored).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,9 +27,21 @@ from ..site import Site
 from .base import Family, grab_output, token_probe
 from .residual import normed, residual_graph
 
-HEAD_AXIS = {"hook_q": 2, "hook_k": 2, "hook_v": 2, "hook_z": 2, "hook_result": 2, "hook_rot_q": 2, "hook_rot_k": 2,
-             "hook_q_input": 2, "hook_k_input": 2, "hook_v_input": 2, "hook_attn_in": 2, "hook_pattern": 1,
-             "hook_attn_scores": 1}
+HEAD_AXIS = {
+    "hook_q": 2,
+    "hook_k": 2,
+    "hook_v": 2,
+    "hook_z": 2,
+    "hook_result": 2,
+    "hook_rot_q": 2,
+    "hook_rot_k": 2,
+    "hook_q_input": 2,
+    "hook_k_input": 2,
+    "hook_v_input": 2,
+    "hook_attn_in": 2,
+    "hook_pattern": 1,
+    "hook_attn_scores": 1,
+}
 
 
 def matches(model: nn.Module) -> bool:
@@ -124,10 +137,14 @@ def _split_inputs(cfg, on: bool = True):
 def _plain_attention(cfg, b) -> bool:
     """Whether :func:`_heads_math` is this block's attention: causal softmax attention with learned
     absolute positions, no rotary, QK norm, soft cap or grouped K/V heads."""
-    return (cfg.positional_embedding_type == "standard" and not getattr(cfg, "use_qk_norm", False)
-            and (getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) <= 0 and getattr(cfg, "n_key_value_heads", None) is None
-            and (getattr(b.attn, "_attention_dir_override", None) or cfg.attention_dir) == "causal"
-            and getattr(cfg, "attn_types", None) is None)
+    return (
+        cfg.positional_embedding_type == "standard"
+        and not getattr(cfg, "use_qk_norm", False)
+        and (getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) <= 0
+        and getattr(cfg, "n_key_value_heads", None) is None
+        and (getattr(b.attn, "_attention_dir_override", None) or cfg.attention_dir) == "causal"
+        and getattr(cfg, "attn_types", None) is None
+    )
 
 
 def _normed(ln1, t: torch.Tensor) -> torch.Tensor:
@@ -154,8 +171,10 @@ def graph(model: nn.Module):
     cfg = model.cfg
     bad = refusals(cfg)
     if bad:
-        raise ModelError(f"TransformerLens graphs do not support {'; '.join(bad)}",
-                         hint="patch nodes by site instead (innerprobe.patch.patch_run), or build the model without it")
+        raise ModelError(
+            f"TransformerLens graphs do not support {'; '.join(bad)}",
+            hint="patch nodes by site instead (innerprobe.patch.patch_run), or build the model without it",
+        )
     blocks = list(model.blocks)
     short = cfg.positional_embedding_type == "shortformer"
     ident = nn.Identity()
@@ -183,10 +202,13 @@ def graph(model: nn.Module):
             for t, x in zip(spread, (q, k, v)):
                 t[:, :, list(heads)] = x
             return full(*spread, pos)[:, :, list(heads)]
+
         return mix
 
     def head_out_fn(b):
-        return lambda z, heads=None: torch.einsum("bthe,hed->bthd", z, b.attn.W_O if heads is None else b.attn.W_O[list(heads)])
+        return lambda z, heads=None: torch.einsum(
+            "bthe,hed->bthd", z, b.attn.W_O if heads is None else b.attn.W_O[list(heads)]
+        )
 
     ln_final = getattr(model, "ln_final", ident)
     has_pos = cfg.positional_embedding_type in ("standard", "shortformer")
@@ -197,22 +219,49 @@ def graph(model: nn.Module):
 
     return residual_graph(
         f"HookedTransformer({cfg.n_layers}L x {cfg.n_heads}H" + (", parallel" if cfg.parallel_attn_mlp else "") + ")",
-        n_layers=cfg.n_layers, H=cfg.n_heads, model=model, inputs=inputs, input_fn=input_fn,
-        mix=[mix_fn(b) for b in blocks], head_out=[head_out_fn(b) for b in blocks], subsets=True,
+        n_layers=cfg.n_layers,
+        H=cfg.n_heads,
+        model=model,
+        inputs=inputs,
+        input_fn=input_fn,
+        mix=[mix_fn(b) for b in blocks],
+        head_out=[head_out_fn(b) for b in blocks],
+        subsets=True,
         head_sum=[(lambda b: lambda z: torch.einsum("bthe,hed->btd", z, b.attn.W_O))(b) for b in blocks],
         mlp_fn=[None if cfg.attn_only else normed(getattr(b, "ln2", ident), b.mlp) for b in blocks],
-        out_fn=lambda r: model.unembed(ln_final(r)), b_O=[b.attn.b_O.detach() for b in blocks],
-        parallel=bool(cfg.parallel_attn_mlp), pos_slot="pos" if short else None,
-        notes=["shortformer: pos enters each head's 'pos' slot, added after ln1 as TransformerLens does"] if short else [])
+        out_fn=lambda r: model.unembed(ln_final(r)),
+        b_O=[b.attn.b_O.detach() for b in blocks],
+        parallel=bool(cfg.parallel_attn_mlp),
+        pos_slot="pos" if short else None,
+        notes=["shortformer: pos enters each head's 'pos' slot, added after ln1 as TransformerLens does"]
+        if short
+        else [],
+    )
 
 
 def options(model: nn.Module) -> dict:
     cfg = model.cfg
-    keys = ("normalization_type", "positional_embedding_type", "parallel_attn_mlp", "use_normalization_before_and_after",
-            "attn_only", "n_key_value_heads", "use_attn_scale", "attn_scores_soft_cap", "output_logits_soft_cap")
+    keys = (
+        "normalization_type",
+        "positional_embedding_type",
+        "parallel_attn_mlp",
+        "use_normalization_before_and_after",
+        "attn_only",
+        "n_key_value_heads",
+        "use_attn_scale",
+        "attn_scores_soft_cap",
+        "output_logits_soft_cap",
+    )
     return {k: getattr(cfg, k) for k in keys if getattr(cfg, k, None) not in (None, False)}
 
 
-FAMILY = Family("transformer-lens", matches, sites, graph, aliases=aliases,
-                probe=lambda m: token_probe(m.cfg.d_vocab, m.cfg.n_ctx), options=options,
-                description="TransformerLens HookedTransformer")
+FAMILY = Family(
+    "transformer-lens",
+    matches,
+    sites,
+    graph,
+    aliases=aliases,
+    probe=lambda m: token_probe(m.cfg.d_vocab, m.cfg.n_ctx),
+    options=options,
+    description="TransformerLens HookedTransformer",
+)

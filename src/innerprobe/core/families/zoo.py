@@ -4,6 +4,7 @@ Detected by ``model.canonical_sites()`` plus ``model.blocks[i].attn.mix``; core 
 the zoo. Every read has its own hook, so q/k/v sites are the per-head *inputs* (before ln1).
 Config options: ``ln``, ``d_mlp``, ``pos`` in (standard, shortformer), all supported.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,13 @@ from .residual import residual_graph
 
 def matches(model: nn.Module) -> bool:
     cfg, blocks = getattr(model, "cfg", None), getattr(model, "blocks", None)
-    return (isinstance(cfg, dict) and blocks is not None and len(blocks) > 0 and hasattr(blocks[0].attn, "mix")
-            and callable(getattr(model, "canonical_sites", None)))
+    return (
+        isinstance(cfg, dict)
+        and blocks is not None
+        and len(blocks) > 0
+        and hasattr(blocks[0].attn, "mix")
+        and callable(getattr(model, "canonical_sites", None))
+    )
 
 
 def sites(model: nn.Module) -> dict:
@@ -30,21 +36,41 @@ def _mix(attn):
 def graph(model: nn.Module):
     cfg = model.cfg
     blocks = list(model.blocks)
-    B_O = [b.attn.o_proj.bias.detach() if b.attn.o_proj.bias is not None else torch.zeros(cfg["d_model"]) for b in blocks]
+    B_O = [
+        b.attn.o_proj.bias.detach() if b.attn.o_proj.bias is not None else torch.zeros(cfg["d_model"]) for b in blocks
+    ]
     short = cfg["pos"] == "shortformer"
-    name = (f"{type(model).__name__}({cfg['n_layers']}L x {cfg['n_heads']}H" + (", LN" if cfg["ln"] else "")
-            + (", MLP" if cfg["d_mlp"] else "") + ")")
+    name = (
+        f"{type(model).__name__}({cfg['n_layers']}L x {cfg['n_heads']}H"
+        + (", LN" if cfg["ln"] else "")
+        + (", MLP" if cfg["d_mlp"] else "")
+        + ")"
+    )
     return residual_graph(
-        name, n_layers=cfg["n_layers"], H=cfg["n_heads"], model=model,
-        inputs=[("embed", "embed"), ("pos", "pos_embed")], input_fn=lambda x: [model.embed(x), model.pos_embed(x)],
+        name,
+        n_layers=cfg["n_layers"],
+        H=cfg["n_heads"],
+        model=model,
+        inputs=[("embed", "embed"), ("pos", "pos_embed")],
+        input_fn=lambda x: [model.embed(x), model.pos_embed(x)],
         mix=[_mix(b.attn) for b in blocks],
-        head_out=[b.attn.head_outputs for b in blocks], subsets=True,
+        head_out=[b.attn.head_outputs for b in blocks],
+        subsets=True,
         head_sum=[(lambda W: lambda z: z.reshape(*z.shape[:2], -1) @ W.T)(b.attn.o_proj.weight) for b in blocks],
         mlp_fn=[b.mlp_fn if b.has_mlp else None for b in blocks],
-        out_fn=lambda r: model.unembed(model.ln_final(r)), b_O=B_O,
-        qk_inputs=("pos",) if short else (), notes=["pos -> q/k slots only (shortformer)"] if short else [])
+        out_fn=lambda r: model.unembed(model.ln_final(r)),
+        b_O=B_O,
+        qk_inputs=("pos",) if short else (),
+        notes=["pos -> q/k slots only (shortformer)"] if short else [],
+    )
 
 
-FAMILY = Family("zoo", matches, sites, graph, probe=lambda m: token_probe(m.cfg["vocab"], m.cfg["n_ctx"]),
-                options=lambda m: {k: m.cfg[k] for k in ("ln", "d_mlp", "pos")},
-                description="innerprobe's zoo transformer (AttnTransformer)")
+FAMILY = Family(
+    "zoo",
+    matches,
+    sites,
+    graph,
+    probe=lambda m: token_probe(m.cfg["vocab"], m.cfg["n_ctx"]),
+    options=lambda m: {k: m.cfg[k] for k in ("ln", "d_mlp", "pos")},
+    description="innerprobe's zoo transformer (AttnTransformer)",
+)

@@ -307,7 +307,8 @@ def _calibration(calibration, method, data_free):
     key = "triggers" if (method == "full" and data_free) else method
     if key not in cal:
         raise ConfigError(
-            f"the scan calibration has no entry for method {key!r}", hint="re-run the calibration on the dev + dev2 splits"
+            f"the scan calibration has no entry for method {key!r}",
+            hint="re-run the calibration on the dev + dev2 splits",
         )
     return cal[key]
 
