@@ -199,9 +199,9 @@ def _from_hf_folder(folder: Path) -> nn.Module:
             auto = transformers.AutoModelForImageClassification
         else:
             auto = transformers.AutoModel
-        model = auto.from_pretrained(
+        model = auto.from_pretrained(  # local
             str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
-        )  # local
+        )
     except Exception as e:
         raise ModelError(
             f"transformers could not load {folder}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
