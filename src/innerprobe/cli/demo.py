@@ -127,7 +127,8 @@ def _summary_section(run: DemoRun, *, quick: bool, seeds: int, total: float) -> 
         title="Demo run",
         order=0,
         paragraphs=[
-            f"`innerprobe demo{' --quick' if quick else ''} --seeds {seeds}` ran {len(run.steps)} steps in {total:.1f} s: "
+            f"`innerprobe demo{' --quick' if quick else ''} --seeds {seeds}` ran {len(run.steps)} steps in {total:.1f} "
+            f"s: "
             f"{len(run.steps) - n_fail} ok, {n_fail} failed."
             + (" Failed steps have their own section below, with the error." if n_fail else ""),
             "Zoo models are seed 0 of each recipe (trained only if not already cached); each study trains any other "
@@ -193,7 +194,8 @@ def register(app: typer.Typer) -> None:
         t0 = time.perf_counter()
         path, run = run_demo(out, quick=quick, seeds=seeds)
         _say(
-            f"demo finished in {time.perf_counter() - t0:.1f} s: {len(run.steps) - len(run.failures)} steps ok, {len(run.failures)} failed"
+            f"demo finished in {time.perf_counter() - t0:.1f} s: {len(run.steps) - len(run.failures)} steps ok, "
+            f"{len(run.failures)} failed"
         )
         for s in run.failures:
             _say(f"  FAILED {s.kind} {s.name}: {s.note}")

@@ -174,19 +174,22 @@ def register(app: typer.Typer) -> None:
             ...,
             "--model",
             "-m",
-            help="zoo name (e.g. induction-attn2l or induction-attn2l@1), path/file.py:factory, or a local HF GPT-2 folder",
+            help="zoo name (e.g. induction-attn2l or induction-attn2l@1), path/file.py:factory, or a local HF GPT-2 "
+            "folder",
         ),
         hypothesis: Optional[List[str]] = typer.Option(None, "--hypothesis", "-H", help=HYP_HELP),
         edges: bool = typer.Option(
             False,
             "--edges",
-            help="measure every single edge's effect, exactly (batched) and by EAP / EAP-IG; draw the circuit and head heatmaps",
+            help="measure every single edge's effect, exactly (batched) and by EAP / EAP-IG; draw the circuit and head "
+            "heatmaps",
         ),
         counterfactual: str = typer.Option(
             "structure",
             "--counterfactual",
             "-c",
-            help="'structure' (same segment layout, new tokens; induction models), 'resample' (independent inputs) or an input file of x_c (.npy/.npz/.pt/.safetensors)",
+            help="'structure' (same segment layout, new tokens; induction models), 'resample' (independent inputs) or "
+            "an input file of x_c (.npy/.npz/.pt/.safetensors)",
         ),
         baseline: str = typer.Option(
             "none",

@@ -82,7 +82,8 @@ def register(app: typer.Typer) -> None:
         sites: Optional[List[str]] = typer.Option(
             None,
             "--sites",
-            help="noise sites (repeat or comma-separate); default: after every hidden nonlinearity (module or functional, e.g. 'blocks.0.mlp/gelu#0'); 'residual' = after every transformer block; ':input' = the model input (token embedding for token ids)",
+            help="noise sites (repeat or comma-separate); default: after every hidden nonlinearity (module or "
+            "functional, e.g. 'blocks.0.mlp/gelu#0'); 'residual' = after every transformer block; ':input' = the model input (token embedding for token ids)",
         ),
         out: Path = typer.Option(
             ..., "--out", "-o", help="output folder (results, plots, section.json); an interrupted run resumes here"
@@ -93,7 +94,8 @@ def register(app: typer.Typer) -> None:
         data: Optional[str] = typer.Option(
             None,
             "--data",
-            help="inputs: a zoo recipe, 'digits', 'fashion-mnist', or a .npy/.npz/.pt/.safetensors file (default: the zoo model's own data, same seed)",
+            help="inputs: a zoo recipe, 'digits', 'fashion-mnist', or a .npy/.npz/.pt/.safetensors file (default: the "
+            "zoo model's own data, same seed)",
         ),
         inputs: int = typer.Option(200, "--inputs", "-n", help="number of inputs to probe"),
         split: str = typer.Option("test", "--split", help="'test' or 'train' inputs of a zoo dataset"),
@@ -110,12 +112,14 @@ def register(app: typer.Typer) -> None:
         position: Optional[str] = typer.Option(
             None,
             "--position",
-            help="language models: the position whose logits are read: -1 (last token, default), an int, or a .npy/.pt file of one index per input",
+            help="language models: the position whose logits are read: -1 (last token, default), an int, or a .npy/.pt "
+            "file of one index per input",
         ),
         tokens: Optional[str] = typer.Option(
             None,
             "--tokens",
-            help="language models: candidate token ids instead of the whole vocabulary: a comma list '5,17' or a .npy/.pt file [N, C] (one row per input)",
+            help="language models: candidate token ids instead of the whole vocabulary: a comma list '5,17' or a "
+            ".npy/.pt file [N, C] (one row per input)",
         ),
         executor: str = executor_option(),
         workers: Optional[int] = workers_option(),
@@ -174,11 +178,14 @@ def register(app: typer.Typer) -> None:
             f"APEX perturb: {model}",
             order=30,
             paragraphs=[
-                f"{d['N']} inputs, K = {d['K']}, {d['S']} sigmas from {sig[0]:.3g} to {sig[-1]:.3g} ({d['noise']} noise, "
+                f"{d['N']} inputs, K = {d['K']}, {d['S']} sigmas from {sig[0]:.3g} to {sig[-1]:.3g} ({d['noise']} "
+                f"noise, "
                 f"{'relative to RMS' if d['relative'] else 'absolute'}), sites: {', '.join(d['sites'])}.",
                 f"Median escape noise {med if med is None else f'{med:.3g}'}; left-censored {d['left_censored']:.1%}, "
-                f"right-censored {d['right_censored']:.1%}. D(sigma) crosses half-way at sigma = {d['half_way_sigma']:.3g}. "
-                f"Largest sigma: most frequent class {d['large_noise_argmax_class']}, normalised entropy {d['large_noise_entropy']:.2f}.",
+                f"right-censored {d['right_censored']:.1%}. D(sigma) crosses half-way at sigma = "
+                f"{d['half_way_sigma']:.3g}. "
+                f"Largest sigma: most frequent class {d['large_noise_argmax_class']}, normalised entropy "
+                f"{d['large_noise_entropy']:.2f}.",
             ],
         )
         sec.table(
@@ -198,7 +205,8 @@ def register(app: typer.Typer) -> None:
             f"censored left {d['left_censored']:.1%} / right {d['right_censored']:.1%}"
         )
         typer.echo(
-            f"  D(sigma): {res.arrays['D'][0]:.3f} -> {res.arrays['D'][-1]:.3f} (floor {res.arrays['D_floor'][-1]:.3f}); "
+            f"  D(sigma): {res.arrays['D'][0]:.3f} -> {res.arrays['D'][-1]:.3f} (floor "
+            f"{res.arrays['D_floor'][-1]:.3f}); "
             f"half-way at sigma = {d['half_way_sigma']:.4g}"
         )
         top = "non-finite logits" if d["large_noise_argmax_is_nonfinite"] else f"class {d['large_noise_argmax_class']}"
@@ -213,7 +221,8 @@ def register(app: typer.Typer) -> None:
             )
         if d["nonfinite_passes"]:
             typer.echo(
-                f"  warning: {d['nonfinite_passes']} noisy passes gave non-finite logits (up to {d['nonfinite_share_max']:.1%} "
+                f"  warning: {d['nonfinite_passes']} noisy passes gave non-finite logits (up to "
+                f"{d['nonfinite_share_max']:.1%} "
                 "at one sigma); counted as their own outcome, never as a class",
                 err=True,
             )

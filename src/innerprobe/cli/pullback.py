@@ -68,7 +68,8 @@ def register(app: typer.Typer) -> None:
         inputs: Optional[str] = typer.Option(
             None,
             "--data",
-            help="Inputs: a .npy [N, ...], .npz / .safetensors (array 'x', optional labels 'y') or .pt file, or a zoo recipe / dataset name. Default: the zoo model's test images (same seed).",
+            help="Inputs: a .npy [N, ...], .npz / .safetensors (array 'x', optional labels 'y') or .pt file, or a zoo "
+            "recipe / dataset name. Default: the zoo model's test images (same seed).",
         ),
         n: int = typer.Option(6, "--inputs", "-n", help="How many inputs to explain (the first N)."),
         indices: Optional[str] = typer.Option(
@@ -78,7 +79,8 @@ def register(app: typer.Typer) -> None:
             "pred",
             "--target",
             "-t",
-            help="Classifiers: pred (predicted class), label (true class), all (every class: a counterfactual grid), a class index, or one per input (3,1,4). Language models: pred (next token), a token id, one per input (5,7,9), or a logit difference IO-S (5-7).",
+            help="Classifiers: pred (predicted class), label (true class), all (every class: a counterfactual grid), a "
+            "class index, or one per input (3,1,4). Language models: pred (next token), a token id, one per input (5,7,9), or a logit difference IO-S (5-7).",
         ),
         position: int = typer.Option(
             -1, "--position", help="Language models: the position whose logits the target reads (-1: the last token)."
@@ -86,7 +88,8 @@ def register(app: typer.Typer) -> None:
         preset: Optional[str] = typer.Option(
             None,
             "--preset",
-            help="original (the authors' first code) or successor (their successor's defaults). Language models default to successor, on every call.",
+            help="original (the authors' first code) or successor (their successor's defaults). Language models "
+            "default to successor, on every call.",
         ),
         layer: Optional[str] = typer.Option(
             None, "--layer", help="Language models: the site to attribute to (default: the token embedding)."
@@ -95,7 +98,8 @@ def register(app: typer.Typer) -> None:
             None,
             "--temperature",
             "-T",
-            help="Gate temperature T; T->0 is the plain gradient. Default: 0.3 (logistic), 0.6 (probit), or the preset's.",
+            help="Gate temperature T; T->0 is the plain gradient. Default: 0.3 (logistic), 0.6 (probit), or the "
+            "preset's.",
         ),
         gate: str = typer.Option(
             "logistic", "--gate", help="logistic (sigmoid(z/T), original) or probit (Phi(z/T), successor; try T=0.6)."
@@ -221,7 +225,8 @@ def register(app: typer.Typer) -> None:
             )
             section.figure(
                 "pullback_grid.png",
-                f"Pullbacks (T={temperature:g}) of every class logit; the diagonal-like entries at the predicted class, the rest counterfactual.",
+                f"Pullbacks (T={temperature:g}) of every class logit; the diagonal-like entries at the predicted "
+                f"class, the rest counterfactual.",
             )
             section.figure("gradient_grid.png", "Plain gradients of every class logit, same layout.")
         else:
@@ -243,7 +248,8 @@ def register(app: typer.Typer) -> None:
             )
             section.figure(
                 "pullback_grid.png",
-                "Per input: the plain gradient and the excitation pullback of the target logit (red +, blue -, each map scaled by its max |A|)"
+                "Per input: the plain gradient and the excitation pullback of the target logit (red +, blue -, each "
+                "map scaled by its max |A|)"
                 + (
                     "; the pullback-ascent change x_K - x0 (min-max scaled) and the resulting input."
                     if ascent_steps

@@ -185,7 +185,8 @@ def register(app: typer.Typer) -> None:
             )
         if all_:
             typer.echo(
-                f"zoo seed {seed}: {len(names) - len(failed)}/{len(names)} recipes ready in {time.perf_counter() - t0:.1f}s"
+                f"zoo seed {seed}: {len(names) - len(failed)}/{len(names)} recipes ready in "
+                f"{time.perf_counter() - t0:.1f}s"
             )
             if failed:
                 raise typer.Exit(1)

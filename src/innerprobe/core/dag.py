@@ -293,7 +293,8 @@ class Graph:
         for n in self.nodes.values():
             kinds[n.kind] = kinds.get(n.kind, 0) + 1
         lines = [
-            f"Graph {self.name}: {len(self.nodes)} nodes ({', '.join(f'{v} {k}' for k, v in kinds.items())}), {len(self.edges)} edges"
+            f"Graph {self.name}: {len(self.nodes)} nodes ({', '.join(f'{v} {k}' for k, v in kinds.items())}), "
+            f"{len(self.edges)} edges"
         ]
         for g in self.groups:
             lines.append(f"  {g.name:<10} {' '.join(g.nodes)}")

@@ -51,7 +51,8 @@ class Site:
         if not m:
             raise SiteError(
                 f"cannot parse site {text!r}",
-                hint="write MODULE[:output|:input][.ELEMENT][[heads=..;pos=..;units=..]], e.g. 'features.3:output[units=0:8]'",
+                hint="write MODULE[:output|:input][.ELEMENT][[heads=..;pos=..;units=..]], e.g. "
+                "'features.3:output[units=0:8]'",
             )
         module, port, element, selectors = m.groups()
         index: int | str | None = None
@@ -134,7 +135,8 @@ class Site:
             else:
                 raise SiteError(
                     f"site {self} selects heads but has no head layout",
-                    hint="use a canonical transformer site (e.g. 'L0.z[heads=1]') or set Site(n_heads=...) / Site(head_axis=...)",
+                    hint="use a canonical transformer site (e.g. 'L0.z[heads=1]') or set Site(n_heads=...) / "
+                    "Site(head_axis=...)",
                 )
         return mask
 

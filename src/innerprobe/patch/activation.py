@@ -98,7 +98,8 @@ def ablate_run(model: nn.Module, site, x, *, kind: str = "mean", reference=None,
             return torch.zeros_like(value)
         if per_position and mean.shape[1:] != value.shape[1:]:
             raise ConfigError(
-                f"site {rs[0]}: reference has shape {tuple(mean.shape[1:])} per example, input {tuple(value.shape[1:])}",
+                f"site {rs[0]}: reference has shape {tuple(mean.shape[1:])} per example, input "
+                f"{tuple(value.shape[1:])}",
                 hint="per-position means need inputs of the reference's length (or per_position=False)",
             )
         return mean.expand_as(value)

@@ -271,7 +271,8 @@ class Engine:
                                 continue
                             if v.dim() == 0 or v.shape[0] != xb.shape[0]:
                                 raise ModelError(
-                                    f"site {self.rsites[j]} has shape {tuple(v.shape)}: its first axis is not the batch",
+                                    f"site {self.rsites[j]} has shape {tuple(v.shape)}: its first axis is not the "
+                                    f"batch",
                                     hint="APEX needs batch-first activations at every noise site",
                                 )
                             self._site_row_bytes[j] = max(self._site_row_bytes[j], v[:1].numel() * v.element_size())
@@ -534,7 +535,8 @@ def _check_finite_clean(scores: torch.Tensor) -> None:
         rows = torch.nonzero(bad)[:5, 0].tolist()
         raise ModelError(
             f"the clean logits of {int(bad.sum())} of {len(scores)} inputs are not finite (inputs {rows}...)",
-            hint="check the weights and inputs for NaN/inf (torch.isfinite(x).all()); APEX needs a finite clean prediction",
+            hint="check the weights and inputs for NaN/inf (torch.isfinite(x).all()); APEX needs a finite clean "
+            "prediction",
         )
 
 

@@ -93,7 +93,8 @@ class Readout:
             self.kind = "classifier"
         else:
             raise ModelError(
-                f"the model's logits have shape {tuple(logits.shape)}, neither [batch, classes] nor [batch, seq, vocab]",
+                f"the model's logits have shape {tuple(logits.shape)}, neither [batch, classes] nor [batch, seq, "
+                f"vocab]",
                 hint="APEX reads a classifier's logits or a language model's logits at a position",
             )
         self.vocab = int(logits.shape[-1])

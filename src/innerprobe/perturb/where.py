@@ -27,7 +27,10 @@ is_activation = is_activation_module
 def _hint(model: nn.Module) -> str:
     names = [n for n, _ in model.named_modules()]
     if any(n.endswith("hook_resid_post") for n in names) or _blocks(model):
-        return "this model has no MLP nonlinearity: sites='residual' (CLI --sites residual) puts noise on the residual stream"
+        return (
+            "this model has no MLP nonlinearity: sites='residual' (CLI --sites residual) puts noise on the residual "
+            "stream"
+        )
     types = sorted({type(m).__name__ for m in model.modules()})
     return (
         "pass sites explicitly: a module name, MODULE/FUNCTION#K for a functional call, or ':input'. "

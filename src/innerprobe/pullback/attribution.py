@@ -57,7 +57,8 @@ def _check_model(model) -> None:
     for p in list(model.parameters())[:1] + list(model.buffers())[:1]:
         if p.is_inference():
             raise ModelError(
-                "the model's parameters were created under torch.inference_mode(), so no gradient can flow through them",
+                "the model's parameters were created under torch.inference_mode(), so no gradient can flow through "
+                "them",
                 hint="build or load the model outside torch.inference_mode()",
             )
 

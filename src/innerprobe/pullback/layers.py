@@ -88,7 +88,8 @@ class LayerTap:
         self.calls += 1
         if self.calls > 1:
             raise SiteError(
-                f"layer {self.rsite} runs more than once per forward pass; layer attribution needs a site that runs once",
+                f"layer {self.rsite} runs more than once per forward pass; layer attribution needs a site that runs "
+                f"once",
                 hint="pick a module that is called once (a reused module's calls are not separate sites here)",
             )
         self.value = v.detach()

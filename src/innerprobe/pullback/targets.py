@@ -24,7 +24,10 @@ import torch
 
 from ..errors import ConfigError, ModelError
 
-_HINT = "e.g. target=3, target=[3, 1, 4], target=(-1, 42) for a token at a position, TokenTarget(ids, position) or LogitDiff(io, s)"
+_HINT = (
+    "e.g. target=3, target=[3, 1, 4], target=(-1, 42) for a token at a position, TokenTarget(ids, position) or "
+    "LogitDiff(io, s)"
+)
 
 
 @dataclass(frozen=True)

@@ -517,7 +517,8 @@ def render_html(sections: list[LoadedSection], root: str | Path, *, title: str =
     empty = "" if toc else '<p class="note">No sections were found below the folder.</p>'
     head = (
         f'<header id="top"><h1>{html.escape(title)}</h1><p>{len(sections)} sections · generated '
-        f"{html.escape(made)} · innerprobe {html.escape(v['innerprobe'])} · torch {html.escape(v['torch'])}</p></header>"
+        f"{html.escape(made)} · innerprobe {html.escape(v['innerprobe'])} · torch "
+        f"{html.escape(v['torch'])}</p></header>"
     )
     return "\n".join(
         [

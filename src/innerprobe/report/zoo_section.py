@@ -177,7 +177,8 @@ def _samples_figure(model, card: dict, name: str, seed: int, path: Path) -> tupl
         ]
         colors = [ok if p == t else bad for p, t in zip(pc, y)] + [bad if p == target else ok for p in pt]
         caption = (
-            f"Top row: clean test images. Bottom row: the same images with the {params['trigger_size']}x{params['trigger_size']} "
+            f"Top row: clean test images. Bottom row: the same images with the "
+            f"{params['trigger_size']}x{params['trigger_size']} "
             f"trigger stamped on; red where the backdoor flips the prediction to the target class {classes[target]}."
         )
         fig = image_grid(x, titles, ncols=5, colors=colors, panel=panel)
@@ -363,8 +364,10 @@ def write_overview_section(folder: str | Path, names: list[str], seed: int = 0, 
         title="Model zoo",
         order=order,
         paragraphs=[
-            f"{len(names)} zoo models (seed {seed}); {n_met} meet every floor. Their training took {total:.0f} s in all "
-            f"(measured when each was trained; cache: `{zoo.cache_root()}`). Each model has a card (sample inputs, training curve) at the end of the report.",
+            f"{len(names)} zoo models (seed {seed}); {n_met} meet every floor. Their training took {total:.0f} s in "
+            f"all "
+            f"(measured when each was trained; cache: `{zoo.cache_root()}`). Each model has a card (sample inputs, "
+            f"training curve) at the end of the report.",
         ],
     )
     sec.table(

@@ -98,8 +98,10 @@ def run_transition(out: Path, seeds: int = 3, quick: bool = False):
         order=31,
         paragraphs=[
             f"D(sigma) = mean over {N} test inputs of TV(p_sigma(.|x), pbar_sigma), K = {K}, absolute sigma grid "
-            f"{grid[0]:.2g}..{grid[-1]:.3g} ({len(grid)} points). Dashed: Monte Carlo floor. 'Half-way' is where D crosses the "
-            "midpoint between D at the smallest sigma and its floor; it is also given relative to the clean RMS of the noised activations."
+            f"{grid[0]:.2g}..{grid[-1]:.3g} ({len(grid)} points). Dashed: Monte Carlo floor. 'Half-way' is where D "
+            f"crosses the "
+            "midpoint between D at the smallest sigma and its floor; it is also given relative to the clean RMS of the "
+            "noised activations."
         ],
     )
     sec.table(
@@ -314,7 +316,8 @@ def run_regularity(out: Path, seeds: int = 3, quick: bool = False):
             "Label noise: digits-mlp-label-noise (10% flipped).",
             f"Best rank correlation with the proxy: {SCORES[best_rho]} (mean rho "
             f"{np.mean([p['rho'][best_rho] for p in per]):.3f}). Best flipped-label AUROC: {SCORES[best_auc]} (mean "
-            f"{np.mean([p['auc'][best_auc] for p in per]):.3f}). Cost: APEX {np.mean([p['seconds'] for p in per]):.1f} s "
+            f"{np.mean([p['auc'][best_auc] for p in per]):.3f}). Cost: APEX {np.mean([p['seconds'] for p in per]):.1f} "
+            f"s "
             f"per model vs {proxy_sec:.1f} s for the proxy's retrainings (on digits retraining is cheap, so this is no "
             "fair picture of large models).",
         ],
@@ -450,9 +453,12 @@ def run_random_labels(out: Path, seeds: int = 3, quick: bool = False):
         "APEX: true-label vs random-label models (claim B)",
         order=33,
         paragraphs=[
-            f"Escape noise (survival < 0.5, log-interpolated) on {N} train and {N} test inputs of each model's own data, "
-            f"K = {K}, absolute grid {grid[0]:.2g}..{grid[-1]:.3g}. Medians are withheld (n/a) when more than half of a "
-            "group is censored. RMS-normalised: escape noise divided by the mean clean activation RMS over the noise sites."
+            f"Escape noise (survival < 0.5, log-interpolated) on {N} train and {N} test inputs of each model's own "
+            f"data, "
+            f"K = {K}, absolute grid {grid[0]:.2g}..{grid[-1]:.3g}. Medians are withheld (n/a) when more than half of "
+            f"a "
+            "group is censored. RMS-normalised: escape noise divided by the mean clean activation RMS over the noise "
+            "sites."
         ]
         + (
             [f"Not run (models not trained; INNERPROBE_APEX_SKIP_UNCACHED=1): {', '.join(SKIPPED)}."] if SKIPPED else []
@@ -566,7 +572,8 @@ def run_transitions(out: Path, seeds: int = 3, quick: bool = False):
             f"{N} test inputs per model, K = {K}. For each input the escape class (the class that takes over when the "
             "clean class's share drops below 0.5) is compared with the class whose training-set centroid (true labels, "
             "input space) is nearest to the input among the classes other than the clean prediction. Chance is 1/9. "
-            "Per seed, the match rate has a Clopper-Pearson interval; over seeds, a t-interval. Row entropy is over the "
+            "Per seed, the match rate has a Clopper-Pearson interval; over seeds, a t-interval. Row entropy is over "
+            "the "
             "9 off-diagonal classes, normalised."
         ]
         + (

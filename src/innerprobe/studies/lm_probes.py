@@ -216,9 +216,11 @@ def run(out: Path, seeds: int = 3, quick: bool = False) -> Result:
         f"APEX and pullbacks on a language model: {MODEL}",
         order=36,
         paragraphs=[
-            f"{n} held-out IOI test prompts per seed (seeds {S}), readout at each prompt's END over the two names (IO, S); "
+            f"{n} held-out IOI test prompts per seed (seeds {S}), readout at each prompt's END over the two names (IO, "
+            f"S); "
             f"APEX noise after every MLP SiLU ({len(apx0['sites'])} sites), sigma relative to each site's RMS, "
-            f"{len(grid)}-point grid {grid[0]:.3g}..{grid[-1]:.3g}, K = {K}; input noise at {', '.join(apx0['input_site'])}.",
+            f"{len(grid)}-point grid {grid[0]:.3g}..{grid[-1]:.3g}, K = {K}; input noise at "
+            f"{', '.join(apx0['input_site'])}.",
             "Regularity proxy: the clean per-prompt loss -log p(IO). Seed "
             + str(s0)
             + ": Spearman rho with -loss: APEX "

@@ -509,7 +509,8 @@ def _section(per_seed, summary, structure_rows, second, keys, rows, *, seeds, qu
         and "variant" not in r["condition"]
     ]
     sec.paragraphs.append(
-        f"Model {RECIPE} (2 layers x {per_seed[0]['prev_scores'].shape[1]} heads, attention-only), seeds 0..{seeds - 1}; "
+        f"Model {RECIPE} (2 layers x {per_seed[0]['prev_scores'].shape[1]} heads, attention-only), seeds "
+        f"0..{seeds - 1}; "
         f"{n_pairs} (x_r, x_c) pairs per seed, x_c an independent sequence from the task distribution (another segment "
         "at other offsets); delta = signed next-token loss on x_r's predictable repeated tokens; proportion = "
         f"(AUE(none) - AUE(H)) / AUE(none), ratio of means; per-seed CIs: {n_boot} bootstrap resamples of pairs; "

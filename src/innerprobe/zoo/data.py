@@ -169,7 +169,8 @@ def _fashion_arrays(folder: str) -> dict[str, np.ndarray]:
     for part in ("train", "test"):
         if len(arrays[f"x_{part}"]) != len(arrays[f"y_{part}"]) or arrays[f"x_{part}"].shape[1:] != (28, 28):
             raise DataError(
-                f"Fashion-MNIST {part} files in {folder} do not match: images {arrays[f'x_{part}'].shape}, labels {arrays[f'y_{part}'].shape}",
+                f"Fashion-MNIST {part} files in {folder} do not match: images {arrays[f'x_{part}'].shape}, labels "
+                f"{arrays[f'y_{part}'].shape}",
                 hint="expected 28x28 images and one label per image",
             )
     return arrays

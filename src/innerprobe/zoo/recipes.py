@@ -85,7 +85,8 @@ class Recipe:
             if k not in params or k == "trainer_version":
                 raise ConfigError(
                     f"recipe {self.name!r} has no parameter {k!r}",
-                    hint=f"{did_you_mean(k, params)}; parameters: {', '.join(sorted(p for p in params if p != 'trainer_version'))}",
+                    hint=f"{did_you_mean(k, params)}; parameters: "
+                    f"{', '.join(sorted(p for p in params if p != 'trainer_version'))}",
                 )
             params[k] = _coerce(self.name, k, v, params[k])
         return params
@@ -343,7 +344,8 @@ def _train_induction(recipe: Recipe, seed: int, params: dict, progress: bool | N
     if vocab and "ln_vocab" not in metrics:
         metrics["ln_vocab"] = math.log(vocab)
     data = {
-        "dataset": "synthetic token sequences: random filler with one segment of random length repeated at random offsets",
+        "dataset": "synthetic token sequences: random filler with one segment of random length repeated at random "
+        "offsets",
         "task": config.get("task"),
         "eval_seed": 10_000 + int(seed),
     }

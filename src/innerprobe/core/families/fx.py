@@ -32,7 +32,8 @@ def fx_graph(model: nn.Module, *, leaf_types: tuple = ()) -> Graph:
     except Exception as e:  # noqa: BLE001 - fx raises many types
         raise ModelError(
             f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: {e}",
-            hint="fx graphs need a model without data-dependent control flow; pass leaf_types=(...) for untraceable submodules",
+            hint="fx graphs need a model without data-dependent control flow; pass leaf_types=(...) for untraceable "
+            "submodules",
         ) from None
     gm = fx.GraphModule(model, traced)
     placeholders = [n for n in traced.nodes if n.op == "placeholder"]
