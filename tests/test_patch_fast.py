@@ -149,7 +149,10 @@ def test_wide_dag_with_subsets_and_shapes(seed):
         E = frozenset(e for e in graph.edges if rnd.random() < 0.6)
         P = [p for p in solo.paths() if all(e in E for e in p)]
         torch.testing.assert_close(
-            evaluate_edges(graph, runs, edge_mask(graph, [E]))[0], evaluate_tree(solo, solo_runs, P), rtol=0, atol=1e-6
+            evaluate_edges(graph, runs, edge_mask(graph, [E]))[0],
+            evaluate_tree(solo, solo_runs, P),
+            rtol=1e-6,  # float32 rounding: outputs reach ~10, where one ulp is ~1e-6
+            atol=1e-6,
         )
 
 

@@ -38,7 +38,7 @@ from ..core.graph import Graph
 from ..errors import ConfigError
 
 DEFAULT_BUDGET = 1 << 30  # bytes of working memory per chunk of mask rows (1 GiB)
-CPU_BUDGET = 1 << 28  # the default on the CPU (256 MiB)
+CPU_BUDGET = 1 << 26  # the default on the CPU (64 MiB)
 
 _UNITS = {
     "": 1,
@@ -56,9 +56,10 @@ _UNITS = {
 
 
 def parse_bytes(value, device=None) -> int:
-    """``"2GiB"``, ``"500MB"``, ``1 << 30`` -> bytes. ``None`` -> the default: 1 GiB, or 256 MiB
-    when ``device`` is the CPU (smaller chunks stay in cache; on induction-attn2l chunks of 8
-    rows ran 2.5x faster than chunks of 34, benchmarks/patch_bench.py)."""
+    """``"2GiB"``, ``"500MB"``, ``1 << 30`` -> bytes. ``None`` -> the default: 1 GiB, or 64 MiB
+    when ``device`` is the CPU, where chunks that stay in cache run faster (induction-attn2l: 2 rows
+    a chunk; the GPT-2-small shape: 1 row, whose own work is most of a forward; docs/patching.md,
+    "Benchmark")."""
     if value is None:
         return CPU_BUDGET if device is not None and torch.device(device).type == "cpu" else DEFAULT_BUDGET
     if isinstance(value, (int, float)) and value > 0:
@@ -71,6 +72,10 @@ def parse_bytes(value, device=None) -> int:
 
 def supports(graph: Graph) -> str | None:
     """None if the fast evaluator handles ``graph``, else the reason (by name) it does not."""
+    return _cached(_SUPPORTS, graph, lambda: _why_not(graph))
+
+
+def _why_not(graph: Graph) -> str | None:
     pos = [e for e in graph.edges if getattr(e, "positions", None) not in (None, ())]
     if pos:
         return f"position-restricted edges (e.g. {pos[0]}) are not handled by the fast evaluator yet"
@@ -118,6 +123,7 @@ def _structure(graph: Graph) -> _Info:
 
 
 _INFO: dict = {}
+_SUPPORTS: dict = {}
 _TABLES: dict = {}
 
 
@@ -191,7 +197,7 @@ def fast_evaluate(
     """Outputs [K, B, ...] of K edge-set hypotheses (``masks`` [K, E] or per example [K, B, E]).
 
     Rows run ``chunk`` at a time; without ``chunk`` the chunk size comes from ``memory_budget``
-    (bytes or a string such as ``"2GiB"``; default 1 GiB, 256 MiB on the CPU: :func:`parse_bytes`)
+    (bytes or a string such as ``"2GiB"``; default 1 GiB, 64 MiB on the CPU: :func:`parse_bytes`)
     and the graph's largest group.
     """
     why = supports(graph)
@@ -207,16 +213,26 @@ def fast_evaluate(
     step = chunk or rows_for_budget(graph, runs, parse_bytes(memory_budget, out0.device))
     m_cpu = masks.detach().to("cpu")
     m_dev = masks.detach().to(device=out0.device, dtype=out0.dtype if out0.is_floating_point() else torch.float32)
-    outs = [
-        _Chunk(graph, info, tabs, runs, m_cpu[k : k + step], m_dev[k : k + step], B).run() for k in range(0, K, step)
-    ]
-    return torch.cat(outs, 0) if outs else out0.new_zeros((0, *out0.shape))
+    if K <= step:  # one chunk: its output is the result
+        return _Chunk(graph, info, tabs, runs, m_cpu, m_dev, B).run()
+    res = out0.new_empty((K, *out0.shape))  # each chunk writes its rows here (no concatenation)
+    for k in range(0, K, step):
+        _Chunk(graph, info, tabs, runs, m_cpu[k : k + step], m_dev[k : k + step], B).run(res[k : k + step])
+    return res
 
 
 def rows_for_budget(graph: Graph, runs, budget: int) -> int:
     """How many mask rows fit in ``budget`` bytes: a row holds, at the widest group, its slot
     inputs, outputs and the family's internals (taken as twice the inputs), plus the residual
-    deltas; each of those is B examples."""
+    deltas; each of those is B examples. The bytes per row are computed once per (graph, runs)."""
+    per_row = _cached(_ROW_BYTES, runs, lambda: _row_bytes(graph, runs))
+    return max(1, int(budget // max(per_row, 1)))
+
+
+_ROW_BYTES: dict = {}
+
+
+def _row_bytes(graph: Graph, runs) -> int:
 
     def numel(t):
         return t.numel() * t.element_size()
@@ -233,8 +249,7 @@ def rows_for_budget(graph: Graph, runs, budget: int) -> int:
         )
         outs = sum(numel(runs.clean[n]) for n in g.nodes)
         widest = max(widest, 3 * ins + 2 * outs)
-    per_row = widest + 4 * max(numel(v) for v in runs.clean.values())
-    return max(1, int(budget // max(per_row, 1)))
+    return widest + 4 * max(numel(v) for v in runs.clean.values())
 
 
 def _bits(changed: torch.Tensor) -> list[int]:
@@ -275,22 +290,26 @@ class _Chunk:
         self.bits: dict = {}  # changed node -> row bitmask
         self.d: dict = {}  # node -> (rows or None = all, d(node) on those rows), kept only while needed
         self.R: dict = {}  # shape key -> (sum of d over self.active[key])
+        self.owned: set = set()  # keys whose R is this chunk's own tensor (else it is a node's d, read only)
         self.active: dict = {}  # shape key -> set of nodes in R
         self.edge_srcs = {info.edge_src[i] for i in cols}
+        self.final = (None, None)  # (rows or None = all, the output on those rows)
 
     # -------------------------------------------------------------- driver
-    def run(self) -> torch.Tensor:
+    def run(self, res: torch.Tensor | None = None) -> torch.Tensor:
+        """The chunk's outputs [K, B, ...], written into ``res`` when given."""
+        if self.edge_bits:
+            start = min(self.info.gindex[self.info.edge_slot[i][0]] for i in self.edge_bits)
+            for gi in range(start, len(self.g.groups)):
+                grp = self.g.groups[gi]
+                if grp.kind != "input":
+                    self._group(gi, grp)
+        rows, out = self.final
+        if rows is None and out is not None:
+            return out if res is None else res.copy_(out)
         out0 = self.runs.clean["out"]
-        if not self.edge_bits:
-            return out0.unsqueeze(0).expand(self.K, *out0.shape).clone()
-        start = min(self.info.gindex[self.info.edge_slot[i][0]] for i in self.edge_bits)
-        for gi in range(start, len(self.g.groups)):
-            grp = self.g.groups[gi]
-            if grp.kind != "input":
-                self._group(gi, grp)
-        if "out" not in self.d:
-            return out0.unsqueeze(0).expand(self.K, *out0.shape).clone()
-        return out0 + self._pick("out", None)
+        res = out0.expand(self.K, *out0.shape).clone() if res is None else res.copy_(out0.expand_as(res))
+        return res if out is None else res.index_copy_(0, rows, out)
 
     def _node_bits(self, n: str) -> int:
         b = 0
@@ -335,7 +354,11 @@ class _Chunk:
         clean = self.tabs.group_sum(grp)
         out = grp.total(self._slots(grp.nodes, None, self.K)).reshape(self.K, *clean.shape)
         key = _shape_key(clean)
-        self._R(key, clean).add_(out - clean)
+        if key in self.R:
+            self._owned(key).add_(out).sub_(clean)
+        else:
+            self.R[key] = out.sub(clean)
+            self.owned.add(key)
         self.active.setdefault(key, set()).update(grp.nodes)
         for n in grp.nodes:
             self.bits[n] = self.full
@@ -369,20 +392,22 @@ class _Chunk:
             if n not in need:
                 continue
             o = o.reshape(k, self.B, *o.shape[1:])
+            if n == "out":  # the output itself, not its change: run() writes it out
+                self.final = (rows, o)
+                continue
             self.d[n] = (rows, o - self.runs.clean[n])  # one call per node and chunk
             self.bits[n] = self.bits.get(n, 0) | b
 
     def _slot(self, n: str, s: str, rows, k: int) -> torch.Tensor:
         clean = self.tabs.clean_slot(n, s)
-        val = None
         D = self.info.slot_srcset[(n, s)] & self.bits.keys()
-        if D:
-            val = self._dirty_sum(D, clean, rows)
         edges = self.slot_edges.get((n, s))
-        if edges:
-            t = self._edge_term(edges, rows, k)
-            val = t if val is None else val + t
-        val = clean.unsqueeze(0).expand(k, *clean.shape) if val is None else clean + val
+        if not D and not edges:
+            val = clean.unsqueeze(0).expand(k, *clean.shape)
+        else:
+            val = clean + self._dirty_sum(D, clean, rows) if D else None  # a fresh tensor, updated in place below
+            if edges:
+                val = self._add_edge_term(val, clean, edges, rows, k)
         return val.reshape(k * self.B, *clean.shape[1:])
 
     def _dirty_sum(self, D, clean, rows) -> torch.Tensor:
@@ -402,32 +427,64 @@ class _Chunk:
             total = self._pick(u, rows) if total is None else total + self._pick(u, rows)
         return total
 
-    def _edge_term(self, edges: list, rows, k: int) -> torch.Tensor:
-        """sum_e (1 - w_e) (a(u; x_c) - a(u; x_r) - d(u)) over the changed edges into one slot."""
+    def _add_edge_term(self, val, clean, edges: list, rows, k: int) -> torch.Tensor:
+        """``val`` (or the clean slot, when None) plus sum_e (1 - w_e) (a(u; x_c) - a(u; x_r) - d(u))
+        over the changed edges into one slot: one (add)mm of the [k, J] coefficients with the J
+        table rows of the edges' sources."""
         c = 1 - (self.m[..., edges] if rows is None else self.m[rows][..., edges])  # [k, J] or [k, B, J]
         srcs = [self.info.edge_src[i] for i in edges]
-        tab = self.tabs.table(srcs[0])[0]
-        where = [self.tabs.table(u)[1] for u in srcs]
-        lo, hi = min(where), max(where) + 1
-        coef = c.new_zeros((*c.shape[:-1], hi - lo))
-        coef[..., [w - lo for w in where]] = c
-        sl = tab[lo:hi]
+        coef, sl = self._coef_rows(c, srcs)
+        J = sl.shape[0]
         if self.per_example:
-            t = torch.einsum("kbj,jbx->kbx", coef, sl.reshape(hi - lo, self.B, -1)).reshape(k, *sl.shape[1:])
+            t = torch.einsum("kbj,jbx->kbx", coef, sl.reshape(J, self.B, -1)).reshape(k, *clean.shape)
+            val = clean + t if val is None else val.add_(t)
+        elif val is None:
+            val = torch.addmm(clean.reshape(1, -1), coef, sl.reshape(J, -1)).reshape(k, *clean.shape)
         else:
-            t = (coef @ sl.reshape(hi - lo, -1)).reshape(k, *sl.shape[1:])
+            val.view(k, -1).addmm_(coef, sl.reshape(J, -1))
         for j, u in enumerate(srcs):  # the part through sources that are themselves patched
             if u in self.d:
                 dj = self._pick(u, rows)
-                cj = c[..., j].reshape(*c.shape[:-1], *([1] * (dj.dim() - c.dim() + 1)))
-                t = t - cj * dj
-        return t
+                val.sub_(c[..., j].reshape(*c.shape[:-1], *([1] * (dj.dim() - c.dim() + 1))) * dj)
+        return val
+
+    def _coef_rows(self, c: torch.Tensor, srcs: list):
+        """Coefficients over table rows and those rows: the contiguous span of the sources' rows
+        when it is short, else just their rows (a slot late in a deep graph has hundreds of sources
+        and a chunk patches a few of them)."""
+        tab = self.tabs.table(srcs[0])[0]
+        where = [self.tabs.table(u)[1] for u in srcs]
+        lo, hi = min(where), max(where) + 1
+        if hi - lo <= 2 * len(set(where)):
+            coef = c.new_zeros((*c.shape[:-1], hi - lo))
+            coef[..., [w - lo for w in where]] = c
+            return coef, tab[lo:hi]
+        uniq = sorted(set(where))
+        coef = c.new_zeros((*c.shape[:-1], len(uniq)))
+        pos = {w: i for i, w in enumerate(uniq)}
+        coef[..., [pos[w] for w in where]] = c
+        return coef, tab.index_select(0, torch.tensor(uniq, device=tab.device))
 
     # -------------------------------------------------------------- bookkeeping
-    def _R(self, key, like: torch.Tensor) -> torch.Tensor:
-        """The running residual delta of one activation shape (owned here: updated in place)."""
+    def _add_R(self, key, r, d: torch.Tensor) -> None:
+        """R[key] += d on rows ``r`` (None = all). The first d on all rows becomes R itself (no copy)."""
         if key not in self.R:
-            self.R[key] = like.new_zeros((self.K, *like.shape))
+            if r is None:
+                self.R[key] = d
+                return
+            self.R[key] = d.new_zeros((self.K, *d.shape[1:]))
+            self.owned.add(key)
+        R = self._owned(key)
+        if r is None:
+            R.add_(d)
+        else:
+            R.index_add_(0, r, d)
+
+    def _owned(self, key) -> torch.Tensor:
+        """R[key] as this chunk's own tensor, to update in place (a borrowed d is copied once)."""
+        if key not in self.owned:
+            self.R[key] = self.R[key].clone()
+            self.owned.add(key)
         return self.R[key]
 
     def _pick(self, n: str, rows) -> torch.Tensor:
@@ -448,18 +505,16 @@ class _Chunk:
                 continue
             r, d = self.d[n]
             key = _shape_key(d[0])
-            R = self._R(key, d[0])
-            if r is None:
-                R.add_(d)
-            else:
-                R.index_add_(0, r, d)
+            self._add_R(key, r, d)
             self.active.setdefault(key, set()).add(n)
             if self.info.full_reader[n] and n not in self.edge_srcs:
                 del self.d[n]  # carried by R from here on
         for key, act in self.active.items():
             for v in [v for v in act if self.info.last_reader[v] <= gi]:
                 act.discard(v)
-                self.R[key].sub_(self._pick(v, None))  # v is no full reader (those are read by the last group), so kept
+                self._owned(key).sub_(
+                    self._pick(v, None)
+                )  # v is no full reader (those are read by the last group), so kept
                 del self.d[v]
         for n in [n for n in self.d if n != "out" and self.info.last_reader[n] <= gi]:
             del self.d[n]

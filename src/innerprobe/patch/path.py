@@ -156,8 +156,13 @@ def _check_pair(x_r, x_c):
 
 
 class _model_state:
+    """Eval mode for the body, the model's flags restored after. A model already in eval mode is
+    left alone: nothing would change, and walking every module twice per call is most of an
+    evaluation's fixed cost on a small model (benchmarks/patch_bench.py, induction row)."""
+
     def __init__(self, graph):
-        self.cm = preserved_state(graph.model, eval=True) if graph.model is not None else None
+        m = graph.model
+        self.cm = preserved_state(m, eval=True) if m is not None and any(x.training for x in m.modules()) else None
 
     def __enter__(self):
         if self.cm is not None:
