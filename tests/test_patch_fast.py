@@ -3,7 +3,7 @@ brute-force tree: random DAGs (several groups sizes, shapes, subsets), every tra
 per-example masks, chunking, memory budgets; it runs on the meta device (no hidden host copies)."""
 
 import random
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import pytest
 import torch
@@ -14,7 +14,15 @@ from innerprobe.errors import ConfigError
 from innerprobe.patch import fast
 from innerprobe.patch.discovery import single_edge_effects
 from innerprobe.patch.hypothesis import Hypothesis
-from innerprobe.patch.path import edge_mask, evaluate_edges, evaluate_paths, evaluate_tree, prepare
+from innerprobe.patch.path import (
+    edge_mask,
+    evaluate,
+    evaluate_edges,
+    evaluate_paths,
+    evaluate_tree,
+    position_edge_mask,
+    prepare,
+)
 from innerprobe.zoo.transformer import build_transformer
 
 
@@ -186,6 +194,70 @@ def test_zoo_transformer_fast_equals_reference_and_memo(cfg):
         evaluate_paths(graph, runs, r.paths),
         rtol=1e-5,
         atol=1e-5,
+    )
+
+
+def position_masks(graph, K, B, T, seed):
+    """[K, B, T, E]: random weights (0, 1 or a fraction) on a few (example, position, edge) entries;
+    row 0 unpatched, row 1 one edge patched at one position of every example."""
+    g = torch.Generator().manual_seed(seed)
+    m = torch.ones(K, B, T, len(graph.edges))
+    hit = torch.rand(m.shape, generator=g) < 0.15
+    w = torch.where(torch.rand(m.shape, generator=g) < 0.5, torch.zeros(m.shape), torch.rand(m.shape, generator=g))
+    m = torch.where(hit, w, m)
+    m[0] = 1
+    m[1] = 1
+    m[1, :, T - 1, graph.edge_index[graph.edge("a0.1->a1.0:q")]] = 0
+    return m
+
+
+@pytest.mark.parametrize("cfg", [{}, {"ln": True, "d_mlp": 8}, {"pos": "shortformer", "n_layers": 3}])
+def test_position_masks_fast_equals_reference(cfg):
+    """[K, B, T, E] masks on the fast path (not the fallback) equal the reference loop, in any chunks;
+    a mask constant over positions equals the per-example mask; a hypothesis with @ END equals the
+    compiled evaluator."""
+    torch.manual_seed(0)
+    model = build_transformer({"n_layers": 2, "n_heads": 2, "d_model": 16, "d_head": 4, "vocab": 11, "n_ctx": 8, **cfg})
+    graph = build_graph(model)
+    g = torch.Generator().manual_seed(1)
+    runs = prepare(graph, torch.randint(0, 11, (3, 6), generator=g), torch.randint(0, 11, (3, 6), generator=g))
+    masks = position_masks(graph, 6, 3, 6, 0)
+    assert fast.supports_masks(graph, runs, masks) is None
+    ref = evaluate_edges(graph, runs, masks, method="reference")
+    for chunk in (None, 1, 4):
+        torch.testing.assert_close(fast.fast_evaluate(graph, runs, masks, chunk=chunk), ref, rtol=1e-5, atol=1e-5)
+    per_example = random_masks(graph, 4, 2, fractional=True)[:, None].expand(4, 3, -1)
+    torch.testing.assert_close(
+        fast.fast_evaluate(graph, runs, per_example[:, :, None].expand(4, 3, 6, -1)),
+        fast.fast_evaluate(graph, runs, per_example),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    end = torch.tensor([5, 3, 2])
+    h = Hypothesis.parse("all except edge a0.1 -> a1.0:q @ END; except edge embed -> a1.1:k @ 1")
+    mask = position_edge_mask(graph, h, 3, 6, positions={"END": end})
+    torch.testing.assert_close(
+        fast.fast_evaluate(graph, runs, mask)[0], evaluate(graph, runs, h, positions={"END": end}), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_position_masks_the_fast_path_does_not_take_fall_back_to_the_reference():
+    torch.manual_seed(0)
+    model = build_transformer({"n_layers": 2, "n_heads": 2, "d_model": 16, "d_head": 4, "vocab": 11, "n_ctx": 8})
+    graph = build_graph(model)
+    runs = prepare(graph, torch.randint(0, 11, (3, 6)), torch.randint(0, 11, (3, 6)))
+    short = position_masks(graph, 3, 3, 6, 1)[:, :, :4]  # 4 positions for 6-token senders
+    assert "needs [B, T, ...] senders" in fast.supports_masks(graph, runs, short)
+    with pytest.raises(ConfigError, match="senders"):
+        fast.fast_evaluate(graph, runs, short)
+    assert "2 to 4 axes" in fast.supports_masks(graph, runs, short[None])
+    edges = [PosEdge(*astuple(graph.edges[0]))] + graph.edges[1:]
+    pos_graph = Graph("pos", graph.nodes, graph.groups, edges, graph.const, graph.model)
+    pos_runs = prepare(pos_graph, runs.x_r, runs.x_c, check=False)
+    masks = position_masks(graph, 3, 3, 6, 2)
+    assert fast.supports(pos_graph) is not None and fast.supports_masks(pos_graph, pos_runs, masks) is None
+    torch.testing.assert_close(
+        evaluate_edges(pos_graph, pos_runs, masks), evaluate_edges(pos_graph, pos_runs, masks, method="reference")
     )
 
 

@@ -22,8 +22,10 @@ How the cost follows the work (docs/patching.md, "Fast evaluator"):
   graph's topological order, so a slot's sources are one slice of it).
 
 The plan (which rows and nodes change) is read from a CPU copy of the masks; activations never
-leave their device. Position-restricted edges are refused by name (:func:`supports`); the
-reference evaluator in :mod:`.path` handles what this one does not.
+leave their device. Masks per position ``[K, B, T, E]`` weigh each edge term per example and
+position (one einsum instead of one product). Graphs with position-restricted edges are refused by
+name (:func:`supports`, :func:`supports_masks`); the reference evaluator in :mod:`.path` handles
+what this one does not.
 """
 
 from __future__ import annotations
@@ -73,6 +75,21 @@ def parse_bytes(value, device=None) -> int:
 def supports(graph: Graph) -> str | None:
     """None if the fast evaluator handles ``graph``, else the reason (by name) it does not."""
     return _cached(_SUPPORTS, graph, lambda: _why_not(graph))
+
+
+def supports_masks(graph: Graph, runs, masks: torch.Tensor) -> str | None:
+    """None if the fast evaluator takes ``masks`` ([K, E], [K, B, E], or per position [K, B, T, E]
+    when every edge's sender is a [B, T, ...] activation), else the reason."""
+    if masks.dim() <= 3:
+        return None
+    if masks.dim() > 4:
+        return f"an edge mask has 2 to 4 axes, not {masks.dim()}"
+    B, T = masks.shape[1:3]
+    bad = [u for u in {e.src for e in graph.edges} if tuple(runs.clean[u].shape[:2]) != (B, T)]
+    if bad:
+        shape = tuple(runs.clean[bad[0]].shape)
+        return f"a position-aware mask [K, B, T={T}, E] needs [B, T, ...] senders; {bad[0]} is {shape}"
+    return None
 
 
 def _why_not(graph: Graph) -> str | None:
@@ -200,7 +217,7 @@ def fast_evaluate(
     (bytes or a string such as ``"2GiB"``; default 1 GiB, 64 MiB on the CPU: :func:`parse_bytes`)
     and the graph's largest group.
     """
-    why = supports(graph)
+    why = supports(graph) or supports_masks(graph, runs, masks)
     if why is not None:
         raise ConfigError(
             why, hint="use innerprobe.patch.path.evaluate_edges, which falls back to the reference evaluator"
@@ -279,9 +296,9 @@ class _Chunk:
         self.m, self.B = m_dev, B
         self.K = m_cpu.shape[0]
         self.full = (1 << self.K) - 1
-        self.per_example = m_cpu.dim() == 3
+        self.per_example = m_cpu.dim() >= 3  # [K, B, E], or [K, B, T, E] per position
         ch = m_cpu != 1
-        ch_rows = ch.any(1) if self.per_example else ch
+        ch_rows = ch.flatten(1, -2).any(1) if self.per_example else ch
         cols = ch_rows.any(0).nonzero().flatten().tolist()
         self.edge_bits = dict(zip(cols, _bits(ch_rows[:, cols]))) if cols else {}
         self.slot_edges: dict = {}
@@ -435,8 +452,10 @@ class _Chunk:
         srcs = [self.info.edge_src[i] for i in edges]
         coef, sl = self._coef_rows(c, srcs)
         J = sl.shape[0]
-        if self.per_example:
-            t = torch.einsum("kbj,jbx->kbx", coef, sl.reshape(J, self.B, -1)).reshape(k, *clean.shape)
+        if self.per_example:  # coefficients per example (and position): [k, B(, T), J] x [J, B(, T), x]
+            lead = coef.shape[1:-1]
+            sub = "kbj,jbx->kbx" if len(lead) == 1 else "kbtj,jbtx->kbtx"
+            t = torch.einsum(sub, coef, sl.reshape(J, *lead, -1)).reshape(k, *clean.shape)
             val = clean + t if val is None else val.add_(t)
         elif val is None:
             val = torch.addmm(clean.reshape(1, -1), coef, sl.reshape(J, -1)).reshape(k, *clean.shape)

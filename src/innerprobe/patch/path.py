@@ -27,7 +27,8 @@ literally. docs/patching.md, "Counterfactuals".
 edges, in ``graph.edges`` order). Entry [k, b, t, e] is the weight of edge e = u -> v:s *at
 position t* of example b: 1 = slot s of v reads a^H(u)[b, t], 0 = it reads the counterfactual
 A_c(u)[b, t]. Residual edges are position-wise, so this restricts sender and receiver together.
-:func:`position_edge_mask` builds one from a hypothesis; the reference two-version loop accepts it.
+:func:`position_edge_mask` builds one from a hypothesis; the fast evaluator and the reference
+loop both take it (tests/test_patch_fast.py checks they agree).
 """
 
 from __future__ import annotations
@@ -205,8 +206,11 @@ def evaluate_edges(
     in ``memory_budget``, bytes or e.g. ``"2GiB"``, default 1 GiB). ``method="fast"`` is
     :func:`innerprobe.patch.fast.fast_evaluate` (docs/patching.md, "Fast evaluator");
     ``"reference"`` is the plain two-version loop below, which the fast one is tested equal to.
-    The fast evaluator refuses graphs it does not handle (position-restricted edges) by name and
-    the reference one runs instead.
+    ``[K, B, T, E]`` masks weigh each edge per example and position (module docstring); the fast
+    evaluator takes them when every sender is a [B, T, ...] activation. Graphs with
+    position-restricted edges and other masks the fast evaluator does not take
+    (:func:`~innerprobe.patch.fast.supports`, :func:`~innerprobe.patch.fast.supports_masks`) run
+    on the reference loop instead.
     """
     masks = torch.as_tensor(masks)
     masks = masks.float() if not masks.is_floating_point() else masks
@@ -221,7 +225,7 @@ def evaluate_edges(
     if method not in ("fast", "reference"):
         raise ConfigError(f"unknown evaluator {method!r}", hint="method='fast' or 'reference'")
     with _model_state(graph):
-        if method == "fast" and masks.dim() < 4 and fast.supports(graph) is None:
+        if method == "fast" and (fast.supports(graph) or fast.supports_masks(graph, runs, masks)) is None:
             return fast.fast_evaluate(graph, runs, masks, chunk=chunk, memory_budget=memory_budget)
         masks = masks.to(torch.float32)
         K = masks.shape[0]
