@@ -10,19 +10,20 @@ from innerprobe.zoo import models as M
 
 
 def test_members_split_by_seed_with_clean_twins():
-    dev, dev2, held = bs.members("dev"), bs.members("dev2"), bs.members("held-out")
-    for part in (dev, dev2, held):
+    parts = [bs.members(sp) for sp in bs.SPLITS]
+    for part in parts:
         bd = [m for m in part if m.backdoored]
         clean = [m for m in part if not m.backdoored]
         assert len(bd) == len(clean) == 32
         assert {(m.recipe, m.seed) for m in bd} == {(m.recipe, m.seed) for m in clean}  # twins: same arch and seed
         assert {m.family for m in bd} == set(D.TRIGGER_FAMILIES) and len({m.recipe for m in bd}) == 8
         assert all(0.01 <= m.rate <= 0.10 for m in bd)
-    seeds = [{m.seed for m in p} for p in (dev, dev2, held)]
-    assert not seeds[0] & seeds[1] and not seeds[0] & seeds[2] and not seeds[1] & seeds[2]
-    assert min(seeds[2]) == 200 and max(seeds[2]) == 273  # the fresh held-out split, never tuned on
-    assert bs.members() == dev + dev2 + held
-    assert "held-out" not in bs.TUNING_SPLITS
+    seeds = [{m.seed for m in p} for p in parts]
+    assert sum(len(s) for s in seeds) == len(set().union(*seeds))  # no seed in two splits
+    held = seeds[bs.SPLITS.index("held-out")]
+    assert min(held) == 300 and max(held) == 373 and bs.seed_range("held-out") == "300-373"  # the fresh held-out split
+    assert bs.members() == [m for p in parts for m in p]
+    assert "held-out" not in bs.TUNING_SPLITS and set(bs.TUNING_SPLITS) | {"held-out"} == set(bs.SPLITS)
     with pytest.raises(ConfigError):
         bs.members("test")
 

@@ -3,16 +3,16 @@
 APEX (Ren, Luo, Li 2026, arXiv 2602.03586, claim D): at large activation noise a backdoored model's
 predictions concentrate on its target class. This study measures that observable on the backdoor
 eval set (:mod:`innerprobe.zoo.backdoor_set`) and evaluates the scan (docs/scan.md) the way TrojAI
-does: every threshold and the probability calibration are fitted on the tuning seeds only (**dev**
-0-73 and **dev2** 100-173), and the figures are reported separately for the tuning models
-(in-sample) and for the **held-out** seeds 200-273 (never tuned on): TPR (right class named), wrong-class rate and
+does: every threshold and the probability calibration are fitted on the tuning splits only
+(:data:`~innerprobe.zoo.backdoor_set.TUNING_SPLITS`: dev, dev2, dev3, seeds 0-273), and the figures are reported
+separately for the tuning models (in-sample) and for the **held-out** seeds 300-373 (never tuned on): TPR (right class named), wrong-class rate and
 FPR with Clopper-Pearson intervals, ROC-AUC and cross-entropy of the probability, seconds per model;
 for the full scan and for each stage alone (the APEX screen alone is the paper's observable used
 as a detector).
 
 ``run(out, seeds=3, quick=False)`` (``seeds`` is unused: the eval set fixes its seeds); ``quick``
 scans four cached or quickly trained digits models with the shipped calibration.
-``write_calibration()`` refits the shipped ``perturb/scan/calibration.json`` from dev + dev2.
+``write_calibration()`` refits the shipped ``perturb/scan/calibration.json`` from the tuning splits.
 """
 
 from __future__ import annotations
@@ -35,41 +35,100 @@ from ..zoo import cache_root
 #: a poisoned model whose attack succeeds on fewer than half the triggered test inputs has no working backdoor
 MIN_ATTACK_SUCCESS = 0.5
 N_INPUTS = 64
-EVAL_VERSION = 1
-#: the full scan's probability threshold, chosen by leave-one-seed-out on dev + dev2 (P >= 0.5 / 0.6 / 0.7 / 0.8 /
-#: 0.9 with 2 agreeing stages: 34/60, 34/60, 33/60, 30/60, 18/60 named at 7/64, 4/64, 3/64, 2/64, 0/64 false
-#: alarms); the stages alone keep 0.5 (not swept)
-FULL_THRESHOLD = 0.8
+#: per stage, the version of its cached records: bump one when that stage's code changes, and only that stage's
+#: records are recomputed (screen 1 is the first round's; triggers / cleanse 2 are this round's)
+STAGE_VERSIONS = {"screen": 1, "triggers": 2, "cleanse": 2}
+#: the scan method that runs one stage alone
+STAGE_METHOD = {"screen": "apex", "triggers": "triggers", "cleanse": "cleanse"}
 
 
 # ----------------------------------------------------------------------------- evidence per member (cached)
 
 
-def _record_path(m: bs.Member) -> Path:
-    key = json.dumps([EVAL_VERSION, m.recipe, m.seed, m.overrides, N_INPUTS], sort_keys=True)
+def _cache_path(key: list) -> Path:
     d = Path(cache_root()) / "scan-eval"
     d.mkdir(parents=True, exist_ok=True)
-    return d / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+    return d / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.json"
+
+
+def _stage_path(m: bs.Member, stage: str) -> Path:
+    return _cache_path([stage, STAGE_VERSIONS[stage], m.recipe, m.seed, m.overrides, N_INPUTS])
+
+
+def _legacy_screen(m: bs.Member) -> dict | None:
+    """The screen's part of a first-round record (all stages in one file, version 1), if cached."""
+    if STAGE_VERSIONS["screen"] != 1:
+        return None
+    p = _cache_path([1, m.recipe, m.seed, m.overrides, N_INPUTS])
+    try:
+        old = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    f = old["features"]
+    return {
+        "features": {"hist_z": f["hist_z"], "sink_z": f["sink_z"]},
+        "hist_share": old["hist_share"],
+        "seconds": old["stage_seconds"]["screen"],
+        "meta": {k: old[k] for k in ("attack_success", "test_accuracy")},
+    }
+
+
+def _write(path: Path, rec: dict) -> None:
+    tmp = path.with_suffix(f".{time.time_ns()}.tmp")
+    tmp.write_text(json.dumps(rec))
+    tmp.replace(path)
+
+
+def stage_record(m: bs.Member, stage: str, *, compute: bool = True, loader=None) -> dict | None:
+    """One stage's per-class features for one member (default settings, seed 0), with seconds; cached on disk."""
+    path = _stage_path(m, stage)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        pass
+    except ValueError:
+        path.unlink(missing_ok=True)
+    rec = _legacy_screen(m) if stage == "screen" else None
+    if rec is None:
+        if not compute:
+            return None
+        model, card, x = (loader or _load)(m)
+        t0 = time.perf_counter()
+        ev = evidence(model, x, method=STAGE_METHOD[stage])
+        rec = {
+            "features": {k: np.asarray(v, float).tolist() for k, v in ev["features"].items()},
+            "seconds": time.perf_counter() - t0,
+            "meta": {k: card["metrics"].get(k) for k in ("attack_success", "test_accuracy")},
+        }
+        if "hist_share" in ev["arrays"]:
+            rec["hist_share"] = np.asarray(ev["arrays"]["hist_share"]).tolist()
+    _write(path, rec)
+    return rec
+
+
+def _load(m: bs.Member):
+    model, card = bs.load(m)
+    return model, card, bs.clean_inputs(m, N_INPUTS, seed=1)
 
 
 def record(m: bs.Member, *, compute: bool = True) -> dict | None:
-    """All stages' per-class features for one member (default settings, seed 0), with seconds; cached on disk.
+    """All stages' per-class features for one member, with seconds per stage (each stage cached on its own).
 
-    ``compute=False``: None when the record is not cached (nothing is trained or scanned).
+    ``compute=False``: None when a stage's record is not cached (nothing is trained or scanned).
     """
-    path = _record_path(m)
-    if path.exists():
-        try:
-            return {**json.loads(path.read_text()), "split": m.split}  # the split is the member's, not the cache's
-        except ValueError:
-            path.unlink(missing_ok=True)
-    if not compute:
-        return None
-    model, card = bs.load(m)
-    x = bs.clean_inputs(m, N_INPUTS, seed=1)
-    t0 = time.perf_counter()
-    ev = evidence(model, x, method="full")
-    rec = {
+    parts, memo = {}, {}
+
+    def loader(member):  # the model and inputs are loaded once, and only if a stage needs computing
+        if "v" not in memo:
+            memo["v"] = _load(member)
+        return memo["v"]
+
+    for stage in STAGE_VERSIONS:
+        parts[stage] = stage_record(m, stage, compute=compute, loader=loader)
+        if parts[stage] is None:
+            return None
+    meta = parts["screen"]["meta"]
+    return {
         "key": m.key,
         "recipe": m.recipe,
         "seed": m.seed,
@@ -77,17 +136,12 @@ def record(m: bs.Member, *, compute: bool = True) -> dict | None:
         "family": m.family,
         "target": m.target,
         "rate": m.rate,
-        "attack_success": card["metrics"].get("attack_success"),
-        "test_accuracy": card["metrics"].get("test_accuracy"),
-        "seconds": time.perf_counter() - t0,
-        "stage_seconds": {k: v["seconds"] for k, v in ev["stages"].items()},
-        "features": {k: np.asarray(v, float).tolist() for k, v in ev["features"].items()},
-        "hist_share": np.asarray(ev["arrays"]["hist_share"]).tolist(),
+        **meta,
+        "seconds": sum(p["seconds"] for p in parts.values()),
+        "stage_seconds": {st: p["seconds"] for st, p in parts.items()},
+        "features": {k: v for p in parts.values() for k, v in p["features"].items()},
+        "hist_share": parts["screen"]["hist_share"],
     }
-    tmp = path.with_suffix(f".{time.time_ns()}.tmp")
-    tmp.write_text(json.dumps(rec))
-    tmp.replace(path)
-    return rec
 
 
 def effective(rec: dict) -> bool:
@@ -102,34 +156,58 @@ def _fit_rows(recs):
 # ----------------------------------------------------------------------------- calibration (dev only)
 
 
+def _tuning_name() -> str:
+    return " + ".join(f"{sp} ({bs.seed_range(sp)})" for sp in bs.TUNING_SPLITS)
+
+
 def calibrate(dev: list[dict]) -> dict:
-    """Per method: logistic class model + Platt map fitted on tuning records (dev + dev2); agreement rule for 'full'."""
+    """Per method: logistic class model + Platt map fitted on tuning records; threshold and agreement chosen there.
+
+    The full scan's rule (probability threshold, stages that must agree) is :func:`choose_rule`'s, by
+    leave-one-seed-out on the same tuning records; a stage alone keeps P >= 0.5 and no agreement rule.
+    """
     dev = [r for r in dev if effective(r)]
     rows = _fit_rows(dev)
     n_bd = sum(r["target"] is not None for r in dev)
-    seeds = sorted({r["seed"] for r in dev})
     cal = {}
     for method, names in V.FEATURES.items():
         c = V.fit(rows, names)
+        rule = choose_rule(leave_one_seed_out(dev, method)) if method == "full" else {"threshold": 0.5, "min_agree": 1}
         c.update(
-            threshold=FULL_THRESHOLD if method == "full" else 0.5,
-            min_agree=2 if method == "full" else 1,
-            fitted_on=f"backdoor eval set, dev + dev2 splits: {n_bd} backdoored + {len(dev) - n_bd} clean models, "
-            f"seeds {seeds[0]}..{seeds[-1]}",
+            **rule,
+            fitted_on=f"backdoor eval set, tuning splits {_tuning_name()}: {n_bd} backdoored + {len(dev) - n_bd} "
+            "clean models",
         )
         cal[method] = c
     return cal
 
 
+#: probability thresholds the full scan's rule is chosen from
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+#: the full scan names a class only when this many independent stages rank it first (a design choice, issue 13)
+FULL_MIN_AGREE = 2
+
+
+def choose_rule(ds: list[dict], min_agree: int = FULL_MIN_AGREE) -> dict:
+    """The threshold naming the most right classes with no false alarm in leave-one-seed-out decisions ``ds``.
+
+    Candidates are :data:`THRESHOLDS`; ties go to the higher threshold. With no zero-false-alarm
+    threshold the highest is taken.
+    """
+    ok = [sw for sw in sweep(ds, THRESHOLDS, min_agree=min_agree) if sw["fp"] == 0]
+    best = max(ok, key=lambda sw: (sw["tp"], sw["threshold"]), default={"threshold": THRESHOLDS[-1]})
+    return {"threshold": best["threshold"], "min_agree": min_agree}
+
+
 def write_calibration(path: Path | None = None, cached_only: bool = False) -> Path:
-    """Refit the shipped calibration from dev + dev2 and record the held-out rates it was validated with."""
+    """Refit the shipped calibration from the tuning splits and record the held-out rates it was validated with."""
     dev = [record(m) for sp in bs.TUNING_SPLITS for m in bs.members(sp)]
     cal = calibrate(dev)
     held = [r for r in (record(m, compute=not cached_only) for m in bs.members("held-out")) if r is not None]
     for method, c in cal.items():
         s = summary([r for r in held if effective(r)], c, method)
         c["validated_on"] = (
-            f"held-out split (seeds 200-273) of the backdoor eval set ({s['n_bd']} backdoored + "
+            f"held-out split (seeds {bs.seed_range('held-out')}) of the backdoor eval set ({s['n_bd']} backdoored + "
             f"{s['n_clean']} clean small digits / Fashion-MNIST MLPs and CNNs, 4 trigger families): right class named "
             f"{s['tp']}/{s['n_bd']}, false alarms {s['fp']}/{s['n_clean']}; nothing beyond that is validated"
         )
@@ -141,32 +219,65 @@ def write_calibration(path: Path | None = None, cached_only: bool = False) -> Pa
 # ----------------------------------------------------------------------------- evaluation
 
 
-def leave_one_seed_out(recs: list[dict], method: str = "full") -> list[dict]:
+def leave_one_seed_out(recs: list[dict], method: str = "full", names=None) -> list[dict]:
     """Decisions for every record with the calibration refitted without its seed (its twin left out too).
 
     How the verdict was chosen (docs/scan.md): run on the tuning records only; each decision has the
-    probability ``p``, the ``top`` class and the number of agreeing stages ``n_agree``.
+    probability ``p``, the ``top`` class and the number of agreeing stages ``n_agree``. ``names``: the
+    features (default: the method's, :data:`~innerprobe.perturb.scan.verdict.FEATURES`).
     """
     recs = [r for r in recs if effective(r)]
+    names = tuple(names or V.FEATURES[method])
     out = []
     for seed in sorted({r["seed"] for r in recs}):
-        cal = V.fit(_fit_rows([r for r in recs if r["seed"] != seed]), V.FEATURES[method])
+        cal = V.fit(_fit_rows([r for r in recs if r["seed"] != seed]), names)
         cal.update(threshold=0.0, min_agree=0)
-        out += decisions([r for r in recs if r["seed"] == seed], cal, method)
+        out += decisions([r for r in recs if r["seed"] == seed], cal, method, names)
     return out
 
 
-def loso_report(method: str = "full") -> dict:
-    """Leave-one-seed-out on dev + dev2 (the figures docs/scan.md gives for how the verdict was chosen)."""
-    ds = leave_one_seed_out([record(m) for sp in bs.TUNING_SPLITS for m in bs.members(sp)], method)
+#: the full scan's candidate feature sets compared by :func:`compare_verdicts` (docs/scan.md)
+CANDIDATES = {
+    "cleanse (nc_gap)": ("nc_gap",),
+    "cleanse + local margin": ("nc_gap", "mm_local_z"),
+    "cleanse + local margin + MM-BD margin": ("nc_gap", "mm_local_z", "mm_z"),
+    "cleanse + local margin + APEX histogram": ("nc_gap", "mm_local_z", "hist_z"),
+    "cleanse + local margin + APEX histogram + sink": ("nc_gap", "mm_local_z", "hist_z", "sink_z"),
+    "all": ("nc_gap", "nc_z", "natural", "mm_local_z", "mm_z", "hist_z", "sink_z"),
+    "first round (anomaly index, MM-BD, APEX)": ("mm_z", "nc_z", "natural", "hist_z", "sink_z"),
+}
+
+
+def compare_verdicts(candidates: dict | None = None) -> list[dict]:
+    """Leave-one-seed-out on the tuning splits for each candidate feature set of the full scan.
+
+    Per candidate: ROC-AUC, cross-entropy, top class = target, and the rule :func:`choose_rule` picks
+    with its right / wrong / false-alarm counts. This is how ``FEATURES['full']`` was chosen.
+    """
+    recs = [r for sp in bs.TUNING_SPLITS for m in bs.members(sp) if (r := record(m, compute=False)) is not None]
+    out = []
+    for name, names in (candidates or CANDIDATES).items():
+        ds = leave_one_seed_out(recs, "full", names)
+        rule = choose_rule(ds)
+        sw = next(s for s in sweep(ds, (rule["threshold"],), min_agree=rule["min_agree"]))
+        out.append({"candidate": name, "features": list(names), **_fit_quality(ds), **rule, **sw})
+    return out
+
+
+def _fit_quality(ds: list[dict]) -> dict:
     y = np.array([d["target"] is not None for d in ds], float)
     p = np.clip(np.array([d["p"] for d in ds]), 1e-6, 1 - 1e-6)
     return {
         "roc_auc": _auc(p, y),
         "cross_entropy": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
         "top_class_is_target": sum(d["top"] == d["target"] for d in ds if d["target"] is not None),
-        "sweep": {k: sweep(ds, min_agree=k) for k in (1, 2)},
     }
+
+
+def loso_report(method: str = "full") -> dict:
+    """Leave-one-seed-out on the tuning splits (the figures docs/scan.md gives for how the verdict was chosen)."""
+    ds = leave_one_seed_out([record(m) for sp in bs.TUNING_SPLITS for m in bs.members(sp)], method)
+    return {**_fit_quality(ds), "sweep": {k: sweep(ds, THRESHOLDS, min_agree=k) for k in (1, 2)}}
 
 
 def sweep(ds: list[dict], thresholds=(0.5, 0.6, 0.7, 0.8, 0.9), min_agree: int = 2) -> list[dict]:
@@ -189,8 +300,8 @@ def sweep(ds: list[dict], thresholds=(0.5, 0.6, 0.7, 0.8, 0.9), min_agree: int =
     return out
 
 
-def decisions(recs: list[dict], cal: dict, method: str) -> list[dict]:
-    names = V.FEATURES[method]
+def decisions(recs: list[dict], cal: dict, method: str, names=None) -> list[dict]:
+    names = tuple(names or cal.get("features") or V.FEATURES[method])
     out = []
     for r in recs:
         f = {k: np.asarray(v) for k, v in r["features"].items() if k in names}
@@ -310,7 +421,7 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False, cached_only: bo
         table.append(_table_row(method, s))
         if tuned:
             sd = summary(tuned, cal[method], method)
-            rows += _rows(sd, method, "dev+dev2 (in-sample)")
+            rows += _rows(sd, method, "tuning (in-sample)")
             dev_table.append(_table_row(method, sd))
     obs = observable(held)
     if obs["n"] > 1:
@@ -380,9 +491,9 @@ def _section(table, obs, held, failed, cal, quick, s_full, dev_table=()) -> Sect
         "digits CNNs max-pool/avg-pool/tanh, a Fashion-MNIST MLP and CNN), four trigger families (corner patch, "
         "single pixel, blended random pattern, label-consistent), seeded targets and 1-10% poisoning, each backdoored "
         "model with a clean twin of the same architecture and seed. Calibration and thresholds were fitted on the "
-        "dev + dev2 seeds (0-73, 100-173) only"
+        f"tuning splits {_tuning_name()} only"
         + (" (quick mode: the shipped calibration, four models)" if quick else "")
-        + f"; the first table is on {len(held)} held-out models (seeds 200-273, never tuned on).",
+        + f"; the first table is on {len(held)} held-out models (seeds {bs.seed_range('held-out')}, never tuned on).",
         "The paper's observable (input noise, 64 x RMS): the target is the top large-noise class in "
         f"{obs['rank1']}/{obs['n']} held-out backdoored models{share}"
         + "; used as a detector on its own it is the 'apex' row.",
@@ -403,7 +514,7 @@ def _section(table, obs, held, failed, cal, quick, s_full, dev_table=()) -> Sect
     sec.table("Full scan by trigger family (held-out)", ["family", "named", "wrong class", "backdoored"], per_family)
     if dev_table:
         sec.table(
-            "Tuning models dev + dev2 (in-sample: the calibration was fitted on them; Clopper-Pearson 95%)",
+            "Tuning models (in-sample: the calibration was fitted on them; Clopper-Pearson 95%)",
             ["method", "right class named", "wrong class", "false alarms", "ROC-AUC", "cross-entropy", "seconds/model"],
             list(dev_table),
         )

@@ -1,4 +1,4 @@
-"""The backdoor eval set: backdoored models and their clean twins, split by seed into dev, dev2 and held-out.
+"""The backdoor eval set: backdoored models and their clean twins, split by seed into tuning splits and held-out.
 
 Built for the backdoor scan's evaluation (docs/scan.md), in the manner of the TrojAI rounds:
 eight small architectures (digits MLPs with ReLU / GELU / tanh, digits CNNs with max-pool /
@@ -8,10 +8,11 @@ label-consistent), seeded targets and poisoning rates (1-10%), and for every bac
 clean twin of the same architecture and seed (same initialisation, same batch order, no poison).
 
 Replicate 0 of each (architecture, family) cell is the **dev** split (seeds 0-73), replicate 1 the
-**dev2** split (seeds 100-173; it was the held-out split until its figures had been looked at, so it
-is tuning data now), replicate 2 the **held-out** split (seeds 200-273; reported only, never tuned
-on). Every threshold and the probability calibration are fitted on dev + dev2: 32 backdoored models
-and 32 clean twins in each split.
+**dev2** split (seeds 100-173), replicate 2 the **dev3** split (seeds 200-273), replicate 3 the
+**held-out** split (seeds 300-373; reported only, never tuned on). dev2 and dev3 were each the
+held-out split of an earlier calibration round; once their figures had been looked at they became
+tuning data, and a fresh replicate took their place. Every threshold and the probability calibration
+are fitted on the tuning splits (:data:`TUNING_SPLITS`): 32 backdoored models and 32 clean twins in each.
 
 >>> from innerprobe.zoo import backdoor_set as bs
 >>> members = bs.members("dev")            # list of Member(recipe, seed, overrides, ...)
@@ -31,10 +32,17 @@ from .recipes import RECIPES, Floor, Recipe, Trained, _seed
 from .training import accuracy, fit
 
 VERSION = 2  # 2: label-consistent poisoning blends in other-class images (was uniform noise, attacks failed)
-SPLITS = ("dev", "dev2", "held-out")
-REPLICATES = {"dev": (0,), "dev2": (1,), "held-out": (2,)}
+SPLITS = ("dev", "dev2", "dev3", "held-out")
+REPLICATES = {"dev": (0,), "dev2": (1,), "dev3": (2,), "held-out": (3,)}
 #: the splits thresholds and calibration are fitted on (everything but held-out)
-TUNING_SPLITS = ("dev", "dev2")
+TUNING_SPLITS = ("dev", "dev2", "dev3")
+
+
+def seed_range(split: str) -> str:
+    """``'300-373'``: the seeds of one split (for people; computed from :data:`REPLICATES`)."""
+    reps = REPLICATES[split]
+    return ", ".join(f"{100 * r}-{100 * r + 10 * (len(ARCHS) - 1) + len(D.TRIGGER_FAMILIES) - 1}" for r in reps)
+
 
 #: name -> (dataset, arch config, training config)
 ARCHS: dict[str, tuple[str, dict, dict]] = {

@@ -255,12 +255,15 @@ def _stage(st, model, x, shape, C, lo, hi, o, seed, feats, arrays, info) -> np.n
             seed=seed,
             dtype=_dtype(model),
             device=_device(model),
+            x=x,
         )
-        feats["mm_z"], arrays["mm_images"], arrays["mm_margin"] = r["z"], r["images"].numpy(), r["margin"]
+        feats["mm_z"], arrays["mm_images"], arrays["mm_margin"] = r["mm_z"], r["images"].numpy(), r["margin"]
+        if "local_margin" in r:  # with clean inputs: the local maximum margin around them (docs/scan.md)
+            feats["mm_local_z"], arrays["mm_local_margin"] = r["z"], r["local_margin"]
         info[st] = {"p_value": r["p_value"]}
         return r["z"]
     r = cleanse(model, x[: o["n_cleanse"]], C, lo=lo, hi=hi, steps=o["steps"], seed=seed)
-    feats.update(nc_z=r["z"], natural=r["natural"])
+    feats.update(nc_z=r["z"], nc_gap=r["gap"], natural=r["natural"])
     arrays.update(nc_l1=r["l1"], nc_mask=r["mask"].numpy(), nc_pattern=r["pattern"].numpy())
     info[st] = {}
     return r["z"]

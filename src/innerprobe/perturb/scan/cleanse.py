@@ -6,9 +6,13 @@ Neural Networks", IEEE S&P, sec. IV): for each class c find the smallest mask m 
     min_{m, p}  CE(f((1 - m) x + m p), c) + lambda_c |m|_1      over clean x with f(x) != c,
 
 lambda_c adapted per step so the stamped inputs keep reaching c (attack success >= ``asr``); the
-L1 norm of the smallest successful mask is the class statistic and its **anomaly index**
-(median - L1_c) / (1.4826 MAD) among the classes flags an outlier (a null fitted to the model's
-own classes). All classes are optimised together in one batch.
+L1 norm of the smallest successful mask is the class statistic. Neural Cleanse flags an outlier
+with its **anomaly index** (median - L1_c) / (1.4826 MAD) among the classes (reported as ``z``);
+the scan's verdict reads the **log ratio to the median class**, ``gap_c = log(median_k L1_k / L1_c)``
+(how many times smaller than a typical class the trigger is), which on the tuning splits of the
+eval set named 17/25 dev backdoored models at zero false alarms against 4/25 for the anomaly
+index: the MAD of ten classes' L1 varies from model to model, so dividing by it adds noise
+(docs/scan.md). All classes are optimised together in one batch.
 
 Natural-feature check, in the spirit of K-Arm (Shen et al. 2021, "Backdoor Scanning for Deep Neural
 Networks through K-Arm Optimization", sec. 4.3, which screens out triggers that are a class's own
@@ -85,6 +89,12 @@ def anomaly_index(l1: np.ndarray) -> np.ndarray:
     return -robust_z(l1, mad_floor=max(0.02 * float(np.median(l1)), 1e-6))
 
 
+def log_gap(l1: np.ndarray) -> np.ndarray:
+    """Per class ``log(median_k L1_k / L1_c)``: > 0 for a trigger smaller than the median class's (L1 floored at 1e-6)."""
+    lg = np.log(np.maximum(np.asarray(l1, float), 1e-6))
+    return np.median(lg) - lg
+
+
 def natural_feature(x: torch.Tensor, y0: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> np.ndarray:
     """Per class: cosine of the painted change m (p - mu) and the class's own look m (mu_c - mu); 0 if unseen."""
     mu = x.mean(0)
@@ -103,11 +113,12 @@ def natural_feature(x: torch.Tensor, y0: torch.Tensor, mask: torch.Tensor, patte
 def cleanse(
     model, x: torch.Tensor, num_classes: int, *, lo: float = 0.0, hi: float = 1.0, steps: int = 150, seed: int = 0
 ) -> dict:
-    """Stage (c): ``{"l1": [C], "z": [C] anomaly index, "natural": [C], "mask", "pattern"}``."""
+    """Stage (c): ``{"l1": [C], "z": [C] anomaly index, "gap": [C] log ratio, "natural": [C], "mask", "pattern"}``."""
     r = smallest_triggers(model, x, num_classes, lo=lo, hi=hi, steps=steps, seed=seed)
     return {
         "l1": r["l1"],
         "z": anomaly_index(r["l1"]),
+        "gap": log_gap(r["l1"]),
         "natural": natural_feature(x, r["y0"], r["mask"], r["pattern"]),
         "mask": r["mask"],
         "pattern": r["pattern"],

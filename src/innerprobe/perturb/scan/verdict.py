@@ -33,13 +33,21 @@ CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 
 #: the features each method reads (names of per-class arrays in the stage outputs)
 FEATURES = {
-    "full": ("mm_z", "nc_z", "natural", "hist_z", "sink_z"),
+    "full": ("nc_gap", "mm_local_z"),
     "apex": ("hist_z", "sink_z"),
     "triggers": ("mm_z",),
-    "cleanse": ("nc_z", "natural"),
+    "cleanse": ("nc_gap",),
 }
 #: which stage each feature belongs to (agreement counts stages, not features)
-STAGE_OF = {"mm_z": "triggers", "nc_z": "cleanse", "natural": None, "hist_z": "screen", "sink_z": None}
+STAGE_OF = {
+    "mm_local_z": "triggers",
+    "mm_z": "triggers",
+    "nc_gap": "cleanse",
+    "nc_z": None,
+    "natural": None,
+    "hist_z": "screen",
+    "sink_z": None,
+}
 
 
 def design(features: dict, names) -> np.ndarray:
@@ -90,11 +98,13 @@ def probability(scores: np.ndarray, cal: dict) -> float:
 
 def agreeing_stages(features: dict, names, cls: int) -> list[str]:
     """Stages (of those whose feature is present) that rank ``cls`` first."""
-    out = []
-    for n in names:
+    out, seen = [], set()
+    for n in names:  # a stage's first feature in ``names`` is the one that votes
         st = STAGE_OF.get(n)
-        if st and n in features and int(np.argmax(features[n])) == cls:
-            out.append(st)
+        if st and st not in seen and n in features:
+            seen.add(st)
+            if int(np.argmax(features[n])) == cls:
+                out.append(st)
     return out
 
 
