@@ -1,4 +1,4 @@
-"""``innerprobe scan``: the backdoor scan (APEX screen + trigger synthesis), docs/scan.md."""
+"""``innerprobe scan``: the backdoor scan (smallest trigger + maximum margin, APEX screen reported), docs/scan.md."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from .inputs import for_model, load_inputs
 from .spec import parse_model
 
 METHOD_HELP = (
-    "full (default): APEX screen + maximum-margin triggers + smallest-trigger search, a class named only "
-    "when stages agree; apex: the APEX screen alone; triggers: data-free maximum margin alone; "
+    "full (default): smallest-trigger search + local maximum margin (both must agree; the APEX screen runs "
+    "and is reported); apex: the APEX screen alone; triggers: data-free maximum margin alone; "
     "cleanse: smallest trigger alone"
 )
 

@@ -311,7 +311,7 @@ def _calibration(calibration, method, data_free):
     if key not in cal:
         raise ConfigError(
             f"the scan calibration has no entry for method {key!r}",
-            hint="re-run the calibration on the dev + dev2 splits",
+            hint="re-run innerprobe.studies.apex_backdoor.write_calibration() (tuning splits only)",
         )
     return cal[key]
 

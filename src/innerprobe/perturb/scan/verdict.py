@@ -6,18 +6,19 @@ verdict combines them per class with a logistic model,
 
     s_c = b + sum_f w_f * sign(v) log(1 + |v|),   v = feature_f[c],
 
-fitted on the tuning splits (dev + dev2) of the backdoor eval set (class rows: is c the target of a
+fitted on the tuning splits (dev, dev2, dev3) of the backdoor eval set (class rows: is c the target of a
 backdoored model?), and turns the top class's score **and its gap over the runner-up** into a
 probability that the model is backdoored with a Platt fit on the tuning models,
 
     P = sigmoid(a * s_(1) + g * (s_(1) - s_(2)) + b'),   s_(1) >= s_(2) the two largest class scores,
 
 so a model is judged by how far its top class stands out of its own classes rather than by an
-absolute score alone (chosen by leave-one-seed-out on dev + dev2: ROC-AUC 0.81 -> 0.85). A
+absolute score alone (chosen by leave-one-seed-out in the first round, on dev + dev2: ROC-AUC 0.81 -> 0.85). A
 calibration with a two-entry ``platt`` ``[a, b']`` (no gap term) is still read. A class is named only when
 ``P >= threshold`` **and** independent statistics agree: at least ``min_agree`` of the stages that
-ran rank it first. The coefficients live in ``calibration.json`` next to this file, written by
-``innerprobe.studies.apex_backdoor.calibrate`` from dev models only.
+ran rank it first; a stage votes with its first feature in the calibration's list. The coefficients live
+in ``calibration.json`` next to this file, written by ``innerprobe.studies.apex_backdoor.calibrate`` from
+the tuning models only.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def design(features: dict, names) -> np.ndarray:
     """[C, F] matrix of per-class features, compressed as sign(v) log(1 + |v|).
 
     The compression (not a clip at +-10 as in the first round) keeps the order among large z-scores,
-    e.g. the histogram z of 20-50 that clean CNNs reach; chosen by leave-one-seed-out on dev + dev2
+    e.g. the histogram z of 20-50 that clean CNNs reach; chosen by leave-one-seed-out on the first round's dev + dev2
     (ROC-AUC 0.847 -> 0.862, docs/scan.md).
     """
     v = np.stack([np.asarray(features[n], float) for n in names], 1)
