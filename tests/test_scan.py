@@ -249,3 +249,20 @@ def test_verdict_probability_reads_the_gap_over_the_runner_up():
     assert len(cal["platt"]) == 3 and cal["coef"][0] > 0
     p = [V.probability(V.class_scores(r, cal), cal) for r in rows]
     assert np.mean(p[1::2]) > np.mean(p[0::2])
+
+
+def test_outside_the_calibrated_domain_nothing_is_named_unless_the_user_sets_a_threshold(models):
+    """An untrained model that sends every input to one class, and a model with another class count, are refused."""
+    _, _, x = models
+    torch.manual_seed(0)
+    collapsed = nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 10))
+    with torch.no_grad():
+        collapsed[1].weight.zero_()
+        collapsed[1].bias.copy_(torch.arange(10.0))  # every input -> class 9
+    r = scan(collapsed, x, method="cleanse")
+    assert r.data["suspect"] is None and any("one class" in w for w in r.data["out_of_domain"])
+    assert any("distinct classes" in w for w in r.data["out_of_domain"])
+    bd = models[0]
+    r5 = scan(bd, x)  # the toy has 5 classes; the shipped calibration was fitted on 10-class models
+    assert r5.data["suspect"] is None and any("5 classes" in w for w in r5.data["out_of_domain"])
+    assert scan(bd, x, threshold=0.0).data["suspect"] == TARGET  # an explicit threshold is the user's call

@@ -56,6 +56,8 @@ def _echo(res, model: str, err: bool):
         f"{', '.join(d['agree']) or 'none'}",
         err=err,
     )
+    for why in d.get("out_of_domain", []):
+        typer.echo(f"  outside what the scan was calibrated on, no class named: {why}", err=err)
     for st, info in d["stages"].items():
         typer.echo(f"  {st}: top class {info['top']} (robust z {info['score']:.2f}), {info['seconds']:.1f} s", err=err)
     typer.echo(f"  {d['seconds']:.1f} s in all. Validated on: {d['validated_on']}", err=err)
@@ -72,6 +74,7 @@ def _section(res, out: Path, model: str):
         paragraphs=[
             f"Method {d['method']} (stages {', '.join(d['stages_run'])}); P(backdoored) = {d['probability']:.3f}; "
             + (f"named class {d['suspect']} ({d['suspect_name']})." if d["suspect"] is not None else "no class named.")
+            + "".join(f" Outside what the scan was calibrated on: {why}." for why in d.get("out_of_domain", []))
             + f" Validated on: {d['validated_on']}."
         ],
     )

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.stats import proportion, t_interval
+from ..errors import ConfigError
 from ..perturb.scan import METHODS, evidence
 from ..perturb.scan import verdict as V
 from ..report.sections import Section
@@ -199,10 +200,34 @@ def choose_rule(ds: list[dict], min_agree: int = FULL_MIN_AGREE) -> dict:
     return {"threshold": best["threshold"], "min_agree": min_agree}
 
 
+def domain() -> dict:
+    """What the tuning models look like on their clean inputs: class count, fewest predicted classes, largest share.
+
+    The scan refuses to name a class outside it (:func:`innerprobe.perturb.scan.out_of_domain`).
+    """
+    import torch
+
+    cover, share, classes = [], [], set()
+    for m in (m for sp in bs.TUNING_SPLITS for m in bs.members(sp)):
+        model, _, x = _load(m)
+        with torch.no_grad():
+            out = model(x)
+        counts = torch.bincount(out.argmax(1), minlength=out.shape[1])
+        classes.add(int(out.shape[1]))
+        cover.append(int((counts > 0).sum()))
+        share.append(float(counts.max()) / len(x))
+    if len(classes) != 1:
+        raise ConfigError(f"tuning models with {sorted(classes)} classes", hint="one class count per calibration")
+    return {"num_classes": classes.pop(), "min_coverage": min(cover), "max_share": max(share), "n_inputs": N_INPUTS}
+
+
 def write_calibration(path: Path | None = None, cached_only: bool = False) -> Path:
     """Refit the shipped calibration from the tuning splits and record the held-out rates it was validated with."""
     dev = [record(m) for sp in bs.TUNING_SPLITS for m in bs.members(sp)]
     cal = calibrate(dev)
+    dom = domain()
+    for c in cal.values():
+        c["domain"] = dom
     held = [r for r in (record(m, compute=not cached_only) for m in bs.members("held-out")) if r is not None]
     for method, c in cal.items():
         s = summary([r for r in held if effective(r)], c, method)

@@ -16,6 +16,7 @@ Stages, each a reusable statistic that scores every class against the model's ot
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -48,6 +49,7 @@ __all__ = [
     "first_hidden",
     "input_site",
     "last_hidden",
+    "out_of_domain",
     "robust_z",
     "scan",
     "scan_sites",
@@ -162,6 +164,9 @@ def scan(
         seed=seed,
     )
     d = V.decide(ev["features"], cal, threshold=threshold, min_agree=min_agree)
+    d["out_of_domain"] = out_of_domain(model, x, ev["classes"], cal)
+    if d["out_of_domain"] and threshold is None:
+        d["suspect"] = None  # the calibrated probability does not hold here: ranking only, unless the user sets P
     C = ev["classes"]
     names = list(class_names) if class_names is not None else [str(c) for c in range(C)]
     if len(names) != C:
@@ -269,6 +274,49 @@ def _stage(st, model, x, shape, C, lo, hi, o, seed, feats, arrays, info) -> np.n
     return r["z"]
 
 
+#: the share of the classes a balanced model would show on the clean inputs that the model must predict
+MIN_COVERAGE = 0.7
+
+
+def out_of_domain(model, x, num_classes: int, cal: dict) -> list[str]:
+    """Why the calibration does not hold for this model and these inputs (empty when it does); docs/scan.md.
+
+    The calibration's ``domain`` (written by ``write_calibration`` from the tuning models) gives the
+    class count it was fitted on and, on the models' own clean inputs, the fewest distinct predicted
+    classes and the largest share of one predicted class. Outside it: another class count; fewer
+    distinct predicted classes than :data:`MIN_COVERAGE` times what a model with balanced predictions
+    would show on the same number of inputs; more than twice the tuning models' largest share in one
+    class. An untrained or collapsed model is outside it, and so is a model with more classes: the
+    maximum over more (or degenerate) classes is larger by chance, so P would be too high.
+    """
+    dom = cal.get("domain")
+    if not dom:
+        return []
+    out = []
+    if num_classes != dom["num_classes"]:
+        out.append(f"{num_classes} classes; the calibration was fitted on {dom['num_classes']}-class models")
+    if x is not None:
+        from ...core.hooks import HookSession
+
+        with HookSession(model, eval=True), torch.no_grad():
+            y = model(x).argmax(1)
+        counts = torch.bincount(y.flatten().cpu(), minlength=num_classes)
+        cover, share = int((counts > 0).sum()), float(counts.max()) / max(len(y), 1)
+        n = len(y)
+        need = math.ceil(MIN_COVERAGE * num_classes * (1 - (1 - 1 / num_classes) ** n))
+        if cover < need:
+            out.append(
+                f"the model predicts {cover} distinct classes on {n} clean inputs (needed: >= {need}; the tuning "
+                f"models: >= {dom['min_coverage']} on {dom.get('n_inputs', '?')})"
+            )
+        if share > 2 * dom["max_share"]:
+            out.append(
+                f"{share:.0%} of the clean inputs go to one class (tuning models: <= {dom['max_share']:.0%}); "
+                "is the model trained?"
+            )
+    return out
+
+
 def _range(x, input_range):
     if input_range is not None:
         lo, hi = (float(v) for v in input_range)
@@ -330,6 +378,7 @@ def _result(model, model_name, names, ev, d, cal, method) -> Result:
         "min_agree": d["min_agree"],
         "stages": ev["stages"],
         "seconds": ev["seconds"],
+        "out_of_domain": d["out_of_domain"],
         "validated_on": cal.get("validated_on", "unknown"),
         "calibration_fitted_on": cal.get("fitted_on", "unknown"),
     }
