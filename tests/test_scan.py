@@ -1,8 +1,8 @@
 """The backdoor scan (docs/scan.md): each stage on tiny models, the verdict, option refusal, the CLI.
 
-Tiny task: 5 classes of noisy 6x6 prototypes whose bottom-right 2x2 corner is always dark; the
-backdoored twin is trained with 10% of non-target images stamped with a white corner patch and
-relabelled to class 3. Both train in well under a second.
+Tiny task (tests/scan_toy.py) at 10x10: 5 classes of noisy prototypes whose bottom-right 2x2 corner
+is always dark; the backdoored twin is trained with 30 non-target images stamped with a white corner
+patch and relabelled to class 3. Both train in well under a second.
 """
 
 import json
@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from scan_toy import TARGET, C, task, train
 from torch import nn
 
 from innerprobe import ConfigError
@@ -19,40 +20,15 @@ from innerprobe.perturb.scan.cleanse import anomaly_index, cleanse
 from innerprobe.perturb.scan.screen import screen
 from innerprobe.perturb.scan.triggers import gamma_pvalue, triggers
 
-C, TARGET, SIZE = 5, 3, 10  # a 2x2 trigger is 4% of the image (a trigger smaller than the classes' own features)
+SIZE = 10  # a 2x2 trigger is 4% of the image (a trigger smaller than the classes' own features)
 
 
 def _task(n=300, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    protos = torch.rand(C, 1, SIZE, SIZE, generator=g)
-    y = torch.arange(n) % C
-    x = (0.6 * protos[y] + 0.4 * torch.rand(n, 1, SIZE, SIZE, generator=g)).clamp(0, 1)
-    x[..., -2:, -2:] = 0.0
-    return x, y
-
-
-def _net():
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(SIZE * SIZE, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, C)
-    )
+    return task(n, seed, size=SIZE)
 
 
 def _train(poison: bool):
-    x, y = _task()
-    x, y = x.clone(), y.clone()
-    if poison:
-        idx = torch.nonzero(y != TARGET).flatten()[:30]
-        x[idx, :, -2:, -2:] = 1.0
-        y[idx] = TARGET
-    torch.manual_seed(0)
-    m = _net()
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(m(x), y).backward()
-        opt.step()
-    m.zero_grad(set_to_none=True)
-    return m.eval()
+    return train(poison, size=SIZE)
 
 
 @pytest.fixture(scope="module")

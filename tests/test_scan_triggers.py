@@ -1,47 +1,25 @@
 """Stage (b) of the backdoor scan with clean inputs: the local maximum margin (docs/scan.md, triggers.py).
 
-Same tiny task as tests/test_scan.py: 5 classes of noisy 6x6 prototypes with a dark bottom-right
-2x2 corner; the backdoored twin is trained with 10% of non-target images stamped with a white
-corner patch and relabelled to class 3.
+The tiny task of tests/scan_toy.py at 6x6.
 """
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from scan_toy import TARGET, C, task, train
 
 from innerprobe import ConfigError
 from innerprobe.perturb.scan.triggers import local_margin, triggers
 
-C, TARGET, SIZE = 5, 3, 6
+SIZE = 6
 
 
 def _task(n=300, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    protos = torch.rand(C, 1, SIZE, SIZE, generator=g)
-    y = torch.arange(n) % C
-    x = (0.6 * protos[y] + 0.4 * torch.rand(n, 1, SIZE, SIZE, generator=g)).clamp(0, 1)
-    x[..., -2:, -2:] = 0.0
-    return x, y
+    return task(n, seed, size=SIZE)
 
 
 def _train(poison: bool):
-    x, y = _task()
-    if poison:
-        idx = torch.nonzero(y != TARGET).flatten()[:30]
-        x[idx, :, -2:, -2:] = 1.0
-        y[idx] = TARGET
-    torch.manual_seed(0)
-    m = nn.Sequential(
-        nn.Flatten(), nn.Linear(SIZE * SIZE, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, C)
-    )
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(m(x), y).backward()
-        opt.step()
-    m.zero_grad(set_to_none=True)
-    return m.eval()
+    return train(poison, size=SIZE)
 
 
 @pytest.fixture(scope="module")
