@@ -163,6 +163,7 @@ class _Tables:
         self.slots: dict = {}
         self.rows: dict = {}  # node -> (shape key, row)
         self.tabs: dict = {}  # shape key -> [N, B, ...] tensor
+        self.inner: dict = {}  # group name -> its clean intermediates (HeadsGroup.parts)
         self._built = False
 
     def clean_slot(self, n: str, s: str) -> torch.Tensor:
@@ -174,6 +175,14 @@ class _Tables:
                 v = g.slot_value(n, s, [self.runs.clean[g.edges[i].src] for i in g.incoming[(n, s)]])
                 self.slots[(n, s)] = v
         return v
+
+    def parts(self, grp):
+        """The group's clean intermediates (``grp.parts`` of its clean slots), made once."""
+        p = self.inner.get(grp.name)
+        if p is None:
+            slots = {(n, s): self.clean_slot(n, s) for n in grp.nodes for s in self.graph.nodes[n].slots}
+            p = self.inner[grp.name] = grp.parts(slots)
+        return p
 
     def group_sum(self, grp) -> torch.Tensor:
         """Sum of the clean outputs of a group's members (cached)."""
@@ -278,6 +287,26 @@ def _bits(changed: torch.Tensor) -> list[int]:
     return [sum(1 << int(k) for k in col.nonzero().flatten()) for col in changed.T]
 
 
+def _union(bits) -> int:
+    u = 0
+    for b in bits:
+        u |= b
+    return u
+
+
+def _signatures(sb: dict, b: int) -> list:
+    """(slots, rows): the rows of ``b`` split by which slots changed there (``sb``: slot -> rows)."""
+    names = list(sb)
+    out = []
+    for m in range(1, 1 << len(names)):
+        r = b
+        for j, s in enumerate(names):
+            r &= sb[s] if m >> j & 1 else ~sb[s]
+        if r:
+            out.append((frozenset(s for j, s in enumerate(names) if m >> j & 1), r))
+    return out
+
+
 def _row_list(bits: int) -> list[int]:
     out, k = [], 0
     while bits:
@@ -337,24 +366,52 @@ class _Chunk:
             b |= self.bits[u]
         return b
 
+    def _slot_bits(self, n: str) -> dict:
+        """slot -> bitmask of the rows where that slot of ``n`` changed."""
+        out = {}
+        for s in self.g.nodes[n].slots:
+            b = 0
+            for i in self.slot_edges.get((n, s), ()):
+                b |= self.edge_bits[i]
+            for u in self.info.slot_srcset[(n, s)] & self.bits.keys():
+                b |= self.bits[u]
+            out[s] = b
+        return out
+
     def _group(self, gi: int, grp) -> None:
-        need = {n: b for n in grp.nodes if (b := self._node_bits(n))}
+        reuse = getattr(grp, "reuse", None) is not None
+        sbits = {n: self._slot_bits(n) for n in grp.nodes} if reuse else None
+        if reuse:
+            need = {n: b for n, sb in sbits.items() if (b := _union(sb.values()))}
+        else:
+            need = {n: b for n in grp.nodes if (b := self._node_bits(n))}
         if self._summed(gi, grp, need):
             self._compute_total(grp)
         elif need:
-            if grp.subsets:
+            if reuse:
+                calls = self._reuse_calls(need, sbits)
+            elif grp.subsets:
                 by_rows: dict = {}
                 for n, b in need.items():
                     by_rows.setdefault(b, []).append(n)
-                calls = list(by_rows.items())
+                calls = [(b, nodes, None) for b, nodes in by_rows.items()]
             else:
-                union = 0
-                for b in need.values():
-                    union |= b
-                calls = [(union, list(grp.nodes))]
-            for b, nodes in calls:
-                self._compute(grp, nodes, b, need)
+                calls = [(_union(need.values()), list(grp.nodes), None)]
+            pieces: dict = {}
+            for b, nodes, changed in calls:
+                self._compute(grp, nodes, b, changed, pieces)
+            self._store(pieces, need)
         self._after_group(gi, grp, need)
+
+    def _reuse_calls(self, need: dict, sbits: dict) -> list:
+        """Calls (rows, members, changed slots) of a group that reuses clean intermediates: each
+        member's rows split by which of its slots changed there; ``changed`` None = every slot."""
+        by_key: dict = {}
+        for n, b in need.items():
+            sb = sbits[n]
+            for sig, rows in _signatures(sb, b):
+                by_key.setdefault((rows, sig), []).append(n)
+        return [(b, nodes, None if len(sig) == len(sbits[nodes[0]]) else sig) for (b, sig), nodes in by_key.items()]
 
     def _summed(self, gi: int, grp, need: dict) -> bool:
         """Whether only the sum of the group's outputs is needed: every member changed on every row,
@@ -397,23 +454,39 @@ class _Chunk:
                     shared[key] = v
         return slots
 
-    def _compute(self, grp, nodes: list, b: int, need: dict) -> None:
+    def _compute(self, grp, nodes: list, b: int, changed, pieces: dict) -> None:
+        """Members ``nodes`` on the rows of ``b``; with ``changed`` (slot names) only those slots
+        are built and the group reuses its clean intermediates for the rest."""
         rows = None if b == self.full else torch.tensor(_row_list(b), device=self.m.device)
         k = self.K if rows is None else int(rows.numel())
-        slots = self._slots(nodes, rows, k)
-        outs = self.g.run_group(grp, slots, nodes)
-        self._store(nodes, outs, rows, k, b, need)
-
-    def _store(self, nodes, outs, rows, k: int, b: int, need: dict) -> None:
+        if changed is None:
+            outs = self.g.run_group(grp, self._slots(nodes, rows, k), nodes)
+        else:
+            slots = {(n, s): self._slot(n, s, rows, k) for n in nodes for s in changed}
+            outs = grp.reuse(self.tabs.parts(grp), slots, nodes, changed, k)
         for n, o in zip(nodes, outs):
+            pieces.setdefault(n, []).append((b, k, o.reshape(k, self.B, *o.shape[1:])))
+
+    def _store(self, pieces: dict, need: dict) -> None:
+        """Keep each changed member's output (its pieces on disjoint rows merged into one tensor)."""
+        for n, ps in pieces.items():
             if n not in need:
                 continue
-            o = o.reshape(k, self.B, *o.shape[1:])
+            b, k, o = ps[0] if len(ps) == 1 else self._merge(ps)
+            rows = None if b == self.full else torch.tensor(_row_list(b), device=self.m.device)
             if n == "out":  # the output itself, not its change: run() writes it out
                 self.final = (rows, o)
                 continue
             self.d[n] = (rows, o - self.runs.clean[n])  # one call per node and chunk
             self.bits[n] = self.bits.get(n, 0) | b
+
+    def _merge(self, ps: list):
+        b = _union(p[0] for p in ps)
+        where = {r: i for i, r in enumerate(_row_list(b))}
+        out = ps[0][2].new_empty((len(where), *ps[0][2].shape[1:]))
+        for pb, _, o in ps:
+            out.index_copy_(0, torch.tensor([where[r] for r in _row_list(pb)], device=o.device), o)
+        return b, len(where), out
 
     def _slot(self, n: str, s: str, rows, k: int) -> torch.Tensor:
         clean = self.tabs.clean_slot(n, s)

@@ -73,21 +73,32 @@ class Attention(nn.Module):
         self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor, hooks: bool = True, heads: list | None = None
     ) -> torch.Tensor:
         """Per-head inputs [B, T, H, d] -> z [B, T, H, d_head] (LayerNorm belongs to each receiving slot).
-        ``heads`` computes only those heads (inputs then hold just them, in that order)."""
-        ln = self.ln1
-        sel = slice(None) if heads is None else list(heads)
-        q = torch.einsum("bthd,hde->bthe", ln(q_in), self.W_Q[sel]) + self.b_Q[sel]
-        k = torch.einsum("bthd,hde->bthe", ln(k_in), self.W_K[sel]) + self.b_K[sel]
-        v = torch.einsum("bthd,hde->bthe", ln(v_in), self.W_V[sel]) + self.b_V[sel]
-        T = q.shape[1]
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.d_head)
-        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(causal, float("-inf"))
-        pattern = scores.softmax(-1)
+        ``heads`` computes only those heads (inputs then hold just them, in that order). The stages
+        (:meth:`project`, :meth:`attend`, :meth:`weigh`) are public so that path patching can reuse
+        the clean keys, values or pattern when only some inputs of a head changed (docs/patching.md)."""
+        q, k, v = (self.project(x, s, heads) for x, s in ((q_in, "q"), (k_in, "k"), (v_in, "v")))
+        pattern = self.attend(q, k)
         if hooks:
             pattern = self.hook_pattern(pattern)
-        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+        z = self.weigh(pattern, v)
         return self.hook_z(z) if hooks else z
+
+    def project(self, x: torch.Tensor, which: str, heads: list | None = None) -> torch.Tensor:
+        """Per-head inputs [..., T, h, d] -> queries, keys or values (``which`` in q, k, v) [..., T, h, d_head]."""
+        sel = slice(None) if heads is None else list(heads)
+        W, b = {"q": (self.W_Q, self.b_Q), "k": (self.W_K, self.b_K), "v": (self.W_V, self.b_V)}[which]
+        return torch.einsum("...thd,hde->...the", self.ln1(x), W[sel]) + b[sel]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Causal pattern [..., h, Tq, Tk] of queries and keys [..., T, h, d_head] (leading axes broadcast)."""
+        T = q.shape[-3]
+        scores = torch.matmul(q.transpose(-3, -2), k.transpose(-3, -2).transpose(-1, -2)) / math.sqrt(self.d_head)
+        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+        return scores.masked_fill(causal, float("-inf")).softmax(-1)
+
+    def weigh(self, pattern: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """z [..., T, h, d_head] = pattern [..., h, Tq, Tk] times values [..., T, h, d_head] (axes broadcast)."""
+        return torch.matmul(pattern, v.transpose(-3, -2)).transpose(-3, -2)
 
     def head_outputs(self, z: torch.Tensor, heads: list | None = None) -> torch.Tensor:
         """z [B, T, H, d_head] -> each head's write to the residual [B, T, H, d] (without the o_proj bias)."""

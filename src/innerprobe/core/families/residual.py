@@ -12,7 +12,9 @@ layer ``l`` reads what the heads of layer ``l`` read, not their writes.
 ``mix(q, k, v, heads=None, **extra)`` -> z ``[B, T, h, d_head]`` and ``head_out(z, heads=None)``
 -> per-head writes ``[B, T, h, d_model]``. With ``heads=[...]`` only those heads are computed
 (inputs then hold just them, in that order); families set ``subsets=True`` when their
-``mix``/``head_out`` honour it. This is where head-subset recomputation lives (issue 12).
+``mix``/``head_out`` honour it. This is where head-subset recomputation lives (issue 12). A family
+may also give its head function in :class:`Stages` (project / attend / weigh): the group is then a
+:class:`HeadsGroup` whose ``reuse`` recomputes only what the changed q, k or v slots feed.
 
 **Grouped-query attention.** Each query head ``h`` has its own ``k`` and ``v`` slots and its key
 and value are computed from *its own* slots with the weights of its K/V head
@@ -25,11 +27,69 @@ site ``L{l}.k[heads=g]`` names exactly those slots (docs/patching.md).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ..dag import Edge, Graph, Group, Node
 from .base import head_site
+
+
+@dataclass(frozen=True)
+class Stages:
+    """A head function in stages, the optional richer form of ``mix`` (issue 12; docs/patching.md,
+    "Fast evaluator"): ``mix(q, k, v, heads) = weigh(attend(project(q, "q", heads), project(k, "k",
+    heads)), project(v, "v", heads))``. ``project(x, which, heads)``: per-head slot values
+    ``[..., T, h, d]`` -> queries, keys or values ``[..., T, h, d_head]`` (the slot's norm included);
+    ``attend(q, k)`` -> pattern ``[..., h, Tq, Tk]``; ``weigh(pattern, v)`` -> z ``[..., T, h, d_head]``.
+    Leading axes broadcast, so a change on k rows ``[k, B, ...]`` meets the clean ``[B, ...]``.
+
+    With it, the fast evaluator recomputes only what a changed slot feeds: a changed query reuses
+    the clean keys and values, a changed key the clean queries and values, a changed value the
+    clean pattern (z = pattern @ v)."""
+
+    project: Callable
+    attend: Callable
+    weigh: Callable
+
+
+@dataclass
+class HeadsGroup(Group):
+    """A :class:`Group` of attention heads that may reuse clean intermediates (``Stages``).
+
+    ``parts(slots)`` -> the clean intermediates of every head (computed lazily from the clean slot
+    values ``{(node, slot): [B, T, d]}``); ``reuse(parts, slots, members, changed, k)`` -> the
+    members' outputs ``[k * B, T, d_model]`` when only the slots named in ``changed`` differ from
+    the clean run (``slots`` holds those, ``[k * B, T, d]``). Both are None without stages."""
+
+    parts: Callable | None = None
+    reuse: Callable | None = None
+
+
+class CleanHeads:
+    """Clean queries, keys, values ``[B, T, H, d_head]`` and pattern ``[B, H, T, T]`` of one layer,
+    each computed on first use from the clean slot values."""
+
+    def __init__(self, stages: Stages, slots: dict, nodes: Sequence[str]):
+        self.stages, self.slots, self.nodes = stages, slots, list(nodes)
+        self.memo: dict = {}
+
+    def get(self, what: str) -> torch.Tensor:
+        t = self.memo.get(what)
+        if t is None:
+            if what == "pattern":
+                t = self.stages.attend(self.get("q"), self.get("k"))
+            else:
+                t = self.stages.project(torch.stack([self.slots[(n, what)] for n in self.nodes], 2), what, None)
+            self.memo[what] = t
+        return t
+
+    def take(self, what: str, heads: list) -> torch.Tensor:
+        """The clean ``what`` of ``heads`` (a view when they are consecutive)."""
+        t, axis = self.get(what), 1 if what == "pattern" else 2
+        if heads == list(range(heads[0], heads[0] + len(heads))):
+            return t.narrow(axis, heads[0], len(heads))
+        return t.index_select(axis, torch.tensor(heads, device=t.device))
 
 
 def heads_group(
@@ -42,6 +102,7 @@ def heads_group(
     subsets: bool = False,
     extra: Sequence[str] = (),
     head_sum: Callable | None = None,
+    stages: Stages | None = None,
 ) -> Group:
     """Group fn for one attention layer: per-head slot values ``[B, T, d]`` -> per-head writes.
 
@@ -49,7 +110,8 @@ def heads_group(
     layer), ``mix`` gets one stride-0 view ``[B, T, h, d]`` of it for q, k and v (no copies), so a
     family may normalise once (TransformerLens does). ``Group.total`` returns the sum of the
     heads' writes (``head_sum(z)`` if given, else the per-head writes summed), which is all the
-    fast evaluator (patch.fast) needs downstream of a patched edge."""
+    fast evaluator (patch.fast) needs downstream of a patched edge. With ``stages`` (and head
+    subsets, no extra slots) the group can reuse clean intermediates (:class:`HeadsGroup`)."""
     nodes = tuple(f"a{layer}.{h}" for h in range(H))
 
     def z_of(slots, sub, heads):
@@ -75,7 +137,28 @@ def heads_group(
         z = z_of(slots, list(nodes), None)
         return head_sum(z) if head_sum is not None else head_out(z).sum(2)
 
-    return Group(name, "component", nodes, fn, subsets, total)
+    if stages is None or extra or not subsets:
+        return HeadsGroup(name, "component", nodes, fn, subsets, total)
+
+    def parts(slots):
+        return CleanHeads(stages, slots, nodes)
+
+    def reuse(clean: CleanHeads, slots, members, changed, k):
+        sub = list(members)
+        heads = [nodes.index(n) for n in sub]
+
+        def new(s):  # the changed slot s of the members as [k, B, T, h, d]
+            x = slots[(sub[0], s)].unsqueeze(2) if len(sub) == 1 else torch.stack([slots[(n, s)] for n in sub], 2)
+            return stages.project(x.reshape(k, -1, *x.shape[1:]), s, heads)
+
+        q, kk, v = (new(s) if s in changed else clean.take(s, heads) for s in "qkv")
+        pattern = stages.attend(q, kk) if "q" in changed or "k" in changed else clean.take("pattern", heads)
+        z = stages.weigh(pattern, v)
+        z = z.expand(k, *z.shape[-4:]).reshape(-1, *z.shape[-3:])
+        out = head_out(z, heads=heads)
+        return [out[:, :, i] for i in range(len(sub))]
+
+    return HeadsGroup(name, "component", nodes, fn, subsets, total, parts, reuse)
 
 
 def normed(norm: Callable, fn: Callable) -> Callable:
@@ -108,11 +191,13 @@ def residual_graph(
     subsets: bool = False,
     notes: Sequence[str] = (),
     head_sum: Sequence[Callable] | None = None,
+    stages: Sequence[Stages | None] | None = None,
 ) -> Graph:
     """Build the residual graph. ``inputs`` = [(node, site)] computed by ``input_fn(x)`` (a list);
     ``qk_inputs`` feed only q/k slots (zoo shortformer); ``pos_slot`` names an input node that
     feeds an extra ``pos`` slot of every head (TransformerLens shortformer); ``b_O[l]`` is layer
-    l's constant write (attention output bias, plus the MLP's where it is not part of ``mlp_fn``)."""
+    l's constant write (attention output bias, plus the MLP's where it is not part of ``mlp_fn``);
+    ``stages[l]`` (optional) is layer l's head function in :class:`Stages`, for reuse of clean parts."""
     n_kv = n_kv or H
     rep = H // n_kv
     nodes = {n: Node(n, "input", site=site) for n, site in inputs}
@@ -148,6 +233,7 @@ def residual_graph(
                 subsets=subsets,
                 extra=("pos",) if pos_slot else (),
                 head_sum=None if head_sum is None else head_sum[l],
+                stages=None if stages is None else stages[l],
             )
         )
         heads = [f"a{l}.{h}" for h in range(H)]

@@ -18,6 +18,7 @@ post-norm architectures, grouped-query attention (``n_key_value_heads``), ``use_
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from torch import nn
 from ...errors import ModelError
 from ..site import Site
 from .base import Family, grab_output, token_probe
-from .residual import normed, residual_graph
+from .residual import Stages, normed, residual_graph
 
 HEAD_AXIS = {
     "hook_q": 2,
@@ -158,13 +159,36 @@ def _heads_math(b, q_in, k_in, v_in, heads: list) -> torch.Tensor:
     """z [B, T, h, d_head] of the given heads from normalised per-head inputs, TransformerLens's
     attention restricted to those heads (head-subset recomputation, issue 12)."""
     a = b.attn
-    q = torch.einsum("bthd,hde->bthe", q_in, a.W_Q[heads]) + a.b_Q[heads]
-    k = torch.einsum("bthd,hde->bthe", k_in, a.W_K[heads]) + a.b_K[heads]
-    v = torch.einsum("bthd,hde->bthe", v_in, a.W_V[heads]) + a.b_V[heads]
-    T = q.shape[1]
-    scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / a.attn_scale
+    q, k, v = (_project(a, x, s, heads) for x, s in ((q_in, "q"), (k_in, "k"), (v_in, "v")))
+    return _weigh(_attend(a, q, k), v)
+
+
+def _project(a, x: torch.Tensor, which: str, heads) -> torch.Tensor:
+    """Normalised per-head inputs [..., T, h, d] -> queries, keys or values [..., T, h, d_head]."""
+    sel = slice(None) if heads is None else list(heads)
+    W, bias = {"q": (a.W_Q, a.b_Q), "k": (a.W_K, a.b_K), "v": (a.W_V, a.b_V)}[which]
+    return torch.einsum("...thd,hde->...the", x, W[sel]) + bias[sel]
+
+
+def _attend(a, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Causal softmax pattern [..., h, Tq, Tk] (leading axes broadcast)."""
+    T = q.shape[-3]
+    scores = torch.matmul(q.transpose(-3, -2), k.transpose(-3, -2).transpose(-1, -2)) / a.attn_scale
     scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-    return torch.einsum("bhqk,bkhe->bqhe", scores.softmax(-1), v)
+    return scores.softmax(-1)
+
+
+def _weigh(pattern: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch.matmul(pattern, v.transpose(-3, -2)).transpose(-3, -2)
+
+
+def _stages(cfg, b, ln1) -> Stages | None:
+    """The head function in stages (reuse of clean keys, values, pattern) where :func:`_heads_math` is
+    the block's attention; None elsewhere (rotary, shortformer, ...: the fast path recomputes whole heads)."""
+    if not _plain_attention(cfg, b):
+        return None
+    a = b.attn
+    return Stages(lambda x, which, heads: _project(a, ln1(x), which, heads), partial(_attend, a), _weigh)
 
 
 def graph(model: nn.Module):
@@ -227,6 +251,7 @@ def graph(model: nn.Module):
         mix=[mix_fn(b) for b in blocks],
         head_out=[head_out_fn(b) for b in blocks],
         subsets=True,
+        stages=[_stages(cfg, b, getattr(b, "ln1", ident)) for b in blocks],
         head_sum=[(lambda b: lambda z: torch.einsum("bthe,hed->btd", z, b.attn.W_O))(b) for b in blocks],
         mlp_fn=[None if cfg.attn_only else normed(getattr(b, "ln2", ident), b.mlp) for b in blocks],
         out_fn=lambda r: model.unembed(ln_final(r)),

@@ -1,7 +1,9 @@
 """The zoo's hand-written transformer (``innerprobe.zoo.transformer.AttnTransformer``), duck-typed.
 
 Detected by ``model.canonical_sites()`` plus ``model.blocks[i].attn.mix``; core never imports
-the zoo. Every read has its own hook, so q/k/v sites are the per-head *inputs* (before ln1).
+the zoo. Attention that also exposes ``project``/``attend``/``weigh`` gives its head function in
+stages, so path patching reuses the clean keys, values or pattern. Every read has its own hook,
+so q/k/v sites are the per-head *inputs* (before ln1).
 Config options: ``ln``, ``d_mlp``, ``pos`` in (standard, shortformer), all supported.
 """
 
@@ -11,7 +13,7 @@ import torch
 from torch import nn
 
 from .base import Family, token_probe
-from .residual import residual_graph
+from .residual import Stages, residual_graph
 
 
 def matches(model: nn.Module) -> bool:
@@ -31,6 +33,13 @@ def sites(model: nn.Module) -> dict:
 
 def _mix(attn):
     return lambda q, k, v, heads=None: attn.mix(q, k, v, hooks=False, heads=heads)
+
+
+def _stages(attn) -> Stages | None:
+    """The head function in stages when the model's attention exposes them (``project``, ``attend``, ``weigh``)."""
+    if not all(callable(getattr(attn, f, None)) for f in ("project", "attend", "weigh")):
+        return None
+    return Stages(attn.project, attn.attend, attn.weigh)
 
 
 def graph(model: nn.Module):
@@ -56,6 +65,7 @@ def graph(model: nn.Module):
         mix=[_mix(b.attn) for b in blocks],
         head_out=[b.attn.head_outputs for b in blocks],
         subsets=True,
+        stages=[_stages(b.attn) for b in blocks],
         head_sum=[(lambda W: lambda z: z.reshape(*z.shape[:2], -1) @ W.T)(b.attn.o_proj.weight) for b in blocks],
         mlp_fn=[b.mlp_fn if b.has_mlp else None for b in blocks],
         out_fn=lambda r: model.unembed(model.ln_final(r)),
