@@ -4,7 +4,8 @@ Rows (docs/patching.md, "Benchmark"):
 
 * ``induction``: every single-edge effect of the zoo's ``induction-attn2l`` (106 edges, 64 pairs),
   by the library's all-edge call ``patch.discovery.single_edge_effects`` (the fast exact evaluator,
-  ``innerprobe.patch.fast``, in chunks of rows from the memory budget, the metric taken per chunk)
+  ``innerprobe.patch.fast``, in chunks of rows from the memory budget per receiving layer, the
+  metric ``lm_loss`` taken once per chunk: ``stacked_metric=True``)
   against one hooked forward per edge; best of ``--repeats`` runs, the two methods alternating.
 * ``gpt2``: a GPT-2-small-shaped TransformerLens ``HookedTransformer`` built from a config (12
   layers, 12 heads, d_model 768, d_mlp 3072, vocab 1000, random weights, ``--seed``), ``--pairs``
@@ -397,7 +398,7 @@ def induction_row(args) -> dict:
     best_f = best_l = float("inf")
     for _ in range(args.repeats):
         t0 = time.process_time()
-        ef = single_edge_effects(graph, runs, loss, memory_budget=args.memory_budget)
+        ef = single_edge_effects(graph, runs, loss, memory_budget=args.memory_budget, stacked_metric=True)
         tf = time.process_time() - t0
         tl_, el = induction_loop(model, graph, runs, loss, xr.tokens)
         best_f, best_l = min(best_f, tf), min(best_l, tl_)
@@ -415,7 +416,10 @@ def induction_row(args) -> dict:
         "max_abs_diff": diff,
         "seed": args.seed,
         "memory_budget": args.memory_budget,
-        "chunk_rows": rows_for_budget(graph, runs, parse_bytes(args.memory_budget, runs.clean["out"].device)),
+        "chunk_rows": [
+            rows_for_budget(graph, runs, parse_bytes(args.memory_budget, runs.clean["out"].device), receiver=g)
+            for g in range(1, len(graph.groups))
+        ],
     }
 
 

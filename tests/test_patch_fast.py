@@ -495,3 +495,26 @@ def test_head_subsets_equal_the_full_group(make):
         torch.testing.assert_close(
             grp.fn(same, [grp.nodes[1]])[0], grp.fn({k: r.clone() for k in slots})[1], rtol=1e-5, atol=1e-6
         )
+
+
+def test_single_edge_effects_per_receiver_chunks_and_stacked_metric():
+    """Chunks sized per receiving group (later groups: more rows), equal results; one metric call
+    per chunk (stacked_metric) for a metric that takes the hypothesis axis equals one per row."""
+    from innerprobe.patch.metrics import lm_loss
+
+    torch.manual_seed(0)
+    model = build_transformer({"n_layers": 2, "n_heads": 2, "d_model": 16, "d_head": 4, "vocab": 11, "n_ctx": 8})
+    graph = build_graph(model)
+    g = torch.Generator().manual_seed(1)
+    x_r, x_c = (torch.randint(0, 11, (3, 6), generator=g) for _ in range(2))
+    runs = prepare(graph, x_r, x_c)
+    budget = 2_000_000
+    rows = [fast.rows_for_budget(graph, runs, budget, receiver=i) for i in range(1, len(graph.groups))]
+    assert rows == sorted(rows) and rows[-1] > rows[0] >= fast.rows_for_budget(graph, runs, budget)
+    ref = evaluate_edges(graph, runs, single_edge_masks(graph), method="reference")
+    mixing = lambda o: o[:, -1, 0] - o[:, -1, 0].mean() + o[:, 0, 0].mean()  # per [B, ...] only
+    for metric, stacked in ((lm_loss(x_r), True), (lm_loss(x_r), False), (mixing, False)):
+        want = torch.stack([metric(o).mean() for o in ref]) - metric(runs.clean["out"]).mean()
+        for kw in ({"memory_budget": budget}, {"chunk": 3}):
+            got = single_edge_effects(graph, runs, metric, stacked_metric=stacked, **kw)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

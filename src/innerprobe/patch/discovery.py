@@ -25,34 +25,56 @@ from .eap import eap_scores
 from .path import Runs, evaluate_edges
 
 
-def mean_metric(out: torch.Tensor, metric: Callable) -> torch.Tensor:
-    """[K] mean over examples of a per-example metric applied to stacked outputs [K, B, ...]."""
+def mean_metric(out: torch.Tensor, metric: Callable, *, stacked: bool = False) -> torch.Tensor:
+    """[K] mean over examples of a per-example metric applied to stacked outputs [K, B, ...].
+    ``stacked``: the metric takes the hypothesis axis itself (``metric(out)`` -> [K, B], as the
+    metrics of :mod:`innerprobe.patch.metrics` do), one call instead of K."""
     with torch.no_grad():
+        if stacked:
+            return metric(out).mean(1)
         return torch.stack([metric(o).mean() for o in out])
 
 
 def single_edge_effects(
-    graph: Graph, runs: Runs, metric: Callable, *, chunk: int | None = None, memory_budget=None, progress: bool = False
+    graph: Graph,
+    runs: Runs,
+    metric: Callable,
+    *,
+    chunk: int | None = None,
+    memory_budget=None,
+    progress: bool = False,
+    stacked_metric: bool = False,
 ) -> torch.Tensor:
     """[E] mean metric with edge e patched to x_c minus the mean metric on x_r (exact).
 
-    Edges go in chunks of mask rows (``chunk``, or as many as fit in ``memory_budget``; see
-    :func:`innerprobe.patch.fast.rows_for_budget`), in topological order of their receivers, so a
-    chunk reuses the clean run up to its receivers and recomputes only what they change."""
+    Edges go in chunks of mask rows, in topological order of their receivers, one receiving group
+    at a time (``chunk`` rows, or as many as fit in ``memory_budget`` for that group: see
+    :func:`innerprobe.patch.fast.rows_for_budget` with ``receiver``, so edges into late layers
+    go in larger chunks), so a chunk reuses the clean run up to its receivers and recomputes only
+    what they change. ``stacked_metric=True`` says the metric takes the hypothesis axis itself
+    (outputs [K, B, ...] -> [K, B], as :func:`innerprobe.patch.metrics.lm_loss` and ``label_loss``
+    do): one call per chunk instead of one per row (not detected: a metric that mixes examples
+    could pass any check on some rows and differ on others)."""
     E = len(graph.edges)
     with torch.no_grad():
         base = metric(runs.clean["out"]).mean()
     effects = torch.zeros(E)
     pos = {n: k for k, n in enumerate(graph.order)}
+    gindex = {n: i for i, g in enumerate(graph.groups) for n in g.nodes}
     order = sorted(range(E), key=lambda i: pos[graph.edges[i].dst])
-    step = chunk or fast.rows_for_budget(graph, runs, fast.parse_bytes(memory_budget, runs.clean["out"].device))
-    batches = [order[s : s + step] for s in range(0, E, step)]
+    budget = fast.parse_bytes(memory_budget, runs.clean["out"].device)
+    by_group: dict = {}
+    for i in order:
+        by_group.setdefault(gindex[graph.edges[i].dst], []).append(i)
+    batches = []
+    for gi, idx in by_group.items():
+        step = chunk or fast.rows_for_budget(graph, runs, budget, receiver=gi)
+        batches += [idx[s : s + step] for s in range(0, len(idx), step)]
     for idx in track(batches, "single-edge effects", enable=None if progress else False):
         masks = torch.ones(len(idx), E)
         masks[torch.arange(len(idx)), torch.tensor(idx)] = 0
-        effects[idx] = (
-            mean_metric(evaluate_edges(graph, runs, masks, memory_budget=memory_budget), metric) - base
-        ).cpu()
+        out = evaluate_edges(graph, runs, masks, chunk=len(idx))
+        effects[idx] = (mean_metric(out, metric, stacked=stacked_metric) - base).cpu()
     return effects
 
 

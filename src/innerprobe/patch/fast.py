@@ -247,35 +247,49 @@ def fast_evaluate(
     return res
 
 
-def rows_for_budget(graph: Graph, runs, budget: int) -> int:
+def rows_for_budget(graph: Graph, runs, budget: int, *, receiver: int | None = None) -> int:
     """How many mask rows fit in ``budget`` bytes: a row holds, at the widest group, its slot
     inputs, outputs and the family's internals (taken as twice the inputs), plus the residual
-    deltas; each of those is B examples. The bytes per row are computed once per (graph, runs)."""
-    per_row = _cached(_ROW_BYTES, runs, lambda: _row_bytes(graph, runs))
-    return max(1, int(budget // max(per_row, 1)))
+    deltas; each of those is B examples. With ``receiver`` (a group index: every row patches one
+    edge into that group, as in a single-edge sweep) only that group and the ones after it count,
+    the receiving group with one member per row when it computes head subsets. The bytes per row
+    are computed once per (graph, runs)."""
+    full, one, extra = _cached(_ROW_BYTES, runs, lambda: _group_bytes(graph, runs))
+    if receiver is None:
+        per_row = max(full, default=0)
+    else:
+        per_row = max([one[receiver], *full[receiver + 1 :]])
+    return max(1, int(budget // max(per_row + extra, 1)))
 
 
 _ROW_BYTES: dict = {}
 
 
-def _row_bytes(graph: Graph, runs) -> int:
+def _group_bytes(graph: Graph, runs) -> tuple[list, list, int]:
+    """Bytes per row of each group (all members; one member where it computes subsets) and of the
+    residual deltas."""
 
     def numel(t):
         return t.numel() * t.element_size()
 
-    widest = 0
+    full, one = [], []
     for g in graph.groups:
         if g.kind == "input":
+            full.append(0)
+            one.append(0)
             continue
-        ins = sum(
-            numel(runs.clean[graph.edges[graph.incoming[(n, s)][0]].src])
+        ins = [
+            sum(
+                numel(runs.clean[graph.edges[graph.incoming[(n, s)][0]].src])
+                for s in graph.nodes[n].slots
+                if graph.incoming[(n, s)]
+            )
             for n in g.nodes
-            for s in graph.nodes[n].slots
-            if graph.incoming[(n, s)]
-        )
-        outs = sum(numel(runs.clean[n]) for n in g.nodes)
-        widest = max(widest, 3 * ins + 2 * outs)
-    return widest + 4 * max(numel(v) for v in runs.clean.values())
+        ]
+        outs = [numel(runs.clean[n]) for n in g.nodes]
+        full.append(3 * sum(ins) + 2 * sum(outs))
+        one.append(max(3 * i + 2 * o for i, o in zip(ins, outs)) if g.subsets else full[-1])
+    return full, one, 4 * max(numel(v) for v in runs.clean.values())
 
 
 def _bits(changed: torch.Tensor) -> list[int]:
