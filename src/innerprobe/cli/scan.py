@@ -59,7 +59,8 @@ def _echo(res, model: str, err: bool):
     for why in d.get("out_of_domain", []):
         typer.echo(f"  outside what the scan was calibrated on, no class named: {why}", err=err)
     for st, info in d["stages"].items():
-        typer.echo(f"  {st}: top class {info['top']} (robust z {info['score']:.2f}), {info['seconds']:.1f} s", err=err)
+        stat = info.get("statistic", "score")
+        typer.echo(f"  {st}: top class {info['top']} ({stat} {info['score']:.2f}), {info['seconds']:.1f} s", err=err)
     typer.echo(f"  {d['seconds']:.1f} s in all. Validated on: {d['validated_on']}", err=err)
 
 

@@ -246,7 +246,7 @@ def _stage(st, model, x, shape, C, lo, hi, o, seed, feats, arrays, info) -> np.n
         r = screen(model, x, sites=o["sites"], samples=o["samples"], sigmas=o["sigmas"], seed=seed)
         feats.update(hist_z=r["hist_z"], sink_z=r["sink_z"])
         arrays["hist_share"] = r["hist_share"]
-        info[st] = {"sites": r["sites"]}
+        info[st] = {"sites": r["sites"], "statistic": "hist_z"}
         return r["hist_z"]
     if st == "triggers":
         r = triggers(
@@ -265,13 +265,13 @@ def _stage(st, model, x, shape, C, lo, hi, o, seed, feats, arrays, info) -> np.n
         feats["mm_z"], arrays["mm_images"], arrays["mm_margin"] = r["mm_z"], r["images"].numpy(), r["margin"]
         if "local_margin" in r:  # with clean inputs: the local maximum margin around them (docs/scan.md)
             feats["mm_local_z"], arrays["mm_local_margin"] = r["z"], r["local_margin"]
-        info[st] = {"p_value": r["p_value"]}
+        info[st] = {"p_value": r["p_value"], "statistic": "mm_local_z" if "local_margin" in r else "mm_z"}
         return r["z"]
     r = cleanse(model, x[: o["n_cleanse"]], C, lo=lo, hi=hi, steps=o["steps"], seed=seed)
     feats.update(nc_z=r["z"], nc_gap=r["gap"], natural=r["natural"])
     arrays.update(nc_l1=r["l1"], nc_mask=r["mask"].numpy(), nc_pattern=r["pattern"].numpy())
-    info[st] = {}
-    return r["z"]
+    info[st] = {"statistic": "nc_gap"}
+    return r["gap"]  # the statistic the verdict reads
 
 
 #: the share of the classes a balanced model would show on the clean inputs that the model must predict
