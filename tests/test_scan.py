@@ -242,3 +242,16 @@ def test_outside_the_calibrated_domain_nothing_is_named_unless_the_user_sets_a_t
     r5 = scan(bd, x)  # the toy has 5 classes; the shipped calibration was fitted on 10-class models
     assert r5.data["suspect"] is None and any("5 classes" in w for w in r5.data["out_of_domain"])
     assert scan(bd, x, threshold=0.0).data["suspect"] == TARGET  # an explicit threshold is the user's call
+
+
+def test_non_finite_logits_are_refused_by_name(models):
+    """A model whose logits turn NaN inside the input range gives a one-line error, not a NaN probability."""
+    _, _, x = models
+
+    class Nanny(nn.Module):
+        def forward(self, z):
+            out = z.flatten(1)[:, :C] * 1.0
+            return torch.where(z.flatten(1)[:, :1] > 0.9, torch.full_like(out, float("nan")), out)
+
+    with pytest.raises(ConfigError, match="non-finite"):
+        scan(Nanny(), x, method="triggers")

@@ -110,8 +110,7 @@ def load_safetensors_into(model: nn.Module, weights: str | Path) -> nn.Module:
     if wpath.suffix != ".safetensors":
         raise ModelError(
             f"weights file {wpath} is not .safetensors; innerprobe never unpickles weights",
-            hint="convert it once with: from safetensors.torch import save_file; save_file(torch.load(f, "
-            "weights_only=True), 'w.safetensors')",
+            hint="convert it once: safetensors.torch.save_file(torch.load(f, weights_only=True), 'w.safetensors')",
         )
     if not _is(wpath.is_file):
         raise ModelError(f"weights file {wpath} does not exist")

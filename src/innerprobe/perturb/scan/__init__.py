@@ -221,6 +221,12 @@ def evidence(
     for st in stages:
         t0 = time.perf_counter()
         z = _stage(st, model, x, shape, C, lo, hi, o, seed, feats, arrays, info)
+        bad = sorted(k for k, v in feats.items() if not np.all(np.isfinite(np.asarray(v, float))))
+        if bad:
+            raise ConfigError(
+                f"the scan's {st} stage gave non-finite class statistics ({', '.join(bad)})",
+                hint="check that the model's logits are finite on the inputs and on the input range given",
+            )
         info[st].update(top=int(np.argmax(z)), score=float(np.max(z)), seconds=time.perf_counter() - t0)
     config = {
         **o,

@@ -90,7 +90,7 @@ def anomaly_index(l1: np.ndarray) -> np.ndarray:
 
 
 def log_gap(l1: np.ndarray) -> np.ndarray:
-    """Per class ``log(median_k L1_k / L1_c)``: > 0 for a trigger smaller than the median class's (L1 floored at 1e-6)."""
+    """Per class ``log(median_k L1_k / L1_c)``: > 0 for a trigger smaller than the median class's (L1 >= 1e-6)."""
     lg = np.log(np.maximum(np.asarray(l1, float), 1e-6))
     return np.median(lg) - lg
 

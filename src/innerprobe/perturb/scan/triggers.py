@@ -130,7 +130,7 @@ def gamma_pvalue(margins: np.ndarray) -> float:
 
     r = np.sort(np.maximum(np.asarray(margins, float), 1e-6))
     null = r[:-1]
-    if len(null) < 3 or np.ptp(null) <= 0:
+    if len(null) < 3 or not np.all(np.isfinite(r)) or np.ptp(null) <= 0:  # the scan refuses non-finite margins
         return float("nan")
     a, loc, scale = stats.gamma.fit(null, floc=0.0)
     return float(1.0 - stats.gamma.cdf(r[-1], a, loc=loc, scale=scale) ** len(null))
