@@ -166,6 +166,19 @@ def load_inputs(
     return _select(inp, n, indices)
 
 
+def dataset_of(source: str | None, spec: ModelSpec) -> str | None:
+    """The embedded dataset the inputs come from (``'digits'``, ...): a dataset name, or a zoo recipe's; else None."""
+    from .. import zoo
+
+    if source in DATASETS:
+        return source
+    if source is not None and Path(source).suffix in SUFFIXES:
+        return None
+    s = spec if source is None else parse_model(source)
+    recipe = zoo.RECIPES.get(s.name) if s.zoo else None
+    return getattr(recipe, "dataset", None) if getattr(recipe, "dataset", None) in DATASETS else None
+
+
 def _dataset_inputs(source: str | None, spec: ModelSpec, split: str, what: str) -> Inputs:
     from .. import zoo
 

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import ConfigError
-from .inputs import for_model, load_inputs
+from .inputs import dataset_of, for_model, load_inputs
 from .spec import parse_model
 
 METHOD_HELP = (
@@ -56,6 +56,13 @@ def _echo(res, model: str, err: bool):
         f"{', '.join(d['agree']) or 'none'}",
         err=err,
     )
+    ref = d.get("reference")
+    typer.echo(
+        f"  class reference: {ref} (each class read against clean models of that family)"
+        if ref
+        else "  class reference: none (classes compared only with the model's own other classes)",
+        err=err,
+    )
     for why in d.get("out_of_domain", []):
         typer.echo(f"  outside what the scan was calibrated on, no class named: {why}", err=err)
     for st, info in d["stages"].items():
@@ -91,6 +98,21 @@ def _section(res, out: Path, model: str):
             f, "per class: the maximum-margin input (top) and the smallest trigger m*p (bottom, with clean inputs)"
         )
     sec.save(out)
+
+
+def _reference(text: str, data, spec, net) -> str | None:
+    """``--reference``: ``auto`` names the family of the inputs' embedded dataset when the calibration has it."""
+    from ..perturb.scan import reference as R
+    from ..perturb.scan.verdict import load_calibration
+
+    if text == "none":
+        return None
+    if text != "auto":
+        R.lookup(load_calibration(), text)  # an unknown name is refused here, in one line
+        return text
+    ds = dataset_of(data, spec)
+    name = None if ds is None else R.name_for(ds, net)
+    return name if name in load_calibration().get("references", {}) else None
 
 
 def register(app: typer.Typer) -> None:
@@ -129,6 +151,13 @@ def register(app: typer.Typer) -> None:
             help="P(backdoored) at or above which a class may be named "
             "(default: the calibrated threshold, 0.8 for --method full)",
         ),
+        reference: str = typer.Option(
+            "auto",
+            "--reference",
+            help="class reference of clean models of the model's family (docs/scan.md): auto (default: the "
+            "family of --data digits / fashion-mnist or a zoo model's dataset, and mlp or cnn; none for other "
+            "data), none, or a name such as digits-cnn",
+        ),
         seed: int = typer.Option(0, "--seed", help="seed of the noise and the random starts"),
         out: Optional[Path] = typer.Option(
             None, "--out", "-o", help="write scan.json, scan.npz, scan_triggers.png and section.json here"
@@ -148,6 +177,7 @@ def register(app: typer.Typer) -> None:
         spec = parse_model(model)
         net = spec.load(weights)
         x, names = _inputs(data, spec, net, inputs, dims)
+        ref = _reference(reference, data, spec, net)
         res = run_scan(
             net,
             x,
@@ -158,6 +188,7 @@ def register(app: typer.Typer) -> None:
             restarts=restarts,
             steps=steps,
             threshold=threshold,
+            reference=ref,
             seed=seed,
             class_names=names,
             model_name=model,

@@ -28,6 +28,7 @@ import numpy as np
 from ..core.stats import proportion, t_interval
 from ..errors import ConfigError
 from ..perturb.scan import METHODS, evidence
+from ..perturb.scan import reference as R
 from ..perturb.scan import verdict as V
 from ..report.sections import Section
 from ..results import Result, provenance, row
@@ -40,6 +41,8 @@ N_INPUTS = 64
 #: per stage, the version of its cached records: bump one when that stage's code changes, and only that stage's
 #: records are recomputed (screen 1 is the first round's; triggers / cleanse 2 are this round's)
 STAGE_VERSIONS = {"screen": 1, "triggers": 2, "cleanse": 2}
+#: the scan a user gets on a model of a known family (the CLI's --reference auto with --data digits / fashion-mnist)
+DEFAULT = V.calibration_key("full", True)
 #: the scan method that runs one stage alone
 STAGE_METHOD = {"screen": "apex", "triggers": "triggers", "cleanse": "cleanse"}
 
@@ -155,6 +158,51 @@ def _fit_rows(recs):
     return [{**r["features"], "target": r["target"]} for r in recs]
 
 
+# ----------------------------------------------------------------------------- class references (docs/scan.md)
+
+#: the per-class statistics a class reference holds
+REF_FEATURES = ("nc_gap", "mm_local_z", "mm_z", "hist_z", "sink_z")
+
+
+def _family(rec: dict) -> str:
+    return bs.reference_name(rec["recipe"])
+
+
+def references(recs: list[dict]) -> dict:
+    """One class reference per model family (``'digits-cnn'``, ...) from the clean records among ``recs``."""
+    out = {}
+    for fam in sorted({_family(r) for r in recs}):
+        clean = [r["features"] for r in recs if r["target"] is None and _family(r) == fam]
+        if clean:
+            out[fam] = R.fit(clean, REF_FEATURES)
+    return out
+
+
+def _read_against(rec: dict, ref: dict) -> dict:
+    rel = {k: v.tolist() for k, v in R.relative(rec["features"], ref).items()}
+    return {**rec, "features": {**rec["features"], **rel}}
+
+
+def with_reference(recs: list[dict], refs: dict) -> list[dict]:
+    """Records with their features also read against their family's reference (``refs`` from :func:`references`)."""
+    missing = sorted({_family(r) for r in recs} - set(refs))
+    if missing:
+        raise ConfigError(f"no class reference for {', '.join(missing)}", hint="refit with write_calibration()")
+    return [_read_against(r, refs[_family(r)]) for r in recs]
+
+
+def _leave_seed_out_reference(recs: list[dict], pool: list[dict]) -> list[dict]:
+    """``recs`` read against references fitted on ``pool``'s clean records of other seeds (no model sees itself)."""
+    refs, out = {}, []
+    for r in recs:
+        k = (_family(r), r["seed"])
+        if k not in refs:
+            clean = [p["features"] for p in pool if p["target"] is None and _family(p) == k[0] and p["seed"] != k[1]]
+            refs[k] = R.fit(clean, REF_FEATURES)
+        out.append(_read_against(r, refs[k]))
+    return out
+
+
 # ----------------------------------------------------------------------------- calibration (dev only)
 
 
@@ -169,18 +217,18 @@ def calibrate(dev: list[dict]) -> dict:
     leave-one-seed-out on the same tuning records; a stage alone keeps P >= 0.5 and no agreement rule.
     """
     dev = [r for r in dev if effective(r)]
-    rows = _fit_rows(dev)
     n_bd = sum(r["target"] is not None for r in dev)
+    fitted_on = f"backdoor eval set, tuning splits {_tuning_name()}: {n_bd} backdoored + {len(dev) - n_bd} clean models"
     cal = {}
-    for method, names in V.FEATURES.items():
-        c = V.fit(rows, names)
-        rule = choose_rule(leave_one_seed_out(dev, method)) if method == "full" else {"threshold": 0.5, "min_agree": 1}
-        c.update(
-            **rule,
-            fitted_on=f"backdoor eval set, tuning splits {_tuning_name()}: {n_bd} backdoored + {len(dev) - n_bd} "
-            "clean models",
-        )
-        cal[method] = c
+    for ref in (False, True):
+        rows = _fit_rows(_leave_seed_out_reference(dev, dev) if ref else dev)
+        for method in V.FEATURES:
+            c = V.fit(rows, V.reference_features(method) if ref else V.FEATURES[method])
+            full = method == "full"
+            rule = choose_rule(leave_one_seed_out(dev, method, reference=ref)) if full else {"threshold": 0.5}
+            c.update({"min_agree": 1, **rule, "fitted_on": fitted_on})
+            cal[V.calibration_key(method, ref)] = c
+    cal["references"] = references(dev)
     return cal
 
 
@@ -222,16 +270,23 @@ def domain() -> dict:
     return {"num_classes": classes.pop(), "min_coverage": min(cover), "max_share": max(share), "n_inputs": N_INPUTS}
 
 
+def _methods(cal: dict) -> list[str]:
+    """The calibration's method entries (``'full'``, ``'full+reference'``, ...), not its ``references``."""
+    return [k for k in cal if k != "references"]
+
+
 def write_calibration(path: Path | None = None, cached_only: bool = False) -> Path:
     """Refit the shipped calibration from the tuning splits and record the held-out rates it was validated with."""
     dev = [record(m) for sp in bs.TUNING_SPLITS for m in bs.members(sp)]
     cal = calibrate(dev)
     dom = domain()
-    for c in cal.values():
-        c["domain"] = dom
+    for key in _methods(cal):
+        cal[key]["domain"] = dom
     held = [r for r in (record(m, compute=not cached_only) for m in bs.members("held-out")) if r is not None]
-    for method, c in cal.items():
-        s = summary([r for r in held if effective(r)], c, method)
+    held = with_reference([r for r in held if effective(r)], cal["references"])
+    for key in _methods(cal):
+        c, method = cal[key], key.split("+")[0]
+        s = summary(held, c, method)
         c["validated_on"] = (
             f"held-out split (seeds {bs.seed_range('held-out')}) of the backdoor eval set ({s['n_bd']} backdoored + "
             f"{s['n_clean']} clean small digits / Fashion-MNIST MLPs and CNNs, 4 trigger families): right class named "
@@ -245,20 +300,26 @@ def write_calibration(path: Path | None = None, cached_only: bool = False) -> Pa
 # ----------------------------------------------------------------------------- evaluation
 
 
-def leave_one_seed_out(recs: list[dict], method: str = "full", names=None) -> list[dict]:
+def leave_one_seed_out(recs: list[dict], method: str = "full", names=None, reference: bool = False) -> list[dict]:
     """Decisions for every record with the calibration refitted without its seed (its twin left out too).
 
     How the verdict was chosen (docs/scan.md): run on the tuning records only; each decision has the
     probability ``p``, the ``top`` class and the number of agreeing stages ``n_agree``. ``names``: the
-    features (default: the method's, :data:`~innerprobe.perturb.scan.verdict.FEATURES`).
+    features (default: the method's, :data:`~innerprobe.perturb.scan.verdict.FEATURES`). ``reference``:
+    read the features against class references, fitted inside each fold (every record against clean
+    models of other seeds only); implied by feature names with the ``_ref`` suffix.
     """
     recs = [r for r in recs if effective(r)]
-    names = tuple(names or V.FEATURES[method])
+    reference = reference or any(n.endswith(R.SUFFIX) for n in names or ())
+    names = tuple(names or (V.reference_features(method) if reference else V.FEATURES[method]))
     out = []
     for seed in sorted({r["seed"] for r in recs}):
-        cal = V.fit(_fit_rows([r for r in recs if r["seed"] != seed]), names)
+        train, test = [r for r in recs if r["seed"] != seed], [r for r in recs if r["seed"] == seed]
+        if reference:
+            train, test = _leave_seed_out_reference(train, train), _leave_seed_out_reference(test, train)
+        cal = V.fit(_fit_rows(train), names)
         cal.update(threshold=0.0, min_agree=0)
-        out += decisions([r for r in recs if r["seed"] == seed], cal, method, names)
+        out += decisions(test, cal, method, names)
     return out
 
 
@@ -271,6 +332,11 @@ CANDIDATES = {
     "cleanse + local margin + APEX histogram + sink": ("nc_gap", "mm_local_z", "hist_z", "sink_z"),
     "all": ("nc_gap", "nc_z", "natural", "mm_local_z", "mm_z", "hist_z", "sink_z"),
     "first round (anomaly index, MM-BD, APEX)": ("mm_z", "nc_z", "natural", "hist_z", "sink_z"),
+    "reference: cleanse": ("nc_gap_ref",),
+    "reference: cleanse + local margin": ("nc_gap_ref", "mm_local_z_ref"),
+    "reference: cleanse, own-class local margin": ("nc_gap_ref", "mm_local_z"),
+    "reference: cleanse + local margin + MM-BD margin": ("nc_gap_ref", "mm_local_z_ref", "mm_z_ref"),
+    "reference: cleanse + local margin + APEX histogram": ("nc_gap_ref", "mm_local_z_ref", "hist_z_ref"),
 }
 
 
@@ -439,16 +505,23 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False, cached_only: bo
     held = [r for r in recs if r["split"] == "held-out" and effective(r)]
     failed = [r["key"] for r in recs if not effective(r)]
     cal = calibrate(dev) if dev else V.load_calibration()
-    rows, table, dev_table = [], [], []
+    rows, table, dev_table, full = [], [], [], {}
     tuned = [r for r in dev if effective(r)]
-    for method in METHODS:
-        s = summary(held, cal[method], method)
-        rows += _rows(s, method, "held-out")
-        table.append(_table_row(method, s))
-        if tuned:
-            sd = summary(tuned, cal[method], method)
-            rows += _rows(sd, method, "tuning (in-sample)")
-            dev_table.append(_table_row(method, sd))
+    read = {
+        False: (held, tuned),
+        True: (with_reference(held, cal["references"]), _leave_seed_out_reference(tuned, tuned)),
+    }
+    for ref in (True, False):
+        for method in METHODS:
+            key, (h, t) = V.calibration_key(method, ref), read[ref]
+            s = summary(h, cal[key], method)
+            full[key] = s
+            rows += _rows(s, key, "held-out")
+            table.append(_table_row(key, s))
+            if t:
+                sd = summary(t, cal[key], method)
+                rows += _rows(sd, key, "tuning (in-sample)")
+                dev_table.append(_table_row(key, sd))
     obs = observable(held)
     if obs["n"] > 1:
         gm = t_interval(obs["log_ratio"])
@@ -462,7 +535,7 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False, cached_only: bo
             condition={"noise": "input", "sigma_rel": 64, "split": "held-out"},
         )
     )
-    sec = _section(table, obs, held, failed, cal, quick, s_full=summary(held, cal["full"], "full"), dev_table=dev_table)
+    sec = _section(table, obs, held, failed, quick, full, dev_table=dev_table)
     if missing:
         sec.paragraphs.append(
             f"Not evaluated (no cached record; cached_only run): {len(missing)} members: {', '.join(missing)}."
@@ -478,7 +551,7 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False, cached_only: bo
             "n_dev": sum(effective(r) for r in dev),
             "seconds": time.perf_counter() - t0,
         },
-        tables={"held_out": summary(held, cal["full"], "full")["decisions"]},
+        tables={"held_out": full[DEFAULT]["decisions"], "held_out_no_reference": full["full"]["decisions"]},
         provenance=provenance(seed=0, model="backdoor eval set", config={"quick": quick, "n_inputs": N_INPUTS}),
     )
     res.save(out / "summary.json")
@@ -501,11 +574,10 @@ def _table_row(method: str, s: dict) -> list:
     ]
 
 
-def _section(table, obs, held, failed, cal, quick, s_full, dev_table=()) -> Section:
-    stage_rows = [r for r in table if r[0] != "full" and r[4] != "n/a"]
+def _section(table, obs, held, failed, quick, full, dev_table=()) -> Section:
+    stage_rows = [r for r in table if not r[0].startswith("full") and r[4] != "n/a"]
     best = max(stage_rows, key=lambda r: r[4]) if stage_rows else None
-    full = next(r for r in table if r[0] == "full")
-    per_family = _breakdown(s_full, "family")
+    default, plain = (next(r for r in table if r[0] == k) for k in (DEFAULT, "full"))
     lr = float(np.mean(obs["log_ratio"])) if obs["n"] else None
     share = (
         ""
@@ -516,17 +588,21 @@ def _section(table, obs, held, failed, cal, quick, s_full, dev_table=()) -> Sect
         "Backdoor eval set (innerprobe.zoo.backdoor_set): eight small architectures (digits MLPs ReLU/GELU/tanh, "
         "digits CNNs max-pool/avg-pool/tanh, a Fashion-MNIST MLP and CNN), four trigger families (corner patch, "
         "single pixel, blended random pattern, label-consistent), seeded targets and 1-10% poisoning, each backdoored "
-        "model with a clean twin of the same architecture and seed. Calibration and thresholds were fitted on the "
-        f"tuning splits {_tuning_name()} only"
+        "model with a clean twin of the same architecture and seed. Calibration, class references and thresholds were "
+        f"fitted on the tuning splits {_tuning_name()} only"
         + (" (quick mode: the shipped calibration, four models)" if quick else "")
-        + f"; the first table is on {len(held)} held-out models (seeds {bs.seed_range('held-out')}, never tuned on).",
+        + f"; the first table is on {len(held)} held-out models (seeds {bs.seed_range('held-out')}, never tuned on). "
+        f"'{DEFAULT}' is the default scan of a model of a known family (innerprobe scan --data digits or "
+        "fashion-mnist): each class is read against how it looks in clean models of that family; 'full' is the scan "
+        "without a reference (a model of another family).",
         "The paper's observable (input noise, 64 x RMS): the target is the top large-noise class in "
         f"{obs['rank1']}/{obs['n']} held-out backdoored models{share}"
         + "; used as a detector on its own it is the 'apex' row.",
         (
             "Which stage does the work: "
             + (f"alone, '{best[0]}' separates backdoored from clean models best (ROC-AUC {best[4]}); " if best else "")
-            + f"the full scan names {full[1]} with false alarms {full[3]}."
+            + f"the default scan names {default[1]} with false alarms {default[3]}; without a class reference "
+            f"{plain[1]} with false alarms {plain[3]}."
         ),
     ] + (
         [f"Excluded as failed attacks (attack success < {MIN_ATTACK_SUCCESS}): {', '.join(failed)}."] if failed else []
@@ -537,7 +613,12 @@ def _section(table, obs, held, failed, cal, quick, s_full, dev_table=()) -> Sect
         ["method", "right class named", "wrong class", "false alarms", "ROC-AUC", "cross-entropy", "seconds/model"],
         table,
     )
-    sec.table("Full scan by trigger family (held-out)", ["family", "named", "wrong class", "backdoored"], per_family)
+    for key in (DEFAULT, "full"):
+        sec.table(
+            f"'{key}' by trigger family (held-out)",
+            ["family", "named", "wrong class", "backdoored"],
+            _breakdown(full[key], "family"),
+        )
     if dev_table:
         sec.table(
             "Tuning models (in-sample: the calibration was fitted on them; Clopper-Pearson 95%)",

@@ -32,10 +32,10 @@ from .recipes import RECIPES, Floor, Recipe, Trained, _seed
 from .training import accuracy, fit
 
 VERSION = 2  # 2: label-consistent poisoning blends in other-class images (was uniform noise, attacks failed)
-SPLITS = ("dev", "dev2", "dev3", "held-out")
-REPLICATES = {"dev": (0,), "dev2": (1,), "dev3": (2,), "held-out": (3,)}
+SPLITS = ("dev", "dev2", "dev3", "dev4", "held-out")
+REPLICATES = {"dev": (0,), "dev2": (1,), "dev3": (2,), "dev4": (3,), "held-out": (4,)}
 #: the splits thresholds and calibration are fitted on (everything but held-out)
-TUNING_SPLITS = ("dev", "dev2", "dev3")
+TUNING_SPLITS = ("dev", "dev2", "dev3", "dev4")
 
 
 def seed_range(split: str) -> str:
@@ -174,6 +174,15 @@ def _recipe(name: str) -> SetRecipe:
 
 SET_RECIPES: dict[str, SetRecipe] = {n: _recipe(n) for n in ARCHS}
 RECIPES.update(SET_RECIPES)
+
+
+def reference_name(recipe: str) -> str:
+    """The scan's class-reference family of an eval-set recipe: ``'<dataset>-<mlp|cnn>'`` (docs/scan.md).
+
+    The same name :func:`innerprobe.perturb.scan.reference.name_for` gives the trained model (tested).
+    """
+    dataset, arch, _ = ARCHS[recipe]
+    return f"{dataset}-{arch['arch']}"
 
 
 @dataclass(frozen=True)

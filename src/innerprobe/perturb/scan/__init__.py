@@ -25,6 +25,7 @@ import torch
 from ...core.checks import check_inputs, check_int, check_model, check_seed
 from ...errors import ConfigError, did_you_mean
 from ...results import Result, provenance
+from . import reference as R
 from . import verdict as V
 from .cleanse import cleanse
 from .screen import (
@@ -133,6 +134,7 @@ def scan(
     threshold: float | None = None,
     min_agree: int | None = None,
     calibration: dict | None = None,
+    reference: str | None = None,
     class_names=None,
     model_name: str | None = None,
 ) -> Result:
@@ -145,10 +147,12 @@ def scan(
     ``data``: ``suspect`` (class index or None), ``probability`` (calibrated on the eval set's dev +
     dev2 splits), ``agree`` (stages ranking the top class first), per-stage ``stages`` (top class, top
     score, seconds) and ``seconds``; ``tables['classes']`` one row per class; ``arrays``: the
-    synthesised triggers (``mm_images``, ``nc_mask``, ``nc_pattern``).
+    synthesised triggers (``mm_images``, ``nc_mask``, ``nc_pattern``). ``reference``: the name of a
+    class reference of clean models of the model's family (:mod:`.reference`, e.g. ``'digits-cnn'``);
+    the verdict then reads each class against how that class looks in clean models (docs/scan.md).
     """
     _check(model, x, shape, method, seed)
-    cal = _calibration(calibration, method, x is None)
+    cal, ref = _calibration(calibration, method, x is None, reference)
     ev = evidence(
         model,
         x,
@@ -163,7 +167,10 @@ def scan(
         n_cleanse=n_cleanse,
         seed=seed,
     )
+    if ref is not None:
+        _read_against(ev, ref)
     d = V.decide(ev["features"], cal, threshold=threshold, min_agree=min_agree)
+    d["reference"] = reference
     d["out_of_domain"] = out_of_domain(model, x, ev["classes"], cal)
     if d["out_of_domain"] and threshold is None:
         d["suspect"] = None  # the calibrated probability does not hold here: ranking only, unless the user sets P
@@ -245,6 +252,16 @@ def evidence(
         "seconds": time.perf_counter() - t_all,
         "config": config,
     }
+
+
+def _read_against(ev: dict, ref: dict) -> None:
+    """Add the features read against the class reference; each stage then reports the one the verdict reads."""
+    ev["features"].update(R.relative(ev["features"], ref))
+    for info in ev["stages"].values():
+        name = info.get("statistic", "") + R.SUFFIX
+        if name in ev["features"]:
+            v = np.asarray(ev["features"][name])
+            info.update(statistic=name, top=int(np.argmax(v)), score=float(np.max(v)))
 
 
 def _stage(st, model, x, shape, C, lo, hi, o, seed, feats, arrays, info) -> np.ndarray:
@@ -359,15 +376,17 @@ def _classes(model, x, shape) -> int:
     return int(out.shape[1])
 
 
-def _calibration(calibration, method, data_free):
+def _calibration(calibration, method, data_free, reference=None):
+    """``(method's calibration entry, class reference or None)`` from the calibration file (or ``calibration``)."""
     cal = calibration if calibration is not None else V.load_calibration()
-    key = "triggers" if (method == "full" and data_free) else method
+    ref = R.lookup(cal, reference) if reference is not None else None
+    key = V.calibration_key("triggers" if (method == "full" and data_free) else method, ref is not None)
     if key not in cal:
         raise ConfigError(
             f"the scan calibration has no entry for method {key!r}",
             hint="re-run innerprobe.studies.apex_backdoor.write_calibration() (tuning splits only)",
         )
-    return cal[key]
+    return cal[key], ref
 
 
 def _result(model, model_name, names, ev, d, cal, method) -> Result:
@@ -385,6 +404,7 @@ def _result(model, model_name, names, ev, d, cal, method) -> Result:
         "stages": ev["stages"],
         "seconds": ev["seconds"],
         "out_of_domain": d["out_of_domain"],
+        "reference": d["reference"],
         "validated_on": cal.get("validated_on", "unknown"),
         "calibration_fitted_on": cal.get("fitted_on", "unknown"),
     }

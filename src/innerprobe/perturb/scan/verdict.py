@@ -49,6 +49,18 @@ STAGE_OF = {
     "hist_z": "screen",
     "sink_z": None,
 }
+#: a feature read against a class reference (:mod:`.reference`) votes for the same stage as the feature itself
+STAGE_OF.update({n + "_ref": st for n, st in list(STAGE_OF.items())})
+
+
+def calibration_key(method: str, reference: bool) -> str:
+    """The calibration entry of a method: ``'full'``, or ``'full+reference'`` when a class reference is used."""
+    return f"{method}+reference" if reference else method
+
+
+def reference_features(method: str) -> tuple[str, ...]:
+    """The features a method reads against a class reference: its own, each with the ``_ref`` suffix."""
+    return tuple(n + "_ref" for n in FEATURES[method])
 
 
 def design(features: dict, names) -> np.ndarray:
