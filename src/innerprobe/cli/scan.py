@@ -13,8 +13,8 @@ from .inputs import dataset_of, for_model, load_inputs
 from .spec import parse_model
 
 METHOD_HELP = (
-    "full (default): smallest-trigger search + local maximum margin (both must agree; the APEX screen runs "
-    "and is reported); apex: the APEX screen alone; triggers: data-free maximum margin alone; "
+    "full (default): smallest-trigger search + local maximum margin, each read against the class reference when "
+    "there is one (both must agree; the APEX screen runs and is reported); apex: the APEX screen alone; triggers: data-free maximum margin alone; "
     "cleanse: smallest trigger alone"
 )
 
@@ -149,7 +149,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--threshold",
             help="P(backdoored) at or above which a class may be named "
-            "(default: the calibrated threshold, 0.8 for --method full)",
+            "(default: the method's calibrated threshold, recorded in scan.json)",
         ),
         reference: str = typer.Option(
             "auto",

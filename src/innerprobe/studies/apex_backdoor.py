@@ -4,8 +4,8 @@ APEX (Ren, Luo, Li 2026, arXiv 2602.03586, claim D): at large activation noise a
 predictions concentrate on its target class. This study measures that observable on the backdoor
 eval set (:mod:`innerprobe.zoo.backdoor_set`) and evaluates the scan (docs/scan.md) the way TrojAI
 does: every threshold and the probability calibration are fitted on the tuning splits only
-(:data:`~innerprobe.zoo.backdoor_set.TUNING_SPLITS`: dev, dev2, dev3, seeds 0-273), and the figures are reported
-separately for the tuning models (in-sample) and for the **held-out** seeds 300-373 (never tuned on):
+(:data:`~innerprobe.zoo.backdoor_set.TUNING_SPLITS`: dev, dev2, dev3, dev4, seeds 0-373), and the figures are
+reported separately for the tuning models (in-sample) and for the **held-out** seeds 400-473 (never tuned on):
 TPR (right class named), wrong-class rate and FPR with Clopper-Pearson intervals, ROC-AUC and cross-entropy
 of the probability, seconds per model;
 for the full scan and for each stage alone (the APEX screen alone is the paper's observable used

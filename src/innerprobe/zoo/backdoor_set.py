@@ -9,10 +9,11 @@ clean twin of the same architecture and seed (same initialisation, same batch or
 
 Replicate 0 of each (architecture, family) cell is the **dev** split (seeds 0-73), replicate 1 the
 **dev2** split (seeds 100-173), replicate 2 the **dev3** split (seeds 200-273), replicate 3 the
-**held-out** split (seeds 300-373; reported only, never tuned on). dev2 and dev3 were each the
-held-out split of an earlier calibration round; once their figures had been looked at they became
-tuning data, and a fresh replicate took their place. Every threshold and the probability calibration
-are fitted on the tuning splits (:data:`TUNING_SPLITS`): 32 backdoored models and 32 clean twins in each.
+**dev4** split (seeds 300-373), replicate 4 the **held-out** split (seeds 400-473; reported only,
+never tuned on). dev2, dev3 and dev4 were each the held-out split of an earlier calibration round;
+once their figures had been looked at they became tuning data, and a fresh replicate took their place.
+Every threshold, the probability calibration and the class references are fitted on the tuning splits
+(:data:`TUNING_SPLITS`): 32 backdoored models and 32 clean twins in each.
 
 >>> from innerprobe.zoo import backdoor_set as bs
 >>> members = bs.members("dev")            # list of Member(recipe, seed, overrides, ...)
@@ -39,7 +40,7 @@ TUNING_SPLITS = ("dev", "dev2", "dev3", "dev4")
 
 
 def seed_range(split: str) -> str:
-    """``'300-373'``: the seeds of one split (for people; computed from :data:`REPLICATES`)."""
+    """``'400-473'``: the seeds of one split (for people; computed from :data:`REPLICATES`)."""
     reps = REPLICATES[split]
     return ", ".join(f"{100 * r}-{100 * r + 10 * (len(ARCHS) - 1) + len(D.TRIGGER_FAMILIES) - 1}" for r in reps)
 
@@ -234,6 +235,24 @@ def members(split: str | None = None) -> list[Member]:
                     out.append(Member(name, seed, part, fam, target, rate, ov))
                     out.append(Member(name, seed, part, "none", None, None, {}))
     return out
+
+
+#: clean models per recipe in the reference pool (:func:`reference_pool`)
+POOL_PER_RECIPE = 8
+
+
+def reference_pool(per_recipe: int = POOL_PER_RECIPE) -> list[Member]:
+    """Clean models of every recipe at seeds 1000+ (in no split): more clean models for the scan's class references.
+
+    A class reference (docs/scan.md) is a per-class mean and variance over clean models of one family;
+    the eval set's clean twins alone give only 4 per Fashion-MNIST family and split, so the pool adds
+    ``per_recipe`` clean models of each architecture. Never backdoored, never scored.
+    """
+    return [
+        Member(name, 1000 + 10 * k + i, "reference", "none", None, None, {})
+        for k in range(int(per_recipe))
+        for i, name in enumerate(ARCHS)
+    ]
 
 
 def load(member: Member, *, train_if_missing: bool = True, progress: bool | None = False):
