@@ -237,24 +237,6 @@ def members(split: str | None = None) -> list[Member]:
     return out
 
 
-#: clean models per recipe in the reference pool (:func:`reference_pool`)
-POOL_PER_RECIPE = 8
-
-
-def reference_pool(per_recipe: int = POOL_PER_RECIPE) -> list[Member]:
-    """Clean models of every recipe at seeds 1000+ (in no split): more clean models for the scan's class references.
-
-    A class reference (docs/scan.md) is a per-class mean and variance over clean models of one family;
-    the eval set's clean twins alone give only 4 per Fashion-MNIST family and split, so the pool adds
-    ``per_recipe`` clean models of each architecture. Never backdoored, never scored.
-    """
-    return [
-        Member(name, 1000 + 10 * k + i, "reference", "none", None, None, {})
-        for k in range(int(per_recipe))
-        for i, name in enumerate(ARCHS)
-    ]
-
-
 def load(member: Member, *, train_if_missing: bool = True, progress: bool | None = False):
     """``(model, card)`` of one member, from the zoo cache (trained and cached if missing)."""
     from . import load as zoo_load
