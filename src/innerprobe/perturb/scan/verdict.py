@@ -1,12 +1,14 @@
 """The backdoor scan's verdict: per-class evidence -> a calibrated probability and a named class (docs/scan.md).
 
 Each stage gives every class a score relative to the model's other classes (a robust z: the null
-is fitted to the model's own classes, so no threshold depends on one architecture's scale). The
+is fitted to the model's own classes, so no threshold depends on one architecture's scale), and,
+with a class reference (:mod:`.reference`), relative to how that class scores in clean models of
+the model's family (features ``*_ref``, each voting for its stage). The
 verdict combines them per class with a logistic model,
 
     s_c = b + sum_f w_f * sign(v) log(1 + |v|),   v = feature_f[c],
 
-fitted on the tuning splits (dev, dev2, dev3) of the backdoor eval set (class rows: is c the target of a
+fitted on the tuning splits (dev ... dev4) of the backdoor eval set (class rows: is c the target of a
 backdoored model?), and turns the top class's score **and its gap over the runner-up** into a
 probability that the model is backdoored with a Platt fit on the tuning models,
 
