@@ -14,7 +14,8 @@ from .spec import parse_model
 
 METHOD_HELP = (
     "full (default): smallest-trigger search + local maximum margin, each read against the class reference when "
-    "there is one (both must agree; the APEX screen runs and is reported); apex: the APEX screen alone; triggers: data-free maximum margin alone; "
+    "there is one (both must agree; the APEX screen runs and is reported); apex: the APEX screen alone; "
+    "triggers: data-free maximum margin alone; "
     "cleanse: smallest trigger alone"
 )
 
