@@ -317,6 +317,8 @@ LONG = "a" * 300
 ISSUE_CASES = {  # id: (argv, substring of the error line)
     # 14.5: out-of-range options refused, never replaced or ignored
     "scan -k 0": (S + ["-k", "0"], "--samples"),
+    "scan --reference unknown": (S + ["--reference", "digits-rnn"], "no class reference"),
+    "scan --reference empty": (S + ["--reference", ""], "no class reference"),
     "patch --ig-steps 0": (H + ["--edges", "--ig-steps", "0"], "--ig-steps"),
     "patch --top -1": (H + ["--edges", "--top", "-1"], "--top"),
     "perturb -o ''": (P + ["-o", ""], "--out is empty"),

@@ -107,8 +107,13 @@ def test_an_unknown_or_mismatched_reference_is_refused_in_one_line(toy):
     with pytest.raises(ConfigError, match="no class reference 'toy-mpl'") as e:
         scan(bd, x, reference="toy-mpl", calibration=cal)
     assert "toy-mlp" in e.value.hint
+    before = {k: v.clone() for k, v in bd.state_dict().items()}
+    bd.train()
     with pytest.raises(ConfigError, match="10 classes, the model 5"):
-        scan(bd, x, reference="digits-mlp")  # a shipped reference of 10-class models
+        scan(bd, x, reference="digits-mlp")  # a shipped reference of 10-class models: refused after the stages ran
+    assert bd.training and all(torch.equal(before[k], v) for k, v in bd.state_dict().items())  # left as it came
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in bd.modules())
+    bd.eval()
 
 
 def test_shipped_calibration_has_a_reference_per_eval_set_family():

@@ -108,12 +108,13 @@ def _reference(text: str, data, spec, net) -> str | None:
 
     if text == "none":
         return None
+    cal = load_calibration()
     if text != "auto":
-        R.lookup(load_calibration(), text)  # an unknown name is refused here, in one line
+        R.lookup(cal, text)  # an unknown name is refused here, in one line
         return text
     ds = dataset_of(data, spec)
     name = None if ds is None else R.name_for(ds, net)
-    return name if name in load_calibration().get("references", {}) else None
+    return name if name in cal.get("references", {}) else None
 
 
 def register(app: typer.Typer) -> None:

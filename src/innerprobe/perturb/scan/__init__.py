@@ -144,8 +144,8 @@ def scan(
     gives one input's shape). ``input_range``: (lo, hi) of valid inputs (default: the range of ``x``,
     else (0, 1)). ``sites``: where the APEX screen's noise enters (a keyword of :data:`SITE_KEYWORDS`
     or a site spec). An option that no running stage reads is refused, never ignored.
-    ``data``: ``suspect`` (class index or None), ``probability`` (calibrated on the eval set's dev +
-    dev2 splits), ``agree`` (stages ranking the top class first), per-stage ``stages`` (top class, top
+    ``data``: ``suspect`` (class index or None), ``probability`` (calibrated on the eval set's tuning
+    splits), ``agree`` (stages ranking the top class first), per-stage ``stages`` (top class, top
     score, seconds) and ``seconds``; ``tables['classes']`` one row per class; ``arrays``: the
     synthesised triggers (``mm_images``, ``nc_mask``, ``nc_pattern``). ``reference``: the name of a
     class reference of clean models of the model's family (:mod:`.reference`, e.g. ``'digits-cnn'``);
