@@ -105,7 +105,7 @@ def test_store_resumes_after_a_killed_run(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
     deadline = time.time() + 120
 
-    def finished():  # a run killed mid-write leaves its '.KEY.PID.tmp.npz'; only renamed files are results
+    def finished():  # a run killed mid-write leaves '.KEY.HOST.PID.tmp.npz'; only renamed files are results
         return [p for p in store.glob("*.npz") if not p.name.startswith(".")]
 
     while time.time() < deadline and len(finished()) < 3:
@@ -128,6 +128,23 @@ def test_store_resumes_after_a_killed_run(tmp_path):
         scale.apex_shard = real
     assert len(calls) == 60 - done and not list(store.glob(".*tmp*"))
     same_result(res, apex(mlp(), data(60), SIGMAS, samples=64, seed=3))
+
+
+def test_store_drops_temp_files_of_dead_writers_only(tmp_path):
+    """A run killed mid-write leaves '.KEY.HOST.PID.tmp.npz'; the next save of that key removes it, a live one stays."""
+    from innerprobe.core import tasks as T
+
+    store, task = T.Store(tmp_path), Task("m:f", {"a": 1})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".{task.key}.{T._HOST}.{dead.pid}.tmp.npz"
+    live = tmp_path / f".{task.key}.{T._HOST}.{os.getppid()}.tmp.npz"
+    other_host = tmp_path / f".{task.key}.elsewhere.{dead.pid}.tmp.npz"
+    for p in (stale, live, other_host):
+        p.write_bytes(b"partial")
+    store.save(task, {"x": np.arange(3)})
+    assert not stale.exists() and live.exists() and other_host.exists()
+    assert store.load(task)["x"].tolist() == [0, 1, 2]
 
 
 def test_a_failing_task_is_reported_and_the_others_kept(tmp_path):

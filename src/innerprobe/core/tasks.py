@@ -21,6 +21,7 @@ import hashlib
 import importlib
 import json
 import os
+import platform
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -119,9 +120,30 @@ class Store:
     def save(self, task: Task, result: dict) -> None:
         arrays = {k: np.asarray(v) for k, v in result.items() if isinstance(v, np.ndarray)}
         meta = {k: v for k, v in result.items() if not isinstance(v, np.ndarray)}
-        tmp = self.folder / f".{task.key}.{os.getpid()}.tmp.npz"
+        tmp = self.folder / f".{task.key}.{_HOST}.{os.getpid()}.tmp.npz"
         np.savez(tmp, **arrays, **{_META: np.array(json.dumps(meta))})
         tmp.replace(self.path(task))
+        self._drop_stale(task)
+
+    def _drop_stale(self, task: Task) -> None:
+        """Remove this key's temp files left by writers on this host that are no longer alive (a killed run)."""
+        for old in self.folder.glob(f".{task.key}.{_HOST}.*.tmp.npz"):
+            pid = old.name[len(f".{task.key}.{_HOST}.") : -len(".tmp.npz")]
+            if pid.isdigit() and not _alive(int(pid)):
+                old.unlink(missing_ok=True)
+
+
+_HOST = "".join(c if c.isalnum() or c == "-" else "_" for c in platform.node()) or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ----------------------------------------------------------------------------- running one task (any process)
