@@ -84,7 +84,8 @@ def toy():
     x = task(64, seed=1, size=10)[0]
     bd, clean = train(True, size=10), train(False, size=10)
     feats = scan(clean, x, threshold=1.0).tables["classes"]
-    ref = R.fit([{n: [row[n] for row in feats] for n in ab.REF_FEATURES}], ab.REF_FEATURES)
+    names = [n for n in ab.REF_FEATURES if n in feats[0]]  # no natural-feature check here: no reference models
+    ref = R.fit([{n: [row[n] for row in feats] for n in names}], names)
     cal = {**V.load_calibration(), "references": {"toy-mlp": ref}}
     return bd, x, cal
 

@@ -13,10 +13,11 @@ from .inputs import dataset_of, for_model, load_inputs
 from .spec import parse_model
 
 METHOD_HELP = (
-    "full (default): smallest-trigger search + local maximum margin, each read against the class reference when "
-    "there is one (both must agree; the APEX screen runs and is reported); apex: the APEX screen alone; "
-    "triggers: data-free maximum margin alone; "
-    "cleanse: smallest trigger alone"
+    "full (default): smallest-trigger search + local maximum margin, with a class reference also the "
+    "natural-feature check (do the triggers flip clean models of the family?); each read against the reference, "
+    "2 stages must agree; the APEX screen runs and is reported. apex: the APEX screen alone; "
+    "triggers: data-free maximum margin alone; cleanse: smallest trigger alone; natural: smallest trigger + "
+    "natural-feature check (needs a reference)"
 )
 
 
@@ -64,6 +65,9 @@ def _echo(res, model: str, err: bool):
         else "  class reference: none (classes compared only with the model's own other classes)",
         err=err,
     )
+    n_models = d["stages"].get("natural", {}).get("reference_models")
+    if n_models:
+        typer.echo(f"  natural-feature check: triggers stamped on {n_models} clean zoo models of {ref}", err=err)
     for why in d.get("out_of_domain", []):
         typer.echo(f"  outside what the scan was calibrated on, no class named: {why}", err=err)
     for st, info in d["stages"].items():
@@ -117,6 +121,20 @@ def _reference(text: str, data, spec, net) -> str | None:
     return name if name in cal.get("references", {}) else None
 
 
+def _reference_models(ref: str | None, method: str, data_free: bool):
+    """The natural-feature check's clean zoo models of the reference family (trained on first use), or None."""
+    from ..zoo import backdoor_set as bs
+
+    if method == "natural" and ref is None:
+        raise ConfigError(
+            "--method natural needs a class reference (its clean models are the ones the triggers are stamped on)",
+            hint="pass --reference digits-cnn (or another family), or --data digits / fashion-mnist with auto",
+        )
+    if ref is None or data_free or method not in ("full", "natural"):
+        return None
+    return bs.reference_models(ref, progress=None)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("scan")
     def scan(
@@ -158,7 +176,8 @@ def register(app: typer.Typer) -> None:
             "--reference",
             help="class reference of clean models of the model's family (docs/scan.md): auto (default: the "
             "family of --data digits / fashion-mnist or a zoo model's dataset, and mlp or cnn; none for other "
-            "data), none, or a name such as digits-cnn",
+            "data), none, or a name such as digits-cnn; with a reference the family's clean zoo models "
+            "(trained on first use) also run the natural-feature check",
         ),
         seed: int = typer.Option(0, "--seed", help="seed of the noise and the random starts"),
         out: Optional[Path] = typer.Option(
@@ -180,6 +199,7 @@ def register(app: typer.Typer) -> None:
         net = spec.load(weights)
         x, names = _inputs(data, spec, net, inputs, dims)
         ref = _reference(reference, data, spec, net)
+        models = _reference_models(ref, method, dims is not None)
         res = run_scan(
             net,
             x,
@@ -191,6 +211,7 @@ def register(app: typer.Typer) -> None:
             steps=steps,
             threshold=threshold,
             reference=ref,
+            reference_models=models,
             seed=seed,
             class_names=names,
             model_name=model,

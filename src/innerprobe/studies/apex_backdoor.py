@@ -4,12 +4,12 @@ APEX (Ren, Luo, Li 2026, arXiv 2602.03586, claim D): at large activation noise a
 predictions concentrate on its target class. This study measures that observable on the backdoor
 eval set (:mod:`innerprobe.zoo.backdoor_set`) and evaluates the scan (docs/scan.md) the way TrojAI
 does: every threshold and the probability calibration are fitted on the tuning splits only
-(:data:`~innerprobe.zoo.backdoor_set.TUNING_SPLITS`: dev, dev2, dev3, dev4, seeds 0-373), and the figures are
-reported separately for the tuning models (in-sample) and for the **held-out** seeds 400-473 (never tuned on):
+(:data:`~innerprobe.zoo.backdoor_set.TUNING_SPLITS`: dev ... dev6, seeds 0-573), and the figures are
+reported separately for the tuning models (in-sample) and for the **held-out** seeds 600-673 (never tuned on):
 TPR (right class named), wrong-class rate and FPR with Clopper-Pearson intervals, ROC-AUC and cross-entropy
 of the probability, seconds per model;
-for the full scan and for each stage alone (the APEX screen alone is the paper's observable used
-as a detector).
+for the full scan (with and without the class reference and the natural-feature check) and for each
+stage alone (the APEX screen alone is the paper's observable used as a detector).
 
 ``run(out, seeds=3, quick=False)`` (``seeds`` is unused: the eval set fixes its seeds); ``quick``
 scans four cached or quickly trained digits models with the shipped calibration.
@@ -40,11 +40,13 @@ MIN_ATTACK_SUCCESS = 0.5
 N_INPUTS = 64
 #: per stage, the version of its cached records: bump one when that stage's code changes, and only that stage's
 #: records are recomputed (screen 1 is the first round's; triggers / cleanse 2 are this round's)
-STAGE_VERSIONS = {"screen": 1, "triggers": 2, "cleanse": 2}
+STAGE_VERSIONS = {"screen": 1, "triggers": 2, "cleanse": 2, "natural": 1}
 #: the scan a user gets on a model of a known family (the CLI's --reference auto with --data digits / fashion-mnist)
-DEFAULT = V.calibration_key("full", True)
-#: the scan method that runs one stage alone
-STAGE_METHOD = {"screen": "apex", "triggers": "triggers", "cleanse": "cleanse"}
+DEFAULT = V.calibration_key("full", True, True)
+#: the scan method that runs one stage alone (the natural-feature check reruns the cleanse stage it reads)
+STAGE_METHOD = {"screen": "apex", "triggers": "triggers", "cleanse": "cleanse", "natural": "natural"}
+#: the features a stage's record keeps (the natural stage's run also returns the cleanse stage's)
+STAGE_FEATURES = {"natural": ("nat_gap", "nat_transfer")}
 
 
 # ----------------------------------------------------------------------------- evidence per member (cached)
@@ -98,11 +100,12 @@ def stage_record(m: bs.Member, stage: str, *, compute: bool = True, loader=None)
         if not compute:
             return None
         model, card, x = (loader or _load)(m)
-        t0 = time.perf_counter()
-        ev = evidence(model, x, method=STAGE_METHOD[stage])
+        refs = _reference_models(m) if stage == "natural" else None
+        ev = evidence(model, x, method=STAGE_METHOD[stage], reference_models=refs)
+        keep = STAGE_FEATURES.get(stage, ev["features"])
         rec = {
-            "features": {k: np.asarray(v, float).tolist() for k, v in ev["features"].items()},
-            "seconds": time.perf_counter() - t0,
+            "features": {k: np.asarray(ev["features"][k], float).tolist() for k in keep},
+            "seconds": ev["stages"][stage]["seconds"] if stage == "natural" else ev["seconds"],
             "meta": {k: card["metrics"].get(k) for k in ("attack_success", "test_accuracy")},
         }
         if "hist_share" in ev["arrays"]:
@@ -114,6 +117,17 @@ def stage_record(m: bs.Member, stage: str, *, compute: bool = True, loader=None)
 def _load(m: bs.Member):
     model, card = bs.load(m)
     return model, card, bs.clean_inputs(m, N_INPUTS, seed=1)
+
+
+_REFERENCE_MODELS: dict = {}
+
+
+def _reference_models(m: bs.Member) -> list:
+    """The natural-feature check's clean reference models for ``m``: its family's, never its own seed's."""
+    fam = bs.reference_name(m.recipe)
+    if fam not in _REFERENCE_MODELS:
+        _REFERENCE_MODELS[fam] = {r.seed: bs.load(r)[0] for r in bs.reference_members(fam)}
+    return [net for seed, net in _REFERENCE_MODELS[fam].items() if seed != m.seed]
 
 
 def record(m: bs.Member, *, compute: bool = True) -> dict | None:
@@ -161,7 +175,7 @@ def _fit_rows(recs):
 # ----------------------------------------------------------------------------- class references (docs/scan.md)
 
 #: the per-class statistics a class reference holds
-REF_FEATURES = ("nc_gap", "mm_local_z", "mm_z", "hist_z", "sink_z")
+REF_FEATURES = ("nc_gap", "mm_local_z", "mm_z", "hist_z", "sink_z", "nat_gap")
 
 
 def _family(rec: dict) -> str:
@@ -219,17 +233,37 @@ def calibrate(dev: list[dict]) -> dict:
     dev = [r for r in dev if effective(r)]
     n_bd = sum(r["target"] is not None for r in dev)
     fitted_on = f"backdoor eval set, tuning splits {_tuning_name()}: {n_bd} backdoored + {len(dev) - n_bd} clean models"
-    cal = {}
-    for ref in (False, True):
-        rows = _fit_rows(_leave_seed_out_reference(dev, dev) if ref else dev)
-        for method in V.FEATURES:
-            c = V.fit(rows, V.reference_features(method) if ref else V.FEATURES[method])
-            full = method == "full"
-            rule = choose_rule(leave_one_seed_out(dev, method, reference=ref)) if full else {"threshold": 0.5}
-            c.update({"min_agree": 1, **rule, "fitted_on": fitted_on})
-            cal[V.calibration_key(method, ref)] = c
+    cal, rows = {}, {ref: _fit_rows(_leave_seed_out_reference(dev, dev) if ref else dev) for ref in (False, True)}
+    for method, ref, nat in ENTRIES:
+        c = V.fit(rows[ref], V.method_features(method, ref, nat))
+        full = method == "full"
+        rule = choose_rule(leave_one_seed_out(dev, method, reference=ref, natural=nat)) if full else {"threshold": 0.5}
+        c.update({"min_agree": 1, **rule, "fitted_on": fitted_on})
+        cal[V.calibration_key(method, ref, nat)] = c
     cal["references"] = references(dev)
+    cal["reference_models"] = {
+        fam: [m.key for m in bs.reference_members(fam)] for fam in sorted({_family(r) for r in dev})
+    }
     return cal
+
+
+#: the calibration's entries: (method, class reference?, natural-feature check?); the check runs in the full scan
+#: and in the ``natural`` method (its own features), so only the full scan has entries without and with it
+ENTRIES = tuple((m, ref, False) for ref in (False, True) for m in V.FEATURES) + tuple(
+    ("full", ref, True) for ref in (False, True)
+)
+
+
+def _entry(key: str) -> tuple[str, bool, bool]:
+    """``'full+reference+natural'`` -> ``('full', True, True)``."""
+    method, *flags = key.split("+")
+    return method, "reference" in flags, "natural" in flags or method == "natural"
+
+
+def _stages(key: str) -> list[str]:
+    """The stages a calibration entry's scan runs (the natural-feature check only where the entry reads it)."""
+    method, _, nat = _entry(key)
+    return [st for st in METHODS[method] if st != "natural" or nat]
 
 
 #: probability thresholds the full scan's rule is chosen from
@@ -272,7 +306,7 @@ def domain() -> dict:
 
 def _methods(cal: dict) -> list[str]:
     """The calibration's method entries (``'full'``, ``'full+reference'``, ...), not its ``references``."""
-    return [k for k in cal if k != "references"]
+    return [k for k in cal if k not in ("references", "reference_models")]
 
 
 def write_calibration(path: Path | None = None, cached_only: bool = False) -> Path:
@@ -285,8 +319,8 @@ def write_calibration(path: Path | None = None, cached_only: bool = False) -> Pa
     held = [r for r in (record(m, compute=not cached_only) for m in bs.members("held-out")) if r is not None]
     held = with_reference([r for r in held if effective(r)], cal["references"])
     for key in _methods(cal):
-        c, method = cal[key], key.split("+")[0]
-        s = summary(held, c, method)
+        c = cal[key]
+        s = summary(held, c, key)
         c["validated_on"] = (
             f"held-out split (seeds {bs.seed_range('held-out')}) of the backdoor eval set ({s['n_bd']} backdoored + "
             f"{s['n_clean']} clean small digits / Fashion-MNIST MLPs and CNNs, 4 trigger families): right class named "
@@ -300,18 +334,22 @@ def write_calibration(path: Path | None = None, cached_only: bool = False) -> Pa
 # ----------------------------------------------------------------------------- evaluation
 
 
-def leave_one_seed_out(recs: list[dict], method: str = "full", names=None, reference: bool = False) -> list[dict]:
+def leave_one_seed_out(
+    recs: list[dict], method: str = "full", names=None, reference: bool = False, natural: bool = False
+) -> list[dict]:
     """Decisions for every record with the calibration refitted without its seed (its twin left out too).
 
     How the verdict was chosen (docs/scan.md): run on the tuning records only; each decision has the
     probability ``p``, the ``top`` class and the number of agreeing stages ``n_agree``. ``names``: the
     features (default: the method's, :data:`~innerprobe.perturb.scan.verdict.FEATURES`). ``reference``:
     read the features against class references, fitted inside each fold (every record against clean
-    models of other seeds only); implied by feature names with the ``_ref`` suffix.
+    models of other seeds only); implied by feature names with the ``_ref`` suffix. ``natural``: the
+    full scan with the natural-feature check (:data:`~innerprobe.perturb.scan.verdict.NATURAL_FEATURES`).
     """
     recs = [r for r in recs if effective(r)]
     reference = reference or any(n.endswith(R.SUFFIX) for n in names or ())
-    names = tuple(names or (V.reference_features(method) if reference else V.FEATURES[method]))
+    names = tuple(names or V.method_features(method, reference, natural))
+    key = V.calibration_key(method, reference, natural or any(n.startswith("nat_") for n in names))
     out = []
     for seed in sorted({r["seed"] for r in recs}):
         train, test = [r for r in recs if r["seed"] != seed], [r for r in recs if r["seed"] == seed]
@@ -319,7 +357,7 @@ def leave_one_seed_out(recs: list[dict], method: str = "full", names=None, refer
             train, test = _leave_seed_out_reference(train, train), _leave_seed_out_reference(test, train)
         cal = V.fit(_fit_rows(train), names)
         cal.update(threshold=0.0, min_agree=0)
-        out += decisions(test, cal, method, names)
+        out += decisions(test, cal, key, names)
     return out
 
 
@@ -337,6 +375,20 @@ CANDIDATES = {
     "reference: cleanse, own-class local margin": ("nc_gap_ref", "mm_local_z"),
     "reference: cleanse + local margin + MM-BD margin": ("nc_gap_ref", "mm_local_z_ref", "mm_z_ref"),
     "reference: cleanse + local margin + APEX histogram": ("nc_gap_ref", "mm_local_z_ref", "hist_z_ref"),
+    "natural: natural gap + local margin + cleanse": ("nat_gap", "mm_local_z", "nc_gap"),
+    "reference + natural: natural gap + local margin + cleanse": ("nat_gap_ref", "mm_local_z_ref", "nc_gap_ref"),
+    "reference + natural: natural gap + local margin": ("nat_gap_ref", "mm_local_z_ref"),
+    "reference + natural: cleanse + local margin + transfer (not voting)": (
+        "nc_gap_ref",
+        "mm_local_z_ref",
+        "nat_transfer",
+    ),
+    "reference + natural: natural gap + local margin + cleanse + APEX histogram": (
+        "nat_gap_ref",
+        "mm_local_z_ref",
+        "nc_gap_ref",
+        "hist_z_ref",
+    ),
 }
 
 
@@ -392,13 +444,14 @@ def sweep(ds: list[dict], thresholds=(0.5, 0.6, 0.7, 0.8, 0.9), min_agree: int =
     return out
 
 
-def decisions(recs: list[dict], cal: dict, method: str, names=None) -> list[dict]:
-    names = tuple(names or cal.get("features") or V.FEATURES[method])
+def decisions(recs: list[dict], cal: dict, key: str, names=None) -> list[dict]:
+    """Per record: the verdict of calibration entry ``key`` (``'full+reference+natural'``, ...) and its seconds."""
+    names = tuple(names or cal.get("features") or V.method_features(*_entry(key)))
     out = []
     for r in recs:
         f = {k: np.asarray(v) for k, v in r["features"].items() if k in names}
         d = V.decide(f, cal)
-        secs = sum(r["stage_seconds"].get(st, 0.0) for st in METHODS[method])
+        secs = sum(r["stage_seconds"].get(st, 0.0) for st in _stages(key))
         out.append(
             {
                 "key": r["key"],
@@ -415,8 +468,8 @@ def decisions(recs: list[dict], cal: dict, method: str, names=None) -> list[dict
     return out
 
 
-def summary(recs: list[dict], cal: dict, method: str) -> dict:
-    ds = decisions(recs, cal, method)
+def summary(recs: list[dict], cal: dict, key: str) -> dict:
+    ds = decisions(recs, cal, key)
     bd = [d for d in ds if d["target"] is not None]
     cl = [d for d in ds if d["target"] is None]
     tp = sum(d["suspect"] == d["target"] for d in bd)
@@ -460,6 +513,23 @@ def _rows(s: dict, method: str, split: str) -> list[dict]:
     if len(s["seconds"]) > 1:
         out.append(row("seconds_per_model", t_interval(s["seconds"]), condition=cond))
     return out
+
+
+# ----------------------------------------------------------------------------- the natural-feature check
+
+
+def transfer_summary(recs: list[dict]) -> dict:
+    """Quartiles of the smallest trigger's transfer to clean reference models (docs/scan.md, stage d).
+
+    Three groups of classes: the targets of effective backdoored models, their other classes, and
+    the classes of clean models.
+    """
+    groups: dict = {"target": [], "other classes of backdoored models": [], "classes of clean models": []}
+    for r in (r for r in recs if effective(r) and "nat_transfer" in r["features"]):
+        for c, t in enumerate(r["features"]["nat_transfer"]):
+            g = "classes of clean models" if r["target"] is None else "other classes of backdoored models"
+            groups["target" if c == r["target"] else g].append(float(t))
+    return {g: (np.percentile(v, [25, 50, 75]).tolist() if v else None, len(v)) for g, v in groups.items()}
 
 
 # ----------------------------------------------------------------------------- the paper's observable
@@ -511,18 +581,21 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False, cached_only: bo
         False: (held, tuned),
         True: (with_reference(held, cal["references"]), _leave_seed_out_reference(tuned, tuned)),
     }
-    for ref in (True, False):
-        for method in METHODS:
-            key, (h, t) = V.calibration_key(method, ref), read[ref]
-            s = summary(h, cal[key], method)
-            full[key] = s
-            rows += _rows(s, key, "held-out")
-            table.append(_table_row(key, s))
-            if t:
-                sd = summary(t, cal[key], method)
-                rows += _rows(sd, key, "tuning (in-sample)")
-                dev_table.append(_table_row(key, sd))
+    for method, ref, nat in sorted(ENTRIES, key=lambda e: (not e[2], not e[1], e[0] != "full")):
+        key, (h, t) = V.calibration_key(method, ref, nat), read[ref]
+        s = summary(h, cal[key], key)
+        full[key] = s
+        rows += _rows(s, key, "held-out")
+        table.append(_table_row(key, s))
+        if t:
+            sd = summary(t, cal[key], key)
+            rows += _rows(sd, key, "tuning (in-sample)")
+            dev_table.append(_table_row(key, sd))
     obs = observable(held)
+    moved = transfer_summary(held)
+    for g, (q, n) in moved.items():
+        if q is not None:
+            rows.append(row("trigger_transfer_median", q[1], condition={"classes": g, "split": "held-out"}, n=n))
     if obs["n"] > 1:
         gm = t_interval(obs["log_ratio"])
         rows.append(
@@ -535,7 +608,7 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False, cached_only: bo
             condition={"noise": "input", "sigma_rel": 64, "split": "held-out"},
         )
     )
-    sec = _section(table, obs, held, failed, quick, full, dev_table=dev_table)
+    sec = _section(table, obs, held, failed, quick, full, dev_table=dev_table, moved=moved)
     if missing:
         sec.paragraphs.append(
             f"Not evaluated (no cached record; cached_only run): {len(missing)} members: {', '.join(missing)}."
@@ -551,7 +624,11 @@ def run_backdoor(out: Path, seeds: int = 3, quick: bool = False, cached_only: bo
             "n_dev": sum(effective(r) for r in dev),
             "seconds": time.perf_counter() - t0,
         },
-        tables={"held_out": full[DEFAULT]["decisions"], "held_out_no_reference": full["full"]["decisions"]},
+        tables={
+            "held_out": full[DEFAULT]["decisions"],
+            "held_out_reference_only": full["full+reference"]["decisions"],
+            "held_out_no_reference": full["full"]["decisions"],
+        },
         provenance=provenance(seed=0, model="backdoor eval set", config={"quick": quick, "n_inputs": N_INPUTS}),
     )
     res.save(out / "summary.json")
@@ -574,10 +651,18 @@ def _table_row(method: str, s: dict) -> list:
     ]
 
 
-def _section(table, obs, held, failed, quick, full, dev_table=()) -> Section:
+def _moved(moved: dict) -> str:
+    """'the target's smallest trigger moves a median 0% of a clean model's inputs (quartiles ...), ...'."""
+    parts = [
+        f"{g}: median {q[1]:.0%} (quartiles {q[0]:.0%}-{q[2]:.0%}, {n} classes)" for g, (q, n) in moved.items() if q
+    ]
+    return "; ".join(parts)
+
+
+def _section(table, obs, held, failed, quick, full, dev_table=(), moved=None) -> Section:
     stage_rows = [r for r in table if not r[0].startswith("full") and r[4] != "n/a"]
     best = max(stage_rows, key=lambda r: r[4]) if stage_rows else None
-    default, plain = (next(r for r in table if r[0] == k) for k in (DEFAULT, "full"))
+    default, stats, plain = (next(r for r in table if r[0] == k) for k in (DEFAULT, "full+reference", "full"))
     lr = float(np.mean(obs["log_ratio"])) if obs["n"] else None
     share = (
         ""
@@ -593,27 +678,34 @@ def _section(table, obs, held, failed, quick, full, dev_table=()) -> Section:
         + (" (quick mode: the shipped calibration, four models)" if quick else "")
         + f"; the first table is on {len(held)} held-out models (seeds {bs.seed_range('held-out')}, never tuned on). "
         f"'{DEFAULT}' is the default scan of a model of a known family (innerprobe scan --data digits or "
-        "fashion-mnist): each class is read against how it looks in clean models of that family; 'full' is the scan "
-        "without a reference (a model of another family).",
+        "fashion-mnist): each class is read against how it looks in clean models of that family, and each class's "
+        "smallest trigger is stamped on clean zoo models of the family (the natural-feature check); 'full' is the "
+        "scan without either (a model of another family).",
         "The paper's observable (input noise, 64 x RMS): the target is the top large-noise class in "
         f"{obs['rank1']}/{obs['n']} held-out backdoored models{share}"
         + "; used as a detector on its own it is the 'apex' row.",
         (
             "Which stage does the work: "
             + (f"alone, '{best[0]}' separates backdoored from clean models best (ROC-AUC {best[4]}); " if best else "")
-            + f"the default scan names {default[1]} with false alarms {default[3]}; without a class reference "
-            f"{plain[1]} with false alarms {plain[3]}."
+            + f"the default scan names {default[1]} with false alarms {default[3]}; without the natural-feature "
+            f"check (class reference only) {stats[1]} with false alarms {stats[3]}; without either {plain[1]} with "
+            f"false alarms {plain[3]}."
         ),
-    ] + (
-        [f"Excluded as failed attacks (attack success < {MIN_ATTACK_SUCCESS}): {', '.join(failed)}."] if failed else []
-    )
+    ]
+    if moved and any(q for q, _ in moved.values()):
+        paras.append(
+            "How far each class's smallest trigger moves clean models of the family to that class (share of "
+            f"their clean inputs, held-out models): {_moved(moved)}."
+        )
+    if failed:
+        paras.append(f"Excluded as failed attacks (attack success < {MIN_ATTACK_SUCCESS}): {', '.join(failed)}.")
     sec = Section("Backdoor scan on held-out models (APEX claim D and beyond)", order=35, paragraphs=paras)
     sec.table(
         "Held-out detection (Clopper-Pearson 95% intervals)",
         ["method", "right class named", "wrong class", "false alarms", "ROC-AUC", "cross-entropy", "seconds/model"],
         table,
     )
-    for key in (DEFAULT, "full"):
+    for key in (DEFAULT, "full+reference", "full"):
         sec.table(
             f"'{key}' by trigger family (held-out)",
             ["family", "named", "wrong class", "backdoored"],

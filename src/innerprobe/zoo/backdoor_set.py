@@ -9,8 +9,9 @@ clean twin of the same architecture and seed (same initialisation, same batch or
 
 Replicate 0 of each (architecture, family) cell is the **dev** split (seeds 0-73), replicate 1 the
 **dev2** split (seeds 100-173), replicate 2 the **dev3** split (seeds 200-273), replicate 3 the
-**dev4** split (seeds 300-373), replicate 4 the **held-out** split (seeds 400-473; reported only,
-never tuned on). dev2, dev3 and dev4 were each the held-out split of an earlier calibration round;
+**dev4** split (seeds 300-373), replicate 4 the **dev5** split (seeds 400-473), replicate 5 the
+**dev6** split (seeds 500-573), replicate 6 the **held-out** split (seeds 600-673; reported only,
+never tuned on). dev2 ... dev6 were each the held-out split of an earlier calibration round;
 once their figures had been looked at they became tuning data, and a fresh replicate took their place.
 Every threshold, the probability calibration and the class references are fitted on the tuning splits
 (:data:`TUNING_SPLITS`): 32 backdoored models and 32 clean twins in each.
@@ -33,14 +34,14 @@ from .recipes import RECIPES, Floor, Recipe, Trained, _seed
 from .training import accuracy, fit
 
 VERSION = 2  # 2: label-consistent poisoning blends in other-class images (was uniform noise, attacks failed)
-SPLITS = ("dev", "dev2", "dev3", "dev4", "held-out")
-REPLICATES = {"dev": (0,), "dev2": (1,), "dev3": (2,), "dev4": (3,), "held-out": (4,)}
+SPLITS = ("dev", "dev2", "dev3", "dev4", "dev5", "dev6", "held-out")
+REPLICATES = {"dev": (0,), "dev2": (1,), "dev3": (2,), "dev4": (3,), "dev5": (4,), "dev6": (5,), "held-out": (6,)}
 #: the splits thresholds and calibration are fitted on (everything but held-out)
-TUNING_SPLITS = ("dev", "dev2", "dev3", "dev4")
+TUNING_SPLITS = ("dev", "dev2", "dev3", "dev4", "dev5", "dev6")
 
 
 def seed_range(split: str) -> str:
-    """``'400-473'``: the seeds of one split (for people; computed from :data:`REPLICATES`)."""
+    """``'600-673'``: the seeds of one split (for people; computed from :data:`REPLICATES`)."""
     reps = REPLICATES[split]
     return ", ".join(f"{100 * r}-{100 * r + 10 * (len(ARCHS) - 1) + len(D.TRIGGER_FAMILIES) - 1}" for r in reps)
 
@@ -184,6 +185,33 @@ def reference_name(recipe: str) -> str:
     """
     dataset, arch, _ = ARCHS[recipe]
     return f"{dataset}-{arch['arch']}"
+
+
+#: the split whose clean twins are the scan's reference models for the natural-feature check (docs/scan.md)
+REFERENCE_SPLIT = "dev"
+
+
+def reference_members(name: str, exclude_seed: int | None = None) -> list["Member"]:
+    """The clean twins of :data:`REFERENCE_SPLIT` in reference family ``name`` (``'digits-cnn'``, ...).
+
+    ``exclude_seed``: leave that seed's model out (a tuning model is never its own reference).
+    """
+    have = sorted({reference_name(r) for r in ARCHS})
+    if name not in have:
+        raise ConfigError(f"no reference models for family {name!r}", hint=f"families: {', '.join(have)}")
+    return [
+        m
+        for m in members(REFERENCE_SPLIT)
+        if m.target is None and reference_name(m.recipe) == name and m.seed != exclude_seed
+    ]
+
+
+def reference_models(name: str, exclude_seed: int | None = None, progress: bool | None = False) -> list:
+    """The scan's clean reference models of family ``name``, loaded from the zoo cache (trained if missing).
+
+    >>> scan(model, x, reference="digits-cnn", reference_models=reference_models("digits-cnn"))
+    """
+    return [load(m, progress=progress)[0] for m in reference_members(name, exclude_seed)]
 
 
 @dataclass(frozen=True)

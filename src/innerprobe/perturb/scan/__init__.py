@@ -6,7 +6,9 @@ Stages, each a reusable statistic that scores every class against the model's ot
   arXiv 2602.03586, claim D), noise at the input by default;
 * :mod:`.triggers` (b): data-free maximum-margin trigger synthesis per class (MM-BD, Wang et al. 2022);
 * :mod:`.cleanse` (c, with clean inputs): the smallest trigger per class and its anomaly index
-  (Neural Cleanse, Wang et al. 2019) and a natural-feature check in the spirit of K-Arm (Shen et al. 2021);
+  (Neural Cleanse, Wang et al. 2019);
+* :mod:`.natural` (d, with clean reference models of the family): the natural-feature check of K-Arm
+  (Shen et al. 2021): does each class's smallest trigger also flip clean models?
 * :mod:`.verdict`: a calibrated probability that the model is backdoored, and a named class only
   when independent stages agree.
 
@@ -25,6 +27,7 @@ import torch
 from ...core.checks import check_inputs, check_int, check_model, check_seed
 from ...errors import ConfigError, did_you_mean
 from ...results import Result, provenance
+from . import natural as _natural
 from . import reference as R
 from . import verdict as V
 from .cleanse import cleanse
@@ -58,19 +61,38 @@ __all__ = [
 
 #: method -> the stages it runs
 METHODS = {
-    "full": ("screen", "triggers", "cleanse"),
+    "full": ("screen", "triggers", "cleanse", "natural"),
     "apex": ("screen",),
     "triggers": ("triggers",),
     "cleanse": ("cleanse",),
+    "natural": ("cleanse", "natural"),
 }
-NEEDS_DATA = ("screen", "cleanse")
+NEEDS_DATA = ("screen", "cleanse", "natural")
+#: stages that run only with clean reference models of the model's family (``reference_models``)
+NEEDS_MODELS = ("natural",)
 
 
-def _check(model, x, shape, method, seed):
+def _check(model, x, shape, method, seed, reference_models=None):
     check_model(model)
     if method not in METHODS:
         raise ConfigError(
             f"unknown scan method {method!r}", hint=f"{did_you_mean(method, METHODS)}; methods: {', '.join(METHODS)}"
+        )
+    if method == "natural" and reference_models is None:
+        raise ConfigError(
+            "scan method 'natural' needs clean reference models of the model's family",
+            hint="pass reference_models=innerprobe.zoo.backdoor_set.reference_models('digits-cnn') (or your own)",
+        )
+    if reference_models is not None and not set(METHODS[method]) & set(NEEDS_MODELS):
+        raise ConfigError(
+            f"reference_models are not used by scan method {method!r}", hint="use method='full' or 'natural'"
+        )
+    if reference_models is not None:
+        _natural.as_list(reference_models)
+    if reference_models is not None and x is None:
+        raise ConfigError(
+            "reference_models need clean inputs: the natural-feature check stamps triggers on them",
+            hint="pass x (clean inputs), or leave reference_models out for a data-free scan",
         )
     if x is None:
         if any(s in NEEDS_DATA for s in METHODS[method]) and method != "full":
@@ -135,6 +157,7 @@ def scan(
     min_agree: int | None = None,
     calibration: dict | None = None,
     reference: str | None = None,
+    reference_models=None,
     class_names=None,
     model_name: str | None = None,
 ) -> Result:
@@ -150,9 +173,12 @@ def scan(
     synthesised triggers (``mm_images``, ``nc_mask``, ``nc_pattern``). ``reference``: the name of a
     class reference of clean models of the model's family (:mod:`.reference`, e.g. ``'digits-cnn'``);
     the verdict then reads each class against how that class looks in clean models (docs/scan.md).
+    ``reference_models``: clean models of the model's family (same inputs and classes); with them the
+    natural-feature check runs (:mod:`.natural`: does each class's smallest trigger flip them too?),
+    e.g. ``innerprobe.zoo.backdoor_set.reference_models('digits-cnn')``. Every model is left as it came.
     """
-    _check(model, x, shape, method, seed)
-    cal, ref = _calibration(calibration, method, x is None, reference)
+    _check(model, x, shape, method, seed, reference_models)
+    cal, ref = _calibration(calibration, method, x is None, reference, reference_models is not None)
     ev = evidence(
         model,
         x,
@@ -166,6 +192,7 @@ def scan(
         steps=steps,
         n_cleanse=n_cleanse,
         seed=seed,
+        reference_models=reference_models,
     )
     if ref is not None:
         _read_against(ev, ref)
@@ -195,13 +222,18 @@ def evidence(
     steps: int | None = None,
     n_cleanse: int | None = None,
     seed: int = 0,
+    reference_models=None,
 ) -> dict:
-    """Run the method's stages.
+    """Run the method's stages (the natural-feature check only with ``reference_models``).
 
     Returns ``{"features": {name: [C]}, "stages": {stage: info}, "arrays", "classes", "seconds", "config"}``.
     """
-    _check(model, x, shape, method, seed)
-    stages = [s for s in METHODS[method] if x is not None or s not in NEEDS_DATA]
+    _check(model, x, shape, method, seed, reference_models)
+    stages = [
+        s
+        for s in METHODS[method]
+        if (x is not None or s not in NEEDS_DATA) and (reference_models is not None or s not in NEEDS_MODELS)
+    ]
     o = _options(
         {
             "sites": sites,
@@ -223,11 +255,12 @@ def evidence(
     lo, hi = _range(x, input_range)
     shape = tuple(x.shape[1:]) if x is not None else tuple(int(s) for s in shape)
     C = _classes(model, x, shape)
+    refs = _natural.check_models(reference_models, C, x) if "natural" in stages else None
     t_all = time.perf_counter()
     feats, info, arrays = {}, {}, {}
     for st in stages:
         t0 = time.perf_counter()
-        z = _stage(st, model, x, shape, C, lo, hi, o, seed, feats, arrays, info)
+        z = _stage(st, model, x, shape, C, lo, hi, o, seed, feats, arrays, info, refs)
         bad = sorted(k for k, v in feats.items() if not np.all(np.isfinite(np.asarray(v, float))))
         if bad:
             raise ConfigError(
@@ -243,6 +276,7 @@ def evidence(
         "seed": seed,
         "method": method,
         "stages": stages,
+        "reference_models": 0 if refs is None else len(refs),
     }
     return {
         "features": feats,
@@ -264,7 +298,7 @@ def _read_against(ev: dict, ref: dict) -> None:
             info.update(statistic=name, top=int(np.argmax(v)), score=float(np.max(v)))
 
 
-def _stage(st, model, x, shape, C, lo, hi, o, seed, feats, arrays, info) -> np.ndarray:
+def _stage(st, model, x, shape, C, lo, hi, o, seed, feats, arrays, info, refs=None) -> np.ndarray:
     if st == "screen":
         r = screen(model, x, sites=o["sites"], samples=o["samples"], sigmas=o["sigmas"], seed=seed)
         feats.update(hist_z=r["hist_z"], sink_z=r["sink_z"])
@@ -290,6 +324,12 @@ def _stage(st, model, x, shape, C, lo, hi, o, seed, feats, arrays, info) -> np.n
             feats["mm_local_z"], arrays["mm_local_margin"] = r["z"], r["local_margin"]
         info[st] = {"p_value": r["p_value"], "statistic": "mm_local_z" if "local_margin" in r else "mm_z"}
         return r["z"]
+    if st == "natural":  # after cleanse: its triggers, stamped on the clean inputs of the reference models
+        mask, pattern = (torch.as_tensor(arrays[k], device=x.device) for k in ("nc_mask", "nc_pattern"))
+        r = _natural.natural(refs, x, feats["nc_gap"], mask, pattern)
+        feats.update(nat_gap=r["nat_gap"], nat_transfer=r["transfer"])
+        info[st] = {"statistic": "nat_gap", "reference_models": len(refs)}
+        return r["nat_gap"]
     r = cleanse(model, x[: o["n_cleanse"]], C, lo=lo, hi=hi, steps=o["steps"], seed=seed)
     feats.update(nc_z=r["z"], nc_gap=r["gap"], natural=r["natural"])
     arrays.update(nc_l1=r["l1"], nc_mask=r["mask"].numpy(), nc_pattern=r["pattern"].numpy())
@@ -376,11 +416,11 @@ def _classes(model, x, shape) -> int:
     return int(out.shape[1])
 
 
-def _calibration(calibration, method, data_free, reference=None):
+def _calibration(calibration, method, data_free, reference=None, natural_check=False):
     """``(method's calibration entry, class reference or None)`` from the calibration file (or ``calibration``)."""
     cal = calibration if calibration is not None else V.load_calibration()
     ref = R.lookup(cal, reference) if reference is not None else None
-    key = V.calibration_key("triggers" if (method == "full" and data_free) else method, ref is not None)
+    key = V.calibration_key("triggers" if (method == "full" and data_free) else method, ref is not None, natural_check)
     if key not in cal:
         raise ConfigError(
             f"the scan calibration has no entry for method {key!r}",

@@ -8,7 +8,7 @@ verdict combines them per class with a logistic model,
 
     s_c = b + sum_f w_f * sign(v) log(1 + |v|),   v = feature_f[c],
 
-fitted on the tuning splits (dev ... dev4) of the backdoor eval set (class rows: is c the target of a
+fitted on the tuning splits (dev ... dev6) of the backdoor eval set (class rows: is c the target of a
 backdoored model?), and turns the top class's score **and its gap over the runner-up** into a
 probability that the model is backdoored with a Platt fit on the tuning models,
 
@@ -40,7 +40,10 @@ FEATURES = {
     "apex": ("hist_z", "sink_z"),
     "triggers": ("mm_z",),
     "cleanse": ("nc_gap",),
+    "natural": ("nat_gap", "nc_gap"),
 }
+#: the full scan's features when the natural-feature check ran (clean reference models given): three voting stages
+NATURAL_FEATURES = ("nat_gap", "mm_local_z", "nc_gap")
 #: which stage each feature belongs to (agreement counts stages, not features)
 STAGE_OF = {
     "mm_local_z": "triggers",
@@ -50,19 +53,28 @@ STAGE_OF = {
     "natural": None,
     "hist_z": "screen",
     "sink_z": None,
+    "nat_gap": "natural",
+    "nat_transfer": None,
 }
 #: a feature read against a class reference (:mod:`.reference`) votes for the same stage as the feature itself
 STAGE_OF.update({n + "_ref": st for n, st in list(STAGE_OF.items())})
 
 
-def calibration_key(method: str, reference: bool) -> str:
-    """The calibration entry of a method: ``'full'``, or ``'full+reference'`` when a class reference is used."""
-    return f"{method}+reference" if reference else method
+def calibration_key(method: str, reference: bool, natural: bool = False) -> str:
+    """A method's calibration entry: ``'full'``, ``'full+reference'`` with a class reference, ``'+natural'`` after
+    either when the full scan ran the natural-feature check (``'full+reference+natural'``)."""
+    return method + ("+reference" if reference else "") + ("+natural" if natural and method == "full" else "")
+
+
+def method_features(method: str, reference: bool = False, natural: bool = False) -> tuple[str, ...]:
+    """The features a calibration entry reads: the method's own, with ``_ref`` when read against a class reference."""
+    names = NATURAL_FEATURES if natural and method == "full" else FEATURES[method]
+    return tuple(n + "_ref" for n in names) if reference else tuple(names)
 
 
 def reference_features(method: str) -> tuple[str, ...]:
     """The features a method reads against a class reference: its own, each with the ``_ref`` suffix."""
-    return tuple(n + "_ref" for n in FEATURES[method])
+    return method_features(method, True)
 
 
 def design(features: dict, names) -> np.ndarray:

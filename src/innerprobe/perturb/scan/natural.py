@@ -1,0 +1,87 @@
+"""Stage (d) of the backdoor scan, with clean models of the family: does each class's smallest trigger transfer?
+
+The natural-feature check of K-Arm (Shen et al. 2021, "Backdoor Scanning for Deep Neural Networks
+through K-Arm Optimization", sec. 4.3) asks whether a synthesised trigger is a backdoor or the
+class's own features: a natural feature flips clean models of the same family too, a backdoor
+trigger flips only the model that was trained on it. With the smallest trigger (m_c, p_c) of the
+cleanse stage (:mod:`.cleanse`) and clean reference models g_1 .. g_R, per class
+
+    transfer_c = (1/R) sum_r  #{x : g_r(x) != c, g_r((1 - m_c) x + m_c p_c) = c} / #{x : g_r(x) != c},
+
+over the scan's clean inputs x, and the stage's statistic is the trigger's log gap
+(:func:`.cleanse.log_gap`) kept only as far as the trigger is the model's own,
+
+    nat_gap_c = gap_c * (1 - transfer_c).
+
+On the eval set's tuning splits the target's trigger moves a median of 0% of a clean model's inputs,
+a clean model's classes 62% (docs/scan.md); the verdict reads ``nat_gap`` as an independent stage
+(with a class reference, ``nat_gap_ref``). The reference models must be clean models of the
+scanned model's family (same inputs, same classes), e.g. ``innerprobe.zoo.backdoor_set.reference_models``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...core.checks import check_model
+from ...core.hooks import HookSession
+from ...errors import ConfigError
+
+
+def as_list(models) -> list[nn.Module]:
+    """The reference models as a non-empty list of ``nn.Module`` (checked before any work)."""
+    if isinstance(models, nn.Module) or not isinstance(models, (list, tuple)) or not models:
+        raise ConfigError(
+            "reference_models must be a non-empty list of clean models of the scanned model's family",
+            hint="e.g. innerprobe.zoo.backdoor_set.reference_models('digits-cnn'), or leave it out",
+        )
+    return [check_model(m) for m in models]
+
+
+def check_models(models, num_classes: int, x: torch.Tensor) -> list[nn.Module]:
+    """The reference models as a list, each an ``nn.Module`` giving ``num_classes`` finite logits on ``x``."""
+    models = as_list(models)
+    for i, m in enumerate(models):
+        with HookSession(m, eval=True), torch.no_grad():
+            out = m(x[:2])
+        if out.dim() != 2 or out.shape[1] != num_classes or not bool(torch.isfinite(out).all()):
+            raise ConfigError(
+                f"reference model {i} gives logits of shape {tuple(out.shape)} on the inputs, "
+                f"the scanned model [N, {num_classes}] (or non-finite values)",
+                hint="pass clean models trained on the same inputs and classes as the scanned model",
+            )
+    return models
+
+
+def transfer(models, x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> np.ndarray:
+    """Per class: the mean share of the clean inputs the class's trigger sends to it in the reference models.
+
+    ``mask`` [C, 1, ...] and ``pattern`` [C, ...] as the cleanse stage returns them. Inputs a
+    reference model already calls c are left out of its share; a model that calls every input c gives 1.
+    """
+    C = len(mask)
+    out = np.zeros(C)
+    for m in models:
+        with HookSession(m, eval=True), torch.no_grad():
+            y0 = m(x).argmax(1)
+            for c in range(C):
+                keep = y0 != c
+                if not bool(keep.any()):
+                    out[c] += 1.0
+                    continue
+                xs = (1 - mask[c]) * x[keep] + mask[c] * pattern[c]
+                out[c] += float((m(xs).argmax(1) == c).double().mean())
+    return out / len(models)
+
+
+def natural_gap(gap, transferred) -> np.ndarray:
+    """``gap_c * (1 - transfer_c)``: the smallest trigger's log gap, kept as far as it does not transfer."""
+    return np.asarray(gap, float) * (1.0 - np.asarray(transferred, float))
+
+
+def natural(models, x: torch.Tensor, gap, mask: torch.Tensor, pattern: torch.Tensor) -> dict:
+    """Stage (d): ``{"transfer": [C], "nat_gap": [C]}`` for the cleanse stage's triggers."""
+    t = transfer(models, x, mask.to(x.dtype), pattern.to(x.dtype))
+    return {"transfer": t, "nat_gap": natural_gap(gap, t)}

@@ -1,0 +1,130 @@
+"""The scan's natural-feature check (docs/scan.md, stage d): do a class's smallest trigger flip clean models too?
+
+Toy models: tests/scan_toy.py at 10x10, 5 classes; the backdoored model's trigger is a white corner
+patch that a clean model of the same task never learned.
+"""
+
+import numpy as np
+import pytest
+import torch
+from scan_toy import TARGET, task, train
+from torch import nn
+
+from innerprobe import ConfigError
+from innerprobe.perturb.scan import natural as N
+from innerprobe.perturb.scan import scan
+from innerprobe.perturb.scan import verdict as V
+from innerprobe.studies import apex_backdoor as ab
+from innerprobe.zoo import backdoor_set as bs
+
+
+def _slow_transfer(models, x, mask, pattern):
+    """The documented equation, one input at a time."""
+    out = []
+    for c in range(len(mask)):
+        shares = []
+        for m in models:
+            hit = tot = 0
+            for xi in x:
+                if int(m(xi[None]).argmax()) == c:
+                    continue
+                tot += 1
+                hit += int(int(m(((1 - mask[c]) * xi + mask[c] * pattern[c])[None]).argmax()) == c)
+            shares.append(hit / tot if tot else 1.0)
+        out.append(float(np.mean(shares)))
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    torch.set_num_threads(1)
+    x = task(48, seed=1, size=10)[0]
+    return train(True, size=10), train(False, size=10), x
+
+
+def test_transfer_is_the_documented_equation(toy):
+    bd, clean, x = toy
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(5, 1, 10, 10, generator=g) > 0.8).float()
+    pattern = torch.rand(5, 1, 10, 10, generator=g)
+    with torch.no_grad():
+        slow = _slow_transfer([bd, clean], x, mask, pattern)
+    assert np.allclose(N.transfer([bd, clean], x, mask, pattern), slow)
+    assert np.allclose(N.transfer([clean], x, torch.zeros_like(mask), pattern), 0.0)  # no mask moves nothing
+    assert np.allclose(N.natural_gap([2.0, -1.0, 0.5], [0.0, 0.5, 1.0]), [2.0, -0.5, 0.0])
+
+
+def test_the_backdoor_trigger_does_not_transfer_and_every_model_is_left_as_it_came(toy):
+    bd, clean, x = toy
+    clean.train()
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (bd, clean)]
+    r = scan(bd, x, reference_models=[clean], threshold=0.0, min_agree=1)
+    assert r.data["stages_run"] == ["screen", "triggers", "cleanse", "natural"]
+    assert r.data["stages"]["natural"]["reference_models"] == 1
+    rows = r.tables["classes"]
+    t = np.array([row["nat_transfer"] for row in rows])
+    assert t[TARGET] < 0.2 < float(np.median(t))  # the corner patch flips only the model trained on it
+    assert np.allclose([row["nat_gap"] for row in rows], [row["nc_gap"] * (1 - row["nat_transfer"]) for row in rows])
+    assert r.data["suspect"] == TARGET
+    assert clean.training and not bd.training  # each model's mode as it came
+    for m, b in zip((bd, clean), before):
+        assert all(torch.equal(b[k], v) for k, v in m.state_dict().items())
+        assert not any(mod._forward_hooks or mod._forward_pre_hooks for mod in m.modules())
+    clean.eval()
+
+
+def test_bad_reference_models_are_refused_in_one_line(toy):
+    bd, clean, x = toy
+    with pytest.raises(ConfigError, match="non-empty list"):
+        scan(bd, x, reference_models=clean)
+    with pytest.raises(ConfigError, match="non-empty list"):
+        scan(bd, x, reference_models=[])
+    with pytest.raises(ConfigError, match="reference model 0 gives logits of shape"):
+        scan(bd, x, reference_models=[nn.Sequential(nn.Flatten(), nn.Linear(100, 7))])
+    with pytest.raises(ConfigError, match="not used by scan method 'apex'"):
+        scan(bd, x, method="apex", reference_models=[clean])
+    with pytest.raises(ConfigError, match="need clean inputs"):
+        scan(bd, shape=(1, 10, 10), reference_models=[clean])
+    with pytest.raises(ConfigError, match="needs clean reference models"):
+        scan(bd, x, method="natural")
+    with pytest.raises(Exception, match="expected a torch.nn.Module"):
+        scan(bd, x, reference_models=[clean, "model"])
+
+
+def test_reference_members_are_clean_dev_twins_of_the_family_never_the_model_itself():
+    fams = {bs.reference_name(n) for n in bs.ARCHS}
+    for fam in fams:
+        ms = bs.reference_members(fam)
+        assert ms and all(m.target is None and m.split == bs.REFERENCE_SPLIT for m in ms)
+        assert {bs.reference_name(m.recipe) for m in ms} == {fam}
+        assert ms[0].seed not in {m.seed for m in bs.reference_members(fam, exclude_seed=ms[0].seed)}
+    with pytest.raises(ConfigError, match="no reference models for family 'digits-rnn'"):
+        bs.reference_members("digits-rnn")
+
+
+def test_calibration_keys_and_the_shipped_natural_entries():
+    assert V.calibration_key("full", True, True) == "full+reference+natural"
+    assert V.calibration_key("cleanse", True, True) == "cleanse+reference"  # only the full scan has both variants
+    assert ab._entry("full+reference+natural") == ("full", True, True) and ab._entry("natural")[2]
+    assert ab._stages("full+reference") == ["screen", "triggers", "cleanse"]
+    assert ab._stages("full+natural")[-1] == "natural"
+    cal = V.load_calibration()
+    for ref in (False, True):
+        entry = cal[V.calibration_key("full", ref, True)]
+        assert tuple(entry["features"]) == V.method_features("full", ref, True) and entry["min_agree"] == 2
+    for fam, keys in cal["reference_models"].items():
+        assert keys == [m.key for m in bs.reference_members(fam)]
+    assert ab.DEFAULT in cal
+
+
+def test_cli_method_natural_needs_a_reference(tmp_path, capsys):
+    from innerprobe.cli import main
+
+    (tmp_path / "net.py").write_text(
+        "from torch import nn\ndef make():\n    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))\n"
+    )
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((8, 4)).astype("float32"))
+    args = ["scan", "-m", f"{tmp_path}/net.py:make", "--data", str(tmp_path / "x.npy"), "--method", "natural"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--method natural needs a class reference" in err and "Traceback" not in err
