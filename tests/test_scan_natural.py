@@ -128,3 +128,29 @@ def test_cli_method_natural_needs_a_reference(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "--method natural needs a class reference" in err and "Traceback" not in err
+
+
+def test_a_model_whose_triggers_move_no_clean_model_is_outside_the_natural_checks_domain(toy):
+    """Memorised or random labels: tiny triggers to every class that move no clean model; no class may be named."""
+    from innerprobe.perturb.scan import reference as R
+
+    bd, clean, x = toy
+    recs = [
+        {"a": [1.0, 2.0, 3.0], "nat_transfer": [0.6, 0.8, 0.9]},
+        {"a": [1.0, 2.0, 3.0], "nat_transfer": [0.1, 0.7, 1]},
+    ]
+    ref = R.fit(recs, ("a",))
+    assert ref["min_median_transfer"] == 0.7 and set(R.relative({"a": [0.0, 1.0, 2.0]}, ref)) == {"a_ref"}
+    assert R.transfer_reason({"nat_transfer": [0.5, 0.4, 0.0]}, ref) == []  # 0.4 >= TRANSFER_FLOOR * 0.7
+    (why,) = R.transfer_reason({"nat_transfer": [0.0, 0.3, 0.0]}, ref)
+    assert "median 0%" in why and ">= 70%" in why
+    rows = scan(clean, x, reference_models=[clean], threshold=1.0).tables["classes"]
+    names = [n for n in ab.REF_FEATURES if n in rows[0]]
+    toy_ref = R.fit([{n: [r[n] for r in rows] for n in [*names, "nat_transfer"]}], names)
+    cal = {**V.load_calibration(), "references": {"toy-mlp": toy_ref}}
+    r = scan(bd, x, reference="toy-mlp", reference_models=[clean], calibration=cal, threshold=0.0, min_agree=1)
+    assert not any("smallest triggers" in why for why in r.data["out_of_domain"])  # (5 classes: another reason)
+    cal["references"]["toy-mlp"] = {**toy_ref, "min_median_transfer": 10.0}  # no model could reach it
+    r = scan(bd, x, reference="toy-mlp", reference_models=[clean], calibration=cal)
+    assert r.data["suspect"] is None
+    assert any("smallest triggers move the clean reference models" in why for why in r.data["out_of_domain"])

@@ -198,7 +198,9 @@ def scan(
         _read_against(ev, ref)
     d = V.decide(ev["features"], cal, threshold=threshold, min_agree=min_agree)
     d["reference"] = reference
-    d["out_of_domain"] = out_of_domain(model, x, ev["classes"], cal)
+    d["out_of_domain"] = out_of_domain(model, x, ev["classes"], cal) + (
+        R.transfer_reason(ev["features"], ref) if ref is not None else []
+    )
     if d["out_of_domain"] and threshold is None:
         d["suspect"] = None  # the calibrated probability does not hold here: ranking only, unless the user sets P
     C = ev["classes"]

@@ -28,6 +28,9 @@ from ...errors import ConfigError, did_you_mean
 
 #: suffix of a feature read against a reference
 SUFFIX = "_ref"
+#: the natural-feature check holds for a model whose classes' triggers move the reference models at least this
+#: fraction of the least any clean model of the family showed (median over classes; docs/scan.md)
+TRANSFER_FLOOR = 0.5
 
 
 def kind(model: nn.Module) -> str:
@@ -49,14 +52,35 @@ def fit(records: list[dict], names) -> dict:
     for n in names:
         a = np.array([np.asarray(r[n], float) for r in records])
         out[n] = {"mean": a.mean(0).tolist(), "var": (a.var(0) if len(a) > 1 else np.zeros(a.shape[1])).tolist()}
+    if all("nat_transfer" in r for r in records):  # the natural-feature check's domain (transfer_reason)
+        out["min_median_transfer"] = min(float(np.median(r["nat_transfer"])) for r in records)
     return out
+
+
+def transfer_reason(features: dict, ref: dict) -> list[str]:
+    """Why the natural-feature check does not hold for this model (empty when it does).
+
+    A model that memorised noisy or random labels has tiny triggers to every class that move no clean
+    model (median transfer near 0, where the family's clean models show >= ``min_median_transfer``):
+    every class then looks like a backdoor's target, so no class may be named.
+    """
+    lo = ref.get("min_median_transfer")
+    if lo is None or "nat_transfer" not in features:
+        return []
+    med = float(np.median(np.asarray(features["nat_transfer"], float)))
+    if med >= TRANSFER_FLOOR * lo:
+        return []
+    return [
+        f"the classes' smallest triggers move the clean reference models a median {med:.0%} of their inputs (clean "
+        f"models of the family: >= {lo:.0%}); the model does not decide like them (memorised or random labels?)"
+    ]
 
 
 def relative(features: dict, ref: dict) -> dict:
     """``{name + '_ref': [C]}`` for every feature the reference holds (the equation in the module docstring)."""
     out = {}
     for n, st in ref.items():
-        if n == "n" or n not in features:
+        if not isinstance(st, dict) or n not in features:
             continue
         v, mu, var = (np.asarray(a, float) for a in (features[n], st["mean"], st["var"]))
         if v.shape != mu.shape:
