@@ -319,6 +319,7 @@ ISSUE_CASES = {  # id: (argv, substring of the error line)
     "scan -k 0": (S + ["-k", "0"], "--samples"),
     "scan --reference unknown": (S + ["--reference", "digits-rnn"], "no class reference"),
     "scan --reference empty": (S + ["--reference", ""], "no class reference"),
+    "scan --method natural without a reference": (S + ["--method", "natural"], "needs a class reference"),
     "patch --ig-steps 0": (H + ["--edges", "--ig-steps", "0"], "--ig-steps"),
     "patch --top -1": (H + ["--edges", "--top", "-1"], "--top"),
     "perturb -o ''": (P + ["-o", ""], "--out is empty"),

@@ -79,8 +79,12 @@ def test_bad_reference_models_are_refused_in_one_line(toy):
         scan(bd, x, reference_models=clean)
     with pytest.raises(ConfigError, match="non-empty list"):
         scan(bd, x, reference_models=[])
+    wrong = nn.Sequential(nn.Flatten(), nn.Linear(100, 7)).train()
+    before = {k: v.clone() for k, v in wrong.state_dict().items()}
     with pytest.raises(ConfigError, match="reference model 0 gives logits of shape"):
-        scan(bd, x, reference_models=[nn.Sequential(nn.Flatten(), nn.Linear(100, 7))])
+        scan(bd, x, reference_models=[wrong])
+    assert wrong.training and all(torch.equal(before[k], v) for k, v in wrong.state_dict().items())  # as it came
+    assert not bd.training and not any(m._forward_hooks or m._forward_pre_hooks for m in bd.modules())
     with pytest.raises(ConfigError, match="not used by scan method 'apex'"):
         scan(bd, x, method="apex", reference_models=[clean])
     with pytest.raises(ConfigError, match="need clean inputs"):
