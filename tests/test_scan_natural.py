@@ -52,6 +52,13 @@ def test_transfer_is_the_documented_equation(toy):
     assert np.allclose(N.transfer([bd, clean], x, mask, pattern), slow)
     assert np.allclose(N.transfer([clean], x, torch.zeros_like(mask), pattern), 0.0)  # no mask moves nothing
     assert np.allclose(N.natural_gap([2.0, -1.0, 0.5], [0.0, 0.5, 1.0]), [2.0, -0.5, 0.0])
+    e = N.ODDS_EPS
+    assert np.allclose(
+        N.odds([0.0, 0.5, 1.0, 0.01]), [np.log((1 + e) / e), 0.0, -np.log((1 + e) / e), np.log(1.01 / 0.03)]
+    )
+    assert np.all(
+        np.diff(N.odds(np.linspace(0, 1, 11))) < 0
+    )  # the less a trigger transfers, the more it is the model's
 
 
 def test_the_backdoor_trigger_does_not_transfer_and_every_model_is_left_as_it_came(toy):
@@ -65,6 +72,8 @@ def test_the_backdoor_trigger_does_not_transfer_and_every_model_is_left_as_it_ca
     t = np.array([row["nat_transfer"] for row in rows])
     assert t[TARGET] < 0.2 < float(np.median(t))  # the corner patch flips only the model trained on it
     assert np.allclose([row["nat_gap"] for row in rows], [row["nc_gap"] * (1 - row["nat_transfer"]) for row in rows])
+    assert np.allclose([row["nat_odds"] for row in rows], N.odds(t))  # the statistic the verdict reads
+    assert r.data["stages"]["natural"]["statistic"] == "nat_odds"
     assert r.data["suspect"] == TARGET
     assert clean.training and not bd.training  # each model's mode as it came
     for m, b in zip((bd, clean), before):

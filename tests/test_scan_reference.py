@@ -78,6 +78,42 @@ def test_leave_seed_out_references_never_read_a_model_against_itself():
         ab.with_reference(recs, {})
 
 
+def _slow_reference(rec, pool, drop):
+    """The reference a record is read against, re-fitted from a plain list (the fast path stacks once per family)."""
+    from innerprobe.perturb.scan import reference as R
+
+    clean = [p["features"] for p in pool if p["target"] is None and p["seed"] not in {rec["seed"], *drop}]
+    return R.fit(clean, ab.REF_FEATURES)
+
+
+def test_fast_leave_seed_out_references_equal_a_refit_from_scratch():
+    rng = np.random.default_rng(0)
+    recs = _recs(n_seeds=7)
+    for r in recs:  # random statistics, transfers included (the natural check's domain floor)
+        r["features"] = {n: rng.normal(size=4).tolist() for n in (*ab.REF_FEATURES, "nat_transfer")}
+    pool = ab._CleanPool(recs)
+    for r in recs[:3]:
+        for drop in ((), (5,), (4, 6)):
+            fast, slow = pool.reference("digits-mlp", {r["seed"], *drop}), _slow_reference(r, recs, drop)
+            assert fast.keys() == slow.keys() and fast["n"] == slow["n"] == 6 - len(drop)
+            assert fast["min_median_transfer"] == slow["min_median_transfer"]
+            assert all(np.allclose(fast[n]["var"], slow[n]["var"]) for n in ab.REF_FEATURES)
+    with pytest.raises(ConfigError, match="no clean tuning records"):
+        pool.reference("fashion-mnist-cnn", set())
+
+
+def test_the_rule_clears_the_clean_tail_by_a_margin():
+    def d(p, target, agree=2):
+        return {"p": p, "target": target, "top": 0, "n_agree": agree}
+
+    ds = [d(0.79, None), d(0.95, None, agree=1), d(0.85, 0), d(0.99, 0)]
+    rule = ab.choose_rule(ds)  # 0.79 + 0.1: the lowest candidate at or above 0.89 (the 0.95 clean one never agrees)
+    assert rule == {"threshold": 0.9, "min_agree": 2, "clean_max_p": 0.79}
+    assert ab.choose_rule([d(0.8, None)])["threshold"] == 0.9  # exactly the margin is enough
+    assert ab.choose_rule([d(0.9, None)])["threshold"] == ab.THRESHOLDS[-1]  # no candidate clears it: the highest
+    assert ab.choose_rule([d(0.3, 0)])["threshold"] == ab.THRESHOLDS[0]
+
+
 @pytest.fixture(scope="module")
 def toy():
     torch.set_num_threads(1)

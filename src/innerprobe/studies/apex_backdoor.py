@@ -4,8 +4,8 @@ APEX (Ren, Luo, Li 2026, arXiv 2602.03586, claim D): at large activation noise a
 predictions concentrate on its target class. This study measures that observable on the backdoor
 eval set (:mod:`innerprobe.zoo.backdoor_set`) and evaluates the scan (docs/scan.md) the way TrojAI
 does: every threshold and the probability calibration are fitted on the tuning splits only
-(:data:`~innerprobe.zoo.backdoor_set.TUNING_SPLITS`: dev ... dev6, seeds 0-573), and the figures are
-reported separately for the tuning models (in-sample) and for the **held-out** seeds 600-673 (never tuned on):
+(:data:`~innerprobe.zoo.backdoor_set.TUNING_SPLITS`: dev ... dev7, seeds 0-673), and the figures are
+reported separately for the tuning models (in-sample) and for the **held-out** seeds 700-773 (never tuned on):
 TPR (right class named), wrong-class rate and FPR with Clopper-Pearson intervals, ROC-AUC and cross-entropy
 of the probability, seconds per model;
 for the full scan (with and without the class reference and the natural-feature check) and for each
@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..perturb.scan import METHODS, evidence
 from ..perturb.scan import reference as R
 from ..perturb.scan import verdict as V
+from ..perturb.scan.natural import odds
 from ..report.sections import Section
 from ..results import Result, provenance, row
 from ..zoo import backdoor_set as bs
@@ -46,7 +47,7 @@ DEFAULT = V.calibration_key("full", True, True)
 #: the scan method that runs one stage alone (the natural-feature check reruns the cleanse stage it reads)
 STAGE_METHOD = {"screen": "apex", "triggers": "triggers", "cleanse": "cleanse", "natural": "natural"}
 #: the features a stage's record keeps (the natural stage's run also returns the cleanse stage's)
-STAGE_FEATURES = {"natural": ("nat_gap", "nat_transfer")}
+STAGE_FEATURES = {"natural": ("nat_odds", "nat_gap", "nat_transfer")}
 
 
 # ----------------------------------------------------------------------------- evidence per member (cached)
@@ -158,9 +159,16 @@ def record(m: bs.Member, *, compute: bool = True) -> dict | None:
         **meta,
         "seconds": sum(p["seconds"] for p in parts.values()),
         "stage_seconds": {st: p["seconds"] for st, p in parts.items()},
-        "features": {k: v for p in parts.values() for k, v in p["features"].items()},
+        "features": _with_odds({k: v for p in parts.values() for k, v in p["features"].items()}),
         "hist_share": parts["screen"]["hist_share"],
     }
+
+
+def _with_odds(features: dict) -> dict:
+    """Natural-stage records cached before ``nat_odds`` existed get it from their stored transfers (same function)."""
+    if "nat_transfer" in features and "nat_odds" not in features:
+        features["nat_odds"] = odds(features["nat_transfer"]).tolist()
+    return features
 
 
 def effective(rec: dict) -> bool:
@@ -175,7 +183,7 @@ def _fit_rows(recs):
 # ----------------------------------------------------------------------------- class references (docs/scan.md)
 
 #: the per-class statistics a class reference holds
-REF_FEATURES = ("nc_gap", "mm_local_z", "mm_z", "hist_z", "sink_z", "nat_gap")
+REF_FEATURES = ("nc_gap", "mm_local_z", "mm_z", "hist_z", "sink_z", "nat_gap", "nat_odds")
 
 
 def _family(rec: dict) -> str:
@@ -205,16 +213,31 @@ def with_reference(recs: list[dict], refs: dict) -> list[dict]:
     return [_read_against(r, refs[_family(r)]) for r in recs]
 
 
-def _leave_seed_out_reference(recs: list[dict], pool: list[dict]) -> list[dict]:
-    """``recs`` read against references fitted on ``pool``'s clean records of other seeds (no model sees itself)."""
-    refs, out = {}, []
-    for r in recs:
-        k = (_family(r), r["seed"])
-        if k not in refs:
-            clean = [p["features"] for p in pool if p["target"] is None and _family(p) == k[0] and p["seed"] != k[1]]
-            refs[k] = R.fit(clean, REF_FEATURES)
-        out.append(_read_against(r, refs[k]))
-    return out
+class _CleanPool:
+    """The clean records of a pool stacked per family: a reference that leaves seeds out is a row selection."""
+
+    def __init__(self, pool: list[dict], names=REF_FEATURES):
+        self.stacked, self.seeds, self.names = {}, {}, tuple(names)
+        for fam in sorted({_family(p) for p in pool if p["target"] is None}):
+            clean = [p for p in pool if p["target"] is None and _family(p) == fam]
+            self.stacked[fam] = R.stack([p["features"] for p in clean], self.names)
+            self.seeds[fam] = np.array([p["seed"] for p in clean])
+
+    def reference(self, fam: str, drop) -> dict:
+        """The family's class reference from its clean records of seeds not in ``drop``."""
+        if fam not in self.stacked:
+            raise ConfigError(f"no clean tuning records of family {fam}", hint="every family needs clean twins")
+        keep = ~np.isin(self.seeds[fam], list(drop))
+        return R.fit_stacked({n: a[keep] for n, a in self.stacked[fam].items()}, self.names)
+
+
+def _leave_seed_out_reference(recs: list[dict], pool, drop=()) -> list[dict]:
+    """``recs`` read against references fitted on ``pool``'s clean records of other seeds (no model sees itself).
+
+    ``pool``: records or a :class:`_CleanPool`; ``drop``: seeds also left out of every reference (a fold's).
+    """
+    pool = pool if isinstance(pool, _CleanPool) else _CleanPool(pool)
+    return [_read_against(r, pool.reference(_family(r), {r["seed"], *drop})) for r in recs]
 
 
 # ----------------------------------------------------------------------------- calibration (dev only)
@@ -272,15 +295,21 @@ THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 FULL_MIN_AGREE = 2
 
 
-def choose_rule(ds: list[dict], min_agree: int = FULL_MIN_AGREE) -> dict:
-    """The threshold naming the most right classes with no false alarm in leave-one-seed-out decisions ``ds``.
+#: the full scan's threshold clears the largest leave-one-seed-out P of a clean tuning model by this much
+#: (round 6; docs/scan.md: a threshold at the edge of the clean tail named a clean model on round 4's fresh split)
+MARGIN = 0.1
 
-    Candidates are :data:`THRESHOLDS`; ties go to the higher threshold. With no zero-false-alarm
-    threshold the highest is taken.
+
+def choose_rule(ds: list[dict], min_agree: int = FULL_MIN_AGREE, margin: float = MARGIN) -> dict:
+    """The lowest of :data:`THRESHOLDS` at least ``margin`` above every clean model's P in decisions ``ds``.
+
+    Only clean models whose stages agree (``n_agree >= min_agree``) count: the others are never named.
+    The lowest such threshold names the most right classes with no false alarm and a margin; with
+    none, the highest is taken.
     """
-    ok = [sw for sw in sweep(ds, THRESHOLDS, min_agree=min_agree) if sw["fp"] == 0]
-    best = max(ok, key=lambda sw: (sw["tp"], sw["threshold"]), default={"threshold": THRESHOLDS[-1]})
-    return {"threshold": best["threshold"], "min_agree": min_agree}
+    clean = max((d["p"] for d in ds if d["target"] is None and d["n_agree"] >= min_agree), default=0.0)
+    ok = [t for t in THRESHOLDS if t >= clean + margin - 1e-9]
+    return {"threshold": min(ok, default=THRESHOLDS[-1]), "min_agree": min_agree, "clean_max_p": round(clean, 4)}
 
 
 def domain() -> dict:
@@ -350,11 +379,12 @@ def leave_one_seed_out(
     reference = reference or any(n.endswith(R.SUFFIX) for n in names or ())
     names = tuple(names or V.method_features(method, reference, natural))
     key = V.calibration_key(method, reference, natural or any(n.startswith("nat_") for n in names))
-    out = []
+    base = [n.removesuffix(R.SUFFIX) for n in names if n.endswith(R.SUFFIX)]  # only what the candidate reads
+    out, pool = [], _CleanPool(recs, base) if reference else None
     for seed in sorted({r["seed"] for r in recs}):
         train, test = [r for r in recs if r["seed"] != seed], [r for r in recs if r["seed"] == seed]
         if reference:
-            train, test = _leave_seed_out_reference(train, train), _leave_seed_out_reference(test, train)
+            train, test = _leave_seed_out_reference(train, pool, {seed}), _leave_seed_out_reference(test, pool)
         cal = V.fit(_fit_rows(train), names)
         cal.update(threshold=0.0, min_agree=0)
         out += decisions(test, cal, key, names)
@@ -376,15 +406,22 @@ CANDIDATES = {
     "reference: cleanse + local margin + MM-BD margin": ("nc_gap_ref", "mm_local_z_ref", "mm_z_ref"),
     "reference: cleanse + local margin + APEX histogram": ("nc_gap_ref", "mm_local_z_ref", "hist_z_ref"),
     "natural: natural gap + local margin + cleanse": ("nat_gap", "mm_local_z", "nc_gap"),
-    "reference + natural: natural gap + local margin + cleanse": ("nat_gap_ref", "mm_local_z_ref", "nc_gap_ref"),
-    "reference + natural: natural gap + local margin": ("nat_gap_ref", "mm_local_z_ref"),
-    "reference + natural: cleanse + local margin + transfer (not voting)": (
-        "nc_gap_ref",
-        "mm_local_z_ref",
-        "nat_transfer",
-    ),
-    "reference + natural: natural gap + local margin + cleanse + APEX histogram": (
+    "natural: trigger odds + local margin + cleanse": ("nat_odds", "mm_local_z", "nc_gap"),
+    "reference + natural: natural gap + local margin + cleanse (round 5)": (
         "nat_gap_ref",
+        "mm_local_z_ref",
+        "nc_gap_ref",
+    ),
+    "reference + natural: trigger odds + local margin + cleanse": ("nat_odds_ref", "mm_local_z_ref", "nc_gap_ref"),
+    "reference + natural: trigger odds + cleanse": ("nat_odds_ref", "nc_gap_ref"),
+    "reference + natural: trigger odds + local margin + cleanse + natural gap": (
+        "nat_odds_ref",
+        "mm_local_z_ref",
+        "nc_gap_ref",
+        "nat_gap_ref",
+    ),
+    "reference + natural: trigger odds + local margin + cleanse + APEX histogram": (
+        "nat_odds_ref",
         "mm_local_z_ref",
         "nc_gap_ref",
         "hist_z_ref",

@@ -8,14 +8,21 @@ cleanse stage (:mod:`.cleanse`) and clean reference models g_1 .. g_R, per class
 
     transfer_c = (1/R) sum_r  #{x : g_r(x) != c, g_r((1 - m_c) x + m_c p_c) = c} / #{x : g_r(x) != c},
 
-over the scan's clean inputs x, and the stage's statistic is the trigger's log gap
-(:func:`.cleanse.log_gap`) kept only as far as the trigger is the model's own,
+over the scan's clean inputs x. The stage's statistic is the log-odds that the trigger is the
+model's own rather than the class's natural feature,
 
-    nat_gap_c = gap_c * (1 - transfer_c).
+    nat_odds_c = log((1 - transfer_c + eps) / (transfer_c + eps)),   eps = ODDS_EPS = 0.02,
+
+which spreads out the small transfers that tell a backdoor apart (0.01 against 0.1) and needs no
+small trigger: on 8x8 digits a label-consistent 3x3 trigger is barely smaller than a clean class's
+smallest mask, but it moves no clean model. Also reported is the trigger's log gap
+(:func:`.cleanse.log_gap`) kept only as far as the trigger is the model's own,
+``nat_gap_c = gap_c * (1 - transfer_c)``, the statistic of round 5, which named fewer
+label-consistent models (docs/scan.md, "How the verdict was chosen").
 
 On the eval set's tuning splits the target's trigger moves a median of 0% of a clean model's inputs,
-a clean model's classes 62% (docs/scan.md); the verdict reads ``nat_gap`` as an independent stage
-(with a class reference, ``nat_gap_ref``). The reference models must be clean models of the
+a clean model's classes 62% (docs/scan.md); the verdict reads ``nat_odds`` as an independent stage
+(with a class reference, ``nat_odds_ref``). The reference models must be clean models of the
 scanned model's family (same inputs, same classes), e.g. ``innerprobe.zoo.backdoor_set.reference_models``.
 """
 
@@ -28,6 +35,9 @@ from torch import nn
 from ...core.checks import check_model
 from ...core.hooks import HookSession
 from ...errors import ConfigError
+
+#: the log-odds' floor: about one input in fifty of a reference model (docs/scan.md)
+ODDS_EPS = 0.02
 
 
 def as_list(models) -> list[nn.Module]:
@@ -81,7 +91,14 @@ def natural_gap(gap, transferred) -> np.ndarray:
     return np.asarray(gap, float) * (1.0 - np.asarray(transferred, float))
 
 
+def odds(transferred, eps: float | None = None) -> np.ndarray:
+    """``log((1 - t + eps) / (t + eps))`` per class: > 0 for a trigger that moves fewer than half the inputs."""
+    eps = ODDS_EPS if eps is None else float(eps)
+    t = np.clip(np.asarray(transferred, float), 0.0, 1.0)
+    return np.log((1.0 - t + eps) / (t + eps))
+
+
 def natural(models, x: torch.Tensor, gap, mask: torch.Tensor, pattern: torch.Tensor) -> dict:
-    """Stage (d): ``{"transfer": [C], "nat_gap": [C]}`` for the cleanse stage's triggers."""
+    """Stage (d): ``{"transfer": [C], "nat_odds": [C], "nat_gap": [C]}`` for the cleanse stage's triggers."""
     t = transfer(models, x, mask.to(x.dtype), pattern.to(x.dtype))
-    return {"transfer": t, "nat_gap": natural_gap(gap, t)}
+    return {"transfer": t, "nat_odds": odds(t), "nat_gap": natural_gap(gap, t)}

@@ -44,17 +44,29 @@ def name_for(dataset: str, model: nn.Module) -> str:
     return f"{dataset}-{kind(model)}"
 
 
-def fit(records: list[dict], names) -> dict:
-    """``{feature: {"mean": [C], "var": [C]}, "n": n}`` over the per-class features of clean ``records``."""
+def stack(records: list[dict], names) -> dict:
+    """``{feature: [n, C] array}`` of clean ``records`` (and ``"nat_transfer"`` when every record has it)."""
     if not records:
         raise ConfigError("a class reference needs at least one clean model", hint="pass clean records")
-    out: dict = {"n": len(records)}
+    have = [n for n in (*names, "nat_transfer") if n in names or all(n in r for r in records)]
+    return {n: np.array([np.asarray(r[n], float) for r in records]) for n in dict.fromkeys(have)}
+
+
+def fit_stacked(stacked: dict, names) -> dict:
+    """:func:`fit` from :func:`stack`'s arrays (rows may be selected first, e.g. to leave seeds out)."""
+    n_rec = len(next(iter(stacked.values())))
+    out: dict = {"n": n_rec}
     for n in names:
-        a = np.array([np.asarray(r[n], float) for r in records])
+        a = stacked[n]
         out[n] = {"mean": a.mean(0).tolist(), "var": (a.var(0) if len(a) > 1 else np.zeros(a.shape[1])).tolist()}
-    if all("nat_transfer" in r for r in records):  # the natural-feature check's domain (transfer_reason)
-        out["min_median_transfer"] = min(float(np.median(r["nat_transfer"])) for r in records)
+    if "nat_transfer" in stacked:  # the natural-feature check's domain (transfer_reason)
+        out["min_median_transfer"] = float(np.median(stacked["nat_transfer"], axis=1).min())
     return out
+
+
+def fit(records: list[dict], names) -> dict:
+    """``{feature: {"mean": [C], "var": [C]}, "n": n}`` over the per-class features of clean ``records``."""
+    return fit_stacked(stack(records, names), names)
 
 
 def transfer_reason(features: dict, ref: dict) -> list[str]:

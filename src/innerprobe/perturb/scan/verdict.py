@@ -8,7 +8,7 @@ verdict combines them per class with a logistic model,
 
     s_c = b + sum_f w_f * sign(v) log(1 + |v|),   v = feature_f[c],
 
-fitted on the tuning splits (dev ... dev6) of the backdoor eval set (class rows: is c the target of a
+fitted on the tuning splits (dev ... dev7) of the backdoor eval set (class rows: is c the target of a
 backdoored model?), and turns the top class's score **and its gap over the runner-up** into a
 probability that the model is backdoored with a Platt fit on the tuning models,
 
@@ -40,10 +40,10 @@ FEATURES = {
     "apex": ("hist_z", "sink_z"),
     "triggers": ("mm_z",),
     "cleanse": ("nc_gap",),
-    "natural": ("nat_gap", "nc_gap"),
+    "natural": ("nat_odds", "nc_gap"),
 }
 #: the full scan's features when the natural-feature check ran (clean reference models given): three voting stages
-NATURAL_FEATURES = ("nat_gap", "mm_local_z", "nc_gap")
+NATURAL_FEATURES = ("nat_odds", "mm_local_z", "nc_gap")
 #: which stage each feature belongs to (agreement counts stages, not features)
 STAGE_OF = {
     "mm_local_z": "triggers",
@@ -53,6 +53,7 @@ STAGE_OF = {
     "natural": None,
     "hist_z": "screen",
     "sink_z": None,
+    "nat_odds": "natural",
     "nat_gap": "natural",
     "nat_transfer": None,
 }
