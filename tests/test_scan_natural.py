@@ -74,6 +74,7 @@ def test_the_backdoor_trigger_does_not_transfer_and_every_model_is_left_as_it_ca
     assert np.allclose([row["nat_gap"] for row in rows], [row["nc_gap"] * (1 - row["nat_transfer"]) for row in rows])
     assert np.allclose([row["nat_odds"] for row in rows], N.odds(t))  # the statistic the verdict reads
     assert r.data["stages"]["natural"]["statistic"] == "nat_odds"
+    assert r.data["stages"]["natural"]["architecture_seen"] is True  # same toy architecture
     assert r.data["suspect"] == TARGET
     assert clean.training and not bd.training  # each model's mode as it came
     for m, b in zip((bd, clean), before):
@@ -167,3 +168,30 @@ def test_a_model_whose_triggers_move_no_clean_model_is_outside_the_natural_check
     r = scan(bd, x, reference="toy-mlp", reference_models=[clean], calibration=cal)
     assert r.data["suspect"] is None
     assert any("smallest triggers move the clean reference models" in why for why in r.data["out_of_domain"])
+
+
+def test_the_scan_says_when_the_architecture_is_none_of_the_reference_models():
+    def mlp(act=nn.ReLU, width=16, depth=1):
+        hidden = [m for _ in range(depth - 1) for m in (nn.Linear(width, width), act())]
+        return nn.Sequential(nn.Flatten(), nn.Linear(100, width), act(), *hidden, nn.Linear(width, 5))
+
+    a = mlp()
+    assert N.signature(a) == (
+        ("Flatten", ()),
+        ("Linear", ((16, 100), (16,))),
+        ("ReLU", ()),
+        ("Linear", ((5, 16), (5,))),
+    )
+    assert N.architecture_seen(a, [mlp(depth=2), mlp()])  # another instance of the same architecture
+    assert not N.architecture_seen(a, [mlp(depth=2), mlp(width=32), mlp(act=nn.Tanh)])
+
+
+def test_leaving_an_architecture_out_reaverages_the_transfer_over_the_other_reference_models():
+    from innerprobe.studies import scan_architectures as S
+
+    rec = {"key": "k", "recipe": "a", "features": {"nc_gap": [1.0, 2.0], "nat_transfer": [0.5, 0.5]}}
+    per = {"recipes": ["a", "b", "b"], "transfer": [[1.0, 1.0], [0.0, 0.2], [0.2, 0.0]]}
+    f = S._without(rec, per, "a")["features"]
+    assert np.allclose(f["nat_transfer"], [0.1, 0.1])  # only the two models of architecture b
+    assert np.allclose(f["nat_odds"], N.odds([0.1, 0.1])) and np.allclose(f["nat_gap"], [0.9, 1.8])
+    assert rec["features"]["nat_transfer"] == [0.5, 0.5]  # the record itself is not changed

@@ -65,9 +65,17 @@ def _echo(res, model: str, err: bool):
         else "  class reference: none (classes compared only with the model's own other classes)",
         err=err,
     )
-    n_models = d["stages"].get("natural", {}).get("reference_models")
-    if n_models:
-        typer.echo(f"  natural-feature check: triggers stamped on {n_models} clean zoo models of {ref}", err=err)
+    nat = d["stages"].get("natural", {})
+    if nat.get("reference_models"):
+        typer.echo(
+            f"  natural-feature check: triggers stamped on {nat['reference_models']} clean zoo models of {ref}", err=err
+        )
+    if nat.get("architecture_seen") is False:
+        typer.echo(
+            "  caution: the model's architecture is none of the eval set's (the reference models'); on unseen "
+            "architectures false alarms are more likely (docs/scan.md, leave-one-architecture-out)",
+            err=err,
+        )
     for why in d.get("out_of_domain", []):
         typer.echo(f"  outside what the scan was calibrated on, no class named: {why}", err=err)
     for st, info in d["stages"].items():

@@ -10,8 +10,9 @@ clean twin of the same architecture and seed (same initialisation, same batch or
 Replicate 0 of each (architecture, family) cell is the **dev** split (seeds 0-73), replicate 1 the
 **dev2** split (seeds 100-173), replicate 2 the **dev3** split (seeds 200-273), replicate 3 the
 **dev4** split (seeds 300-373), replicate 4 the **dev5** split (seeds 400-473), replicate 5 the
-**dev6** split (seeds 500-573), replicate 6 the **held-out** split (seeds 600-673; reported only,
-never tuned on). dev2 ... dev6 were each the held-out split of an earlier calibration round;
+**dev6** split (seeds 500-573), replicate 6 the **dev7** split (seeds 600-673), replicate 7 the
+**held-out** split (seeds 700-773; reported only, never tuned on). dev2 ... dev7 were each the
+held-out split of an earlier calibration round;
 once their figures had been looked at they became tuning data, and a fresh replicate took their place.
 Every threshold, the probability calibration and the class references are fitted on the tuning splits
 (:data:`TUNING_SPLITS`): 32 backdoored models and 32 clean twins in each.
@@ -50,7 +51,7 @@ TUNING_SPLITS = ("dev", "dev2", "dev3", "dev4", "dev5", "dev6", "dev7")
 
 
 def seed_range(split: str) -> str:
-    """``'600-673'``: the seeds of one split (for people; computed from :data:`REPLICATES`)."""
+    """``'700-773'``: the seeds of one split (for people; computed from :data:`REPLICATES`)."""
     reps = REPLICATES[split]
     return ", ".join(f"{100 * r}-{100 * r + 10 * (len(ARCHS) - 1) + len(D.TRIGGER_FAMILIES) - 1}" for r in reps)
 

@@ -330,7 +330,8 @@ def _stage(st, model, x, shape, C, lo, hi, o, seed, feats, arrays, info, refs=No
         mask, pattern = (torch.as_tensor(arrays[k], device=x.device) for k in ("nc_mask", "nc_pattern"))
         r = _natural.natural(refs, x, feats["nc_gap"], mask, pattern)
         feats.update(nat_odds=r["nat_odds"], nat_gap=r["nat_gap"], nat_transfer=r["transfer"])
-        info[st] = {"statistic": "nat_odds", "reference_models": len(refs)}
+        seen = _natural.architecture_seen(model, refs)
+        info[st] = {"statistic": "nat_odds", "reference_models": len(refs), "architecture_seen": seen}
         return r["nat_odds"]
     r = cleanse(model, x[: o["n_cleanse"]], C, lo=lo, hi=hi, steps=o["steps"], seed=seed)
     feats.update(nc_z=r["z"], nc_gap=r["gap"], natural=r["natural"])

@@ -65,6 +65,26 @@ def check_models(models, num_classes: int, x: torch.Tensor) -> list[nn.Module]:
     return models
 
 
+def signature(model: nn.Module) -> tuple:
+    """The model's architecture as data: (module type, its own parameters' shapes) for every leaf module and every
+    module with parameters of its own (activations called as functions in ``forward`` are not seen)."""
+    return tuple(
+        (type(m).__name__, tuple(tuple(p.shape) for p in m.parameters(recurse=False)))
+        for m in model.modules()
+        if not any(True for _ in m.children()) or any(True for _ in m.parameters(recurse=False))
+    )
+
+
+def architecture_seen(model: nn.Module, models) -> bool:
+    """Whether any reference model has the scanned model's architecture (:func:`signature`).
+
+    The eval set validates the scan on its own architectures only; on a held-out architecture
+    (leave-one-architecture-out, docs/scan.md) false alarms are more likely, so the scan says which.
+    """
+    sig = signature(model)
+    return any(signature(m) == sig for m in models)
+
+
 def transfer(models, x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> np.ndarray:
     """Per class: the mean share of the clean inputs the class's trigger sends to it in the reference models.
 
