@@ -73,6 +73,11 @@ def test_the_backdoor_trigger_does_not_transfer_and_every_model_is_left_as_it_ca
     assert t[TARGET] < 0.2 < float(np.median(t))  # the corner patch flips only the model trained on it
     assert np.allclose([row["nat_gap"] for row in rows], [row["nc_gap"] * (1 - row["nat_transfer"]) for row in rows])
     assert np.allclose([row["nat_odds"] for row in rows], N.odds(t))  # the statistic the verdict reads
+    core = N.window(torch.as_tensor(r.arrays["nc_mask"]))
+    pattern = torch.as_tensor(r.arrays["nc_pattern"])
+    with torch.no_grad():
+        own, ref = _slow_transfer([bd], x, core, pattern), _slow_transfer([clean], x, core, pattern)
+    assert np.allclose([row["nat_window"] for row in rows], own * (1 - ref))
     assert r.data["stages"]["natural"]["statistic"] == "nat_odds"
     assert r.data["stages"]["natural"]["architecture_seen"] is True  # same toy architecture
     assert r.data["suspect"] == TARGET
@@ -191,7 +196,22 @@ def test_leaving_an_architecture_out_reaverages_the_transfer_over_the_other_refe
 
     rec = {"key": "k", "recipe": "a", "features": {"nc_gap": [1.0, 2.0], "nat_transfer": [0.5, 0.5]}}
     per = {"recipes": ["a", "b", "b"], "transfer": [[1.0, 1.0], [0.0, 0.2], [0.2, 0.0]]}
+    per.update(window_transfer=[[1.0, 1.0], [0.5, 0.0], [0.5, 0.0]], window_own=[0.8, 0.4])
     f = S._without(rec, per, "a")["features"]
     assert np.allclose(f["nat_transfer"], [0.1, 0.1])  # only the two models of architecture b
+    assert np.allclose(f["nat_window"], [0.8 * 0.5, 0.4])
     assert np.allclose(f["nat_odds"], N.odds([0.1, 0.1])) and np.allclose(f["nat_gap"], [0.9, 1.8])
     assert rec["features"]["nat_transfer"] == [0.5, 0.5]  # the record itself is not changed
+
+
+def test_the_window_keeps_each_class_mask_in_its_heaviest_square():
+    mask = torch.zeros(2, 1, 5, 5)
+    mask[0, 0, 3:5, 0:2] = 1.0  # class 0: a 2x2 block at the bottom left, plus a stray pixel
+    mask[0, 0, 0, 4] = 0.9
+    mask[1, 0, 1:4, 1:4] = 0.5  # class 1: a 3x3 block; the first heaviest 2x2 (row-major) is kept
+    core = N.window(mask, 2)
+    assert torch.equal(core[0, 0], torch.nn.functional.pad(torch.ones(2, 2), (0, 3, 3, 0)))
+    assert float(core[1].sum()) == 2.0 and torch.all(core[1, 0, 1:3, 1:3] == 0.5)
+    assert torch.equal(N.window(torch.ones(2, 1, 16), 2)[:, :, :4], torch.ones(2, 1, 4))  # 1-D: width 4
+    assert float(N.window(torch.ones(2, 1, 16), 2)[:, :, 4:].sum()) == 0.0
+    assert torch.equal(N.window(torch.ones(2, 1, 1, 1), 2), torch.ones(2, 1, 1, 1))  # too small: the whole mask

@@ -21,7 +21,7 @@ def test_members_split_by_seed_with_clean_twins():
     seeds = [{m.seed for m in p} for p in parts]
     assert sum(len(s) for s in seeds) == len(set().union(*seeds))  # no seed in two splits
     held = seeds[bs.SPLITS.index("held-out")]
-    assert min(held) == 700 and max(held) == 773 and bs.seed_range("held-out") == "700-773"  # the fresh held-out split
+    assert min(held) == 800 and max(held) == 873 and bs.seed_range("held-out") == "800-873"  # the fresh held-out split
     assert bs.members() == [m for p in parts for m in p]
     assert "held-out" not in bs.TUNING_SPLITS and set(bs.TUNING_SPLITS) | {"held-out"} == set(bs.SPLITS)
     with pytest.raises(ConfigError):

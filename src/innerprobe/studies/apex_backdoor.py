@@ -41,13 +41,13 @@ MIN_ATTACK_SUCCESS = 0.5
 N_INPUTS = 64
 #: per stage, the version of its cached records: bump one when that stage's code changes, and only that stage's
 #: records are recomputed (screen 1 is the first round's; triggers / cleanse 2 are this round's)
-STAGE_VERSIONS = {"screen": 1, "triggers": 2, "cleanse": 2, "natural": 1}
+STAGE_VERSIONS = {"screen": 1, "triggers": 2, "cleanse": 2, "natural": 2}
 #: the scan a user gets on a model of a known family (the CLI's --reference auto with --data digits / fashion-mnist)
 DEFAULT = V.calibration_key("full", True, True)
 #: the scan method that runs one stage alone (the natural-feature check reruns the cleanse stage it reads)
 STAGE_METHOD = {"screen": "apex", "triggers": "triggers", "cleanse": "cleanse", "natural": "natural"}
 #: the features a stage's record keeps (the natural stage's run also returns the cleanse stage's)
-STAGE_FEATURES = {"natural": ("nat_odds", "nat_gap", "nat_transfer")}
+STAGE_FEATURES = {"natural": ("nat_odds", "nat_gap", "nat_transfer", "nat_window")}
 
 
 # ----------------------------------------------------------------------------- evidence per member (cached)
@@ -183,7 +183,7 @@ def _fit_rows(recs):
 # ----------------------------------------------------------------------------- class references (docs/scan.md)
 
 #: the per-class statistics a class reference holds
-REF_FEATURES = ("nc_gap", "mm_local_z", "mm_z", "hist_z", "sink_z", "nat_gap", "nat_odds")
+REF_FEATURES = ("nc_gap", "mm_local_z", "mm_z", "hist_z", "sink_z", "nat_gap", "nat_odds", "nat_window")
 
 
 def _family(rec: dict) -> str:
@@ -412,7 +412,23 @@ CANDIDATES = {
         "mm_local_z_ref",
         "nc_gap_ref",
     ),
-    "reference + natural: trigger odds + local margin + cleanse": ("nat_odds_ref", "mm_local_z_ref", "nc_gap_ref"),
+    "reference + natural: trigger odds + local margin + cleanse (round 6)": (
+        "nat_odds_ref",
+        "mm_local_z_ref",
+        "nc_gap_ref",
+    ),
+    "reference + natural: round 6 + trigger window (not voting)": (
+        "nat_odds_ref",
+        "mm_local_z_ref",
+        "nc_gap_ref",
+        "nat_window_ref",
+    ),
+    "natural: trigger odds + local margin + cleanse + trigger window": (
+        "nat_odds",
+        "mm_local_z",
+        "nc_gap",
+        "nat_window",
+    ),
     "reference + natural: trigger odds + cleanse": ("nat_odds_ref", "nc_gap_ref"),
     "reference + natural: trigger odds + local margin + cleanse + natural gap": (
         "nat_odds_ref",

@@ -26,9 +26,15 @@ from ..perturb.scan import verdict as V
 from ..zoo import backdoor_set as bs
 from . import apex_backdoor as A
 
-#: the feature sets compared (the default of round 6, of round 5, and the scan without the natural-feature check)
+#: the feature sets compared (the defaults of rounds 7, 6 and 5, and the scan without the natural-feature check)
 CANDIDATES = {
-    "round 6 (default): nat_odds_ref, mm_local_z_ref, nc_gap_ref": ("nat_odds_ref", "mm_local_z_ref", "nc_gap_ref"),
+    "round 7 (default): nat_odds_ref, mm_local_z_ref, nc_gap_ref, nat_window_ref": (
+        "nat_odds_ref",
+        "mm_local_z_ref",
+        "nc_gap_ref",
+        "nat_window_ref",
+    ),
+    "round 6: nat_odds_ref, mm_local_z_ref, nc_gap_ref": ("nat_odds_ref", "mm_local_z_ref", "nc_gap_ref"),
     "round 5: nat_gap_ref, mm_local_z_ref, nc_gap_ref": ("nat_gap_ref", "mm_local_z_ref", "nc_gap_ref"),
     "no natural-feature check: nc_gap_ref, mm_local_z_ref": ("nc_gap_ref", "mm_local_z_ref"),
 }
@@ -36,7 +42,8 @@ CANDIDATES = {
 
 def per_reference(m: bs.Member, *, compute: bool = True) -> dict | None:
     """``{"recipes": [R], "transfer": [R][C]}``: each class's smallest trigger stamped on each reference model."""
-    path = A._cache_path(["per-reference", A.STAGE_VERSIONS["cleanse"], m.recipe, m.seed, m.overrides, A.N_INPUTS])
+    key = ["per-reference", 2, A.STAGE_VERSIONS["cleanse"], m.recipe, m.seed, m.overrides, A.N_INPUTS]
+    path = A._cache_path(key)  # 2: also the trigger's window (nat_window) per reference model
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -47,9 +54,12 @@ def per_reference(m: bs.Member, *, compute: bool = True) -> dict | None:
     mask, pattern = (torch.as_tensor(ev["arrays"][k], dtype=x.dtype) for k in ("nc_mask", "nc_pattern"))
     members = [r for r in bs.reference_members(bs.reference_name(m.recipe)) if r.seed != m.seed]
     nets = A._reference_models(m)  # the same members, in the same order
+    core = N.window(mask)
     rec = {
         "recipes": [r.recipe for r in members],
         "transfer": [N.transfer([g], x, mask, pattern).tolist() for g in nets],
+        "window_transfer": [N.transfer([g], x, core, pattern).tolist() for g in nets],
+        "window_own": N.transfer([model], x, core, pattern).tolist(),
     }
     A._write(path, rec)
     return rec
@@ -61,6 +71,8 @@ def _without(rec: dict, per: dict, recipe: str) -> dict:
     t = np.mean(np.asarray(per["transfer"], float)[keep], axis=0)
     f = {**rec["features"], "nat_transfer": t.tolist(), "nat_odds": N.odds(t).tolist()}
     f["nat_gap"] = N.natural_gap(f["nc_gap"], t).tolist()
+    tw = np.mean(np.asarray(per["window_transfer"], float)[keep], axis=0)
+    f["nat_window"] = (np.asarray(per["window_own"], float) * (1.0 - tw)).tolist()
     return {**rec, "features": f}
 
 

@@ -11,8 +11,8 @@ Replicate 0 of each (architecture, family) cell is the **dev** split (seeds 0-73
 **dev2** split (seeds 100-173), replicate 2 the **dev3** split (seeds 200-273), replicate 3 the
 **dev4** split (seeds 300-373), replicate 4 the **dev5** split (seeds 400-473), replicate 5 the
 **dev6** split (seeds 500-573), replicate 6 the **dev7** split (seeds 600-673), replicate 7 the
-**held-out** split (seeds 700-773; reported only, never tuned on). dev2 ... dev7 were each the
-held-out split of an earlier calibration round;
+**dev8** split (seeds 700-773), replicate 8 the **held-out** split (seeds 800-873; reported only,
+never tuned on). dev2 ... dev8 were each the held-out split of an earlier calibration round;
 once their figures had been looked at they became tuning data, and a fresh replicate took their place.
 Every threshold, the probability calibration and the class references are fitted on the tuning splits
 (:data:`TUNING_SPLITS`): 32 backdoored models and 32 clean twins in each.
@@ -35,7 +35,7 @@ from .recipes import RECIPES, Floor, Recipe, Trained, _seed
 from .training import accuracy, fit
 
 VERSION = 2  # 2: label-consistent poisoning blends in other-class images (was uniform noise, attacks failed)
-SPLITS = ("dev", "dev2", "dev3", "dev4", "dev5", "dev6", "dev7", "held-out")
+SPLITS = ("dev", "dev2", "dev3", "dev4", "dev5", "dev6", "dev7", "dev8", "held-out")
 REPLICATES = {
     "dev": (0,),
     "dev2": (1,),
@@ -44,14 +44,15 @@ REPLICATES = {
     "dev5": (4,),
     "dev6": (5,),
     "dev7": (6,),
-    "held-out": (7,),
+    "dev8": (7,),
+    "held-out": (8,),
 }
 #: the splits thresholds and calibration are fitted on (everything but held-out)
-TUNING_SPLITS = ("dev", "dev2", "dev3", "dev4", "dev5", "dev6", "dev7")
+TUNING_SPLITS = ("dev", "dev2", "dev3", "dev4", "dev5", "dev6", "dev7", "dev8")
 
 
 def seed_range(split: str) -> str:
-    """``'700-773'``: the seeds of one split (for people; computed from :data:`REPLICATES`)."""
+    """``'800-873'``: the seeds of one split (for people; computed from :data:`REPLICATES`)."""
     reps = REPLICATES[split]
     return ", ".join(f"{100 * r}-{100 * r + 10 * (len(ARCHS) - 1) + len(D.TRIGGER_FAMILIES) - 1}" for r in reps)
 

@@ -38,6 +38,8 @@ from ...errors import ConfigError
 
 #: the log-odds' floor: about one input in fifty of a reference model (docs/scan.md)
 ODDS_EPS = 0.02
+#: side of the window a trigger is cut to for ``nat_window`` (chosen among 2, 3, 4, 6 on the tuning splits)
+WINDOW = 2
 
 
 def as_list(models) -> list[nn.Module]:
@@ -118,7 +120,43 @@ def odds(transferred, eps: float | None = None) -> np.ndarray:
     return np.log((1.0 - t + eps) / (t + eps))
 
 
-def natural(models, x: torch.Tensor, gap, mask: torch.Tensor, pattern: torch.Tensor) -> dict:
-    """Stage (d): ``{"transfer": [C], "nat_odds": [C], "nat_gap": [C]}`` for the cleanse stage's triggers."""
-    t = transfer(models, x, mask.to(x.dtype), pattern.to(x.dtype))
-    return {"transfer": t, "nat_odds": odds(t), "nat_gap": natural_gap(gap, t)}
+def window(mask: torch.Tensor, k: int = WINDOW) -> torch.Tensor:
+    """Each class's mask kept only in its k x k window of largest mass (width k*k on 1-D inputs; whole otherwise).
+
+    ``mask`` [C, 1, *spatial]. On ties the first window in row-major order is kept.
+    """
+    spatial = mask.shape[2:]
+    if len(spatial) == 2 and min(spatial) >= k:
+        mass = nn.functional.avg_pool2d(mask, k, stride=1)
+    elif len(spatial) == 1 and spatial[0] >= k * k:
+        k = k * k
+        mass = nn.functional.avg_pool1d(mask, k, stride=1)
+    else:
+        return mask.clone()
+    out = torch.zeros_like(mask)
+    for c in range(len(mask)):
+        at = np.unravel_index(int(mass[c, 0].argmax()), tuple(mass.shape[2:]))
+        idx = (c, slice(None), *(slice(int(i), int(i) + k) for i in at))
+        out[idx] = mask[idx]
+    return out
+
+
+def window_score(model: nn.Module, models, x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> np.ndarray:
+    """Per class: the trigger's compact core (:func:`window`) moves the model but not the reference models.
+
+    ``own_c * (1 - transfer_c)``, both shares of the clean inputs not already of class c (:func:`transfer`,
+    with the scanned model alone for ``own``). A backdoor's patch keeps working when cut to its core; a
+    class's natural strokes do not, or move clean models too.
+    """
+    core = window(mask)
+    return transfer([model], x, core, pattern) * (1.0 - transfer(models, x, core, pattern))
+
+
+def natural(models, x: torch.Tensor, gap, mask: torch.Tensor, pattern: torch.Tensor, model=None) -> dict:
+    """Stage (d): ``{"transfer", "nat_odds", "nat_gap"}`` per class, and ``"nat_window"`` given the scanned model."""
+    mask, pattern = mask.to(x.dtype), pattern.to(x.dtype)
+    t = transfer(models, x, mask, pattern)
+    out = {"transfer": t, "nat_odds": odds(t), "nat_gap": natural_gap(gap, t)}
+    if model is not None:
+        out["nat_window"] = window_score(model, models, x, mask, pattern)
+    return out

@@ -43,7 +43,8 @@ FEATURES = {
     "natural": ("nat_odds", "nc_gap"),
 }
 #: the full scan's features when the natural-feature check ran (clean reference models given): three voting stages
-NATURAL_FEATURES = ("nat_odds", "mm_local_z", "nc_gap")
+#: and the trigger's compact core (``nat_window``, read but not voting)
+NATURAL_FEATURES = ("nat_odds", "mm_local_z", "nc_gap", "nat_window")
 #: which stage each feature belongs to (agreement counts stages, not features)
 STAGE_OF = {
     "mm_local_z": "triggers",
@@ -56,6 +57,7 @@ STAGE_OF = {
     "nat_odds": "natural",
     "nat_gap": "natural",
     "nat_transfer": None,
+    "nat_window": None,
 }
 #: a feature read against a class reference (:mod:`.reference`) votes for the same stage as the feature itself
 STAGE_OF.update({n + "_ref": st for n, st in list(STAGE_OF.items())})
