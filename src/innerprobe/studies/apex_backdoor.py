@@ -4,8 +4,8 @@ APEX (Ren, Luo, Li 2026, arXiv 2602.03586, claim D): at large activation noise a
 predictions concentrate on its target class. This study measures that observable on the backdoor
 eval set (:mod:`innerprobe.zoo.backdoor_set`) and evaluates the scan (docs/scan.md) the way TrojAI
 does: every threshold and the probability calibration are fitted on the tuning splits only
-(:data:`~innerprobe.zoo.backdoor_set.TUNING_SPLITS`: dev ... dev7, seeds 0-673), and the figures are
-reported separately for the tuning models (in-sample) and for the **held-out** seeds 700-773 (never tuned on):
+(:data:`~innerprobe.zoo.backdoor_set.TUNING_SPLITS`: dev ... dev8, seeds 0-773), and the figures are
+reported separately for the tuning models (in-sample) and for the **held-out** seeds 800-873 (never tuned on):
 TPR (right class named), wrong-class rate and FPR with Clopper-Pearson intervals, ROC-AUC and cross-entropy
 of the probability, seconds per model;
 for the full scan (with and without the class reference and the natural-feature check) and for each

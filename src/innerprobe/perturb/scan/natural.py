@@ -20,6 +20,11 @@ smallest mask, but it moves no clean model. Also reported is the trigger's log g
 ``nat_gap_c = gap_c * (1 - transfer_c)``, the statistic of round 5, which named fewer
 label-consistent models (docs/scan.md, "How the verdict was chosen").
 
+The stage also cuts each trigger to its 2x2 window of largest mask mass (:func:`window`) and scores
+``nat_window_c = own_c * (1 - transfer_c)`` for that core (:func:`window_score`): a backdoor's patch
+keeps working when cut to its core and moves no clean model; the verdict reads it as a fourth,
+non-voting feature (round 7, docs/scan.md).
+
 On the eval set's tuning splits the target's trigger moves a median of 0% of a clean model's inputs,
 a clean model's classes 62% (docs/scan.md); the verdict reads ``nat_odds`` as an independent stage
 (with a class reference, ``nat_odds_ref``). The reference models must be clean models of the

@@ -8,7 +8,7 @@ verdict combines them per class with a logistic model,
 
     s_c = b + sum_f w_f * sign(v) log(1 + |v|),   v = feature_f[c],
 
-fitted on the tuning splits (dev ... dev7) of the backdoor eval set (class rows: is c the target of a
+fitted on the tuning splits (dev ... dev8) of the backdoor eval set (class rows: is c the target of a
 backdoored model?), and turns the top class's score **and its gap over the runner-up** into a
 probability that the model is backdoored with a Platt fit on the tuning models,
 
