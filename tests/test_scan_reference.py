@@ -187,3 +187,20 @@ def test_cli_reference_auto_none_and_unknown(tmp_path, capsys):
     assert main(args + ["--json"]) == 0
     cap = capsys.readouterr()
     assert json.loads(cap.out)["data"]["reference"] is None and "class reference: none" in cap.err
+
+
+def test_the_study_names_no_class_outside_the_natural_checks_domain_as_the_scan_does():
+    rng = np.random.default_rng(1)
+    names = ("nat_odds", "nc_gap")
+    rows = [{n: rng.normal(size=4).tolist() for n in names} | {"target": t} for t in (0, 1, None, None)]
+    cal = {**V.fit(rows, names), "threshold": 0.0, "min_agree": 1}
+    base = {"key": "k", "target": 0, "family": "patch", "recipe": "r", "stage_seconds": {}}
+    rec = {**base, "features": {n: [5.0, 0.0, 0.0, 0.0] for n in names}}
+    out = {**rec, "transfer_reason": ["the classes' smallest triggers move ... (memorised or random labels?)"]}
+    (inside,), (outside,) = ab.decisions([rec], cal, "natural"), ab.decisions([out], cal, "natural")
+    assert inside["suspect"] == 0 and not inside["out_of_domain"]
+    assert outside["suspect"] is None and outside["out_of_domain"] and outside["p"] == inside["p"]
+    assert ab.decisions([out], cal, "cleanse")[0]["suspect"] == 0  # no natural-feature check, no such domain
+    assert ab.sweep([outside], (0.0,), min_agree=1)[0]["tp"] == 0 and ab.sweep([inside], (0.0,), 1)[0]["tp"] == 1
+    clean = {**outside, "target": None}
+    assert ab.choose_rule([clean], min_agree=1)["clean_max_p"] == 0.0  # never named, so it sets no threshold

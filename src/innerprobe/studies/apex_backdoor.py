@@ -201,8 +201,10 @@ def references(recs: list[dict]) -> dict:
 
 
 def _read_against(rec: dict, ref: dict) -> dict:
+    """The record with its features read against ``ref``, and why the natural-feature check would not hold for it
+    (``transfer_reason``: the scan then names no class, :func:`innerprobe.perturb.scan.reference.transfer_reason`)."""
     rel = {k: v.tolist() for k, v in R.relative(rec["features"], ref).items()}
-    return {**rec, "features": {**rec["features"], **rel}}
+    return {**rec, "features": {**rec["features"], **rel}, "transfer_reason": R.transfer_reason(rec["features"], ref)}
 
 
 def with_reference(recs: list[dict], refs: dict) -> list[dict]:
@@ -307,7 +309,10 @@ def choose_rule(ds: list[dict], min_agree: int = FULL_MIN_AGREE, margin: float =
     The lowest such threshold names the most right classes with no false alarm and a margin; with
     none, the highest is taken.
     """
-    clean = max((d["p"] for d in ds if d["target"] is None and d["n_agree"] >= min_agree), default=0.0)
+    clean = max(
+        (d["p"] for d in ds if d["target"] is None and d["n_agree"] >= min_agree and not d.get("out_of_domain")),
+        default=0.0,
+    )
     ok = [t for t in THRESHOLDS if t >= clean + margin - 1e-9]
     return {"threshold": min(ok, default=THRESHOLDS[-1]), "min_agree": min_agree, "clean_max_p": round(clean, 4)}
 
@@ -483,7 +488,7 @@ def sweep(ds: list[dict], thresholds=(0.5, 0.6, 0.7, 0.8, 0.9), min_agree: int =
     cl = [d for d in ds if d["target"] is None]
     out = []
     for t in thresholds:
-        named = [d for d in ds if d["p"] >= t and d["n_agree"] >= min_agree]
+        named = [d for d in ds if d["p"] >= t and d["n_agree"] >= min_agree and not d.get("out_of_domain")]
         out.append(
             {
                 "threshold": t,
@@ -500,10 +505,14 @@ def sweep(ds: list[dict], thresholds=(0.5, 0.6, 0.7, 0.8, 0.9), min_agree: int =
 def decisions(recs: list[dict], cal: dict, key: str, names=None) -> list[dict]:
     """Per record: the verdict of calibration entry ``key`` (``'full+reference+natural'``, ...) and its seconds."""
     names = tuple(names or cal.get("features") or V.method_features(*_entry(key)))
+    natural = _entry(key)[2]
     out = []
     for r in recs:
         f = {k: np.asarray(v) for k, v in r["features"].items() if k in names}
         d = V.decide(f, cal)
+        ood = natural and bool(r.get("transfer_reason"))  # as scan(): outside the check's domain, no class named
+        if ood:
+            d["suspect"] = None
         secs = sum(r["stage_seconds"].get(st, 0.0) for st in _stages(key))
         out.append(
             {
@@ -514,6 +523,7 @@ def decisions(recs: list[dict], cal: dict, key: str, names=None) -> list[dict]:
                 "p": d["probability"],
                 "seconds": secs,
                 "n_agree": len(d["agree"]),
+                "out_of_domain": ood,
                 "family": r["family"],
                 "recipe": r["recipe"],
             }
