@@ -30,7 +30,6 @@ from ..errors import ConfigError
 from ..perturb.scan import METHODS, evidence
 from ..perturb.scan import reference as R
 from ..perturb.scan import verdict as V
-from ..perturb.scan.natural import odds
 from ..report.sections import Section
 from ..results import Result, provenance, row
 from ..zoo import backdoor_set as bs
@@ -159,16 +158,9 @@ def record(m: bs.Member, *, compute: bool = True) -> dict | None:
         **meta,
         "seconds": sum(p["seconds"] for p in parts.values()),
         "stage_seconds": {st: p["seconds"] for st, p in parts.items()},
-        "features": _with_odds({k: v for p in parts.values() for k, v in p["features"].items()}),
+        "features": {k: v for p in parts.values() for k, v in p["features"].items()},
         "hist_share": parts["screen"]["hist_share"],
     }
-
-
-def _with_odds(features: dict) -> dict:
-    """Natural-stage records cached before ``nat_odds`` existed get it from their stored transfers (same function)."""
-    if "nat_transfer" in features and "nat_odds" not in features:
-        features["nat_odds"] = odds(features["nat_transfer"]).tolist()
-    return features
 
 
 def effective(rec: dict) -> bool:

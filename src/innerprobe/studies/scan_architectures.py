@@ -84,7 +84,8 @@ def _fold(recs: list[dict], pers: dict, arch: str, names) -> list[dict]:
     test = [A._read_against(r, cp.reference(A._family(r), set())) for r in test]
     cal = V.fit(A._fit_rows(train), names)
     cal.update(threshold=0.0, min_agree=0)
-    return A.decisions(test, cal, A.DEFAULT, names)
+    key = V.calibration_key("full", True, any(n.startswith("nat_") for n in names))  # the domain rule as scan()'s
+    return A.decisions(test, cal, key, names)
 
 
 def leave_one_architecture_out(candidates: dict | None = None, thresholds=(0.9, 0.95), compute: bool = True):

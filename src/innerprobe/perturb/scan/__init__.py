@@ -328,9 +328,10 @@ def _stage(st, model, x, shape, C, lo, hi, o, seed, feats, arrays, info, refs=No
         return r["z"]
     if st == "natural":  # after cleanse: its triggers, stamped on the clean inputs of the reference models
         mask, pattern = (torch.as_tensor(arrays[k], device=x.device) for k in ("nc_mask", "nc_pattern"))
-        r = _natural.natural(refs, x, feats["nc_gap"], mask, pattern, model=model)
-        feats.update(nat_odds=r["nat_odds"], nat_gap=r["nat_gap"], nat_transfer=r["transfer"])
-        feats["nat_window"] = r["nat_window"]
+        r = _natural.natural(model, refs, x, feats["nc_gap"], mask, pattern)
+        feats.update(
+            nat_odds=r["nat_odds"], nat_gap=r["nat_gap"], nat_transfer=r["transfer"], nat_window=r["nat_window"]
+        )
         seen = _natural.architecture_seen(model, refs)
         info[st] = {"statistic": "nat_odds", "reference_models": len(refs), "architecture_seen": seen}
         return r["nat_odds"]

@@ -157,11 +157,9 @@ def window_score(model: nn.Module, models, x: torch.Tensor, mask: torch.Tensor, 
     return transfer([model], x, core, pattern) * (1.0 - transfer(models, x, core, pattern))
 
 
-def natural(models, x: torch.Tensor, gap, mask: torch.Tensor, pattern: torch.Tensor, model=None) -> dict:
-    """Stage (d): ``{"transfer", "nat_odds", "nat_gap"}`` per class, and ``"nat_window"`` given the scanned model."""
+def natural(model: nn.Module, models, x: torch.Tensor, gap, mask: torch.Tensor, pattern: torch.Tensor) -> dict:
+    """Stage (d) for the triggers of ``model``: ``{"transfer", "nat_odds", "nat_gap", "nat_window"}`` per class."""
     mask, pattern = mask.to(x.dtype), pattern.to(x.dtype)
     t = transfer(models, x, mask, pattern)
-    out = {"transfer": t, "nat_odds": odds(t), "nat_gap": natural_gap(gap, t)}
-    if model is not None:
-        out["nat_window"] = window_score(model, models, x, mask, pattern)
-    return out
+    window_ = window_score(model, models, x, mask, pattern)
+    return {"transfer": t, "nat_odds": odds(t), "nat_gap": natural_gap(gap, t), "nat_window": window_}
